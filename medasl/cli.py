@@ -1,0 +1,249 @@
+"""`medasc`: the command line. Exit codes: 0 success, 1 a mistake in the user's file or
+data, 2 command-line misuse, 70 an internal error (with a request to report it).
+
+`check`, `graph`, `compile --emit`, `explain` and `ops` import nothing heavy: only the
+front end (Lark) and click. Keep torch, SimpleITK and MONAI out of these paths.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from medasl import __version__
+from medasl.diagnostics import Diagnostics, render_json, render_text, summary
+
+EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+REPORT_URL = "https://github.com/medasl/medasl/issues"
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _guard(func: F) -> F:
+    """Turn any unexpected exception into exit code 70 and a request to report it."""
+
+    @wraps(func)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return func(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception:  # noqa: BLE001 - the last line of defence
+            click.echo("error: internal compiler error: this is a bug in medasl, not in your file.", err=True)
+            click.echo(f"Please report it at {REPORT_URL} with the file and this trace:\n", err=True)
+            click.echo(traceback.format_exc(), err=True)
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _color(severity: str) -> str:
+    return {"error": "red", "warning": "yellow"}.get(severity, "white")
+
+
+def _print_diagnostics(diags: Diagnostics, sources: dict, fmt: str) -> None:
+    items = diags.sorted()
+    if fmt == "json":
+        payload = json.loads(render_json(items))
+        click.echo(json.dumps({"diagnostics": payload, "errors": len(diags.errors),
+                               "warnings": len(items) - len(diags.errors)}, indent=2))
+        return
+    tty = sys.stderr.isatty()
+    for d in items:
+        text = render_text(d, sources)
+        if tty:
+            head, _, rest = text.partition("\n")
+            text = click.style(head, fg=_color(d.severity.value), bold=True) + ("\n" + rest if rest else "")
+        click.echo(text + "\n", err=True)
+
+
+def _load(file: str) -> tuple[object, Diagnostics, dict]:
+    """Read and check one file; a file that cannot be read is a user error (E0010)."""
+    from medasl.semantics.checker import check_source
+    from medasl.source import SourceFile
+
+    diags = Diagnostics()
+    try:
+        source = SourceFile.read(file)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        diags.error("E0010", f"cannot read `{file}`: {reason}")
+        return None, diags, {}
+    result = check_source(source, diags)
+    return result, diags, result.sources
+
+
+def _finish(diags: Diagnostics, deny_warnings: bool = False) -> None:
+    text = summary(diags)
+    failed = diags.has_errors or (deny_warnings and len(diags) > 0)
+    if text:
+        click.echo(("error: " if failed else "") + text + (" (warnings denied)" if deny_warnings and not diags.has_errors and failed else ""), err=True)
+    if failed:
+        sys.exit(EXIT_USER)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="medasc")
+def main() -> None:
+    """medasc: check, draw and run medical image analysis pipelines written in medas."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--message-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="How to print diagnostics.")
+@click.option("--deny-warnings", is_flag=True, help="Fail (exit 1) on warnings too.")
+@_guard
+def check(files: tuple[str, ...], message_format: str, deny_warnings: bool) -> None:
+    """Check FILES for syntax, name, type and domain errors without running anything."""
+    all_diags = Diagnostics()
+    all_sources: dict = {}
+    for file in files:
+        _, diags, sources = _load(file)
+        all_diags.extend(diags)
+        all_sources.update(sources)
+    _print_diagnostics(all_diags, all_sources, message_format)
+    if message_format == "text" and not all_diags.has_errors and not (deny_warnings and len(all_diags)):
+        click.echo(f"ok: {len(files)} file{'s' if len(files) != 1 else ''} checked"
+                   + (f", {summary(all_diags)}" if len(all_diags) else ""), err=True)
+        return
+    if message_format == "json":
+        if all_diags.has_errors or (deny_warnings and len(all_diags)):
+            sys.exit(EXIT_USER)
+        return
+    _finish(all_diags, deny_warnings)
+
+
+@main.command()
+@click.argument("file")
+@click.option("-o", "--output", required=True, help="Output file: .svg, .png, .pdf or .dot.")
+@click.option("--pipeline", "pipeline_name", default=None, help="Which pipeline, if the file has several.")
+@_guard
+def graph(file: str, output: str, pipeline_name: str | None) -> None:
+    """Draw the pipeline in FILE as a diagram (Graphviz)."""
+    from medasl.viz.diagram import FORMATS, render_graph
+
+    suffix = Path(output).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise click.UsageError(f"cannot write `{output}`: the output must end in {', '.join('.' + f for f in FORMATS)}")
+    result, diags, sources = _load(file)
+    _print_diagnostics(diags, sources, "text")
+    if diags.has_errors:
+        _finish(diags)
+    chosen = _pick_pipeline(result, pipeline_name)
+    message = render_graph(chosen, Path(output), suffix)
+    click.echo(message, err=True)
+
+
+def _pick_pipeline(result: object, name: str | None) -> object:
+    graphs = result.graphs  # type: ignore[attr-defined]
+    if not graphs:
+        click.echo("error: the file has no pipeline to draw", err=True)
+        sys.exit(EXIT_USER)
+    if name is None:
+        if len(graphs) > 1:
+            names = ", ".join(g.name for g in graphs)
+            raise click.UsageError(f"the file has several pipelines ({names}): choose one with --pipeline")
+        return graphs[0]
+    for g in graphs:
+        if g.name == name:
+            return g
+    raise click.UsageError(f"no pipeline `{name}` in the file; it has {', '.join(g.name for g in graphs)}")
+
+
+@main.command(name="compile")
+@click.argument("file")
+@click.option("--emit", type=click.Choice(["ast", "ir"]), required=True,
+              help="Print an intermediate form: the syntax tree or the typed IR.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_guard
+def compile_(file: str, emit: str, fmt: str) -> None:
+    """Compile FILE and print an intermediate form (see docs/language.md)."""
+    if emit == "ast":
+        from medasl.source import SourceFile
+        from medasl.syntax.ast import dump
+        from medasl.syntax.parser import parse
+
+        diags = Diagnostics()
+        try:
+            source = SourceFile.read(file)
+        except OSError as exc:
+            diags.error("E0010", f"cannot read `{file}`: {exc.strerror or exc}")
+            _print_diagnostics(diags, {}, "text")
+            _finish(diags)
+            return
+        tree = parse(source, diags)
+        _print_diagnostics(diags, {source.name: source}, "text")
+        if tree is None:
+            _finish(diags)
+        click.echo(dump(tree))
+        return
+    result, diags, sources = _load(file)
+    _print_diagnostics(diags, sources, "text")
+    if diags.has_errors:
+        _finish(diags)
+    graphs = result.graphs  # type: ignore[attr-defined]
+    if fmt == "json":
+        click.echo(json.dumps([g.to_json() for g in graphs], indent=2))
+    else:
+        click.echo("\n\n".join(g.dump() for g in graphs))
+
+
+@main.command()
+@click.argument("code")
+@_guard
+def explain(code: str) -> None:
+    """Explain a diagnostic code, e.g. `medasc explain E0203`."""
+    from medasl.codes import CODES
+    from medasl.codes import explain as explain_code
+
+    text = explain_code(code)
+    if text is None:
+        from medasl.semantics.suggest import did_you_mean
+
+        hint = did_you_mean(code.upper(), CODES)
+        raise click.UsageError(f"no diagnostic code `{code}`" + (f"; {hint}" if hint else ""))
+    click.echo(text)
+
+
+@main.command()
+@click.argument("name", required=False)
+@_guard
+def ops(name: str | None) -> None:
+    """List the standard operators, or show one operator's signature and documentation."""
+    from medasl.semantics.modules import stdlib
+
+    std = stdlib()
+    if name is None:
+        for module_name, module in std.modules.items():
+            click.echo(f"{module_name}:")
+            for op in module.ops.values():
+                click.echo(f"  {op.name:<26} {op.summary}")
+        return
+    op = std.find_op(name)
+    if op is None:
+        from medasl.semantics.suggest import did_you_mean
+
+        hint = did_you_mean(name, std.all_ops())
+        raise click.UsageError(f"no operator `{name}`" + (f"; {hint}" if hint else ""))
+    click.echo(f"{op.module}.{op.signature_text()}")
+    attrs = " ".join(f"@{k}" + (f"({', '.join(map(str, v))})" if v else "") for k, v in op.attrs.items())
+    if attrs:
+        click.echo(attrs)
+    click.echo("")
+    for line in op.docs:
+        click.echo(line)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,302 @@
+"""Every diagnostic code, with the long explanation `medasc explain CODE` prints.
+
+A code is added here when a stage first reports it; a test checks that every code the
+sources report has an entry, and that every entry's example is real medas text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Code:
+    title: str
+    explanation: str
+    example: str = ""
+    fix: str = ""
+
+
+CODES: dict[str, Code] = {
+    "E0001": Code(
+        "unexpected token",
+        "The parser met a word or symbol that cannot come at this place. The message names"
+        " what it found and lists what could have come instead.",
+        "pipeline p {\n  x = resample(img spacing=(1, 1, 1) mm)\n}",
+        "pipeline p {\n  x = resample(img, spacing=(1, 1, 1) mm)\n}",
+    ),
+    "E0002": Code(
+        "unexpected character",
+        "A character that is not part of the language, for example arithmetic (`+`, `*`),"
+        " or a string left open at the end of a line. medas has no arithmetic: write the"
+        " value you mean.",
+        'pipeline p {\n  x = window(img, level=40, width=200 * 2)\n}',
+        'pipeline p {\n  x = window(img, level=40, width=400)\n}',
+    ),
+    "E0003": Code(
+        "unexpected end of file",
+        "The file ends in the middle of something: usually a pipeline whose closing `}`"
+        " is missing, or a call whose `)` is missing.",
+        "pipeline p {\n  x = nifti(\"ct.nii.gz\")",
+        "pipeline p {\n  x = nifti(\"ct.nii.gz\")\n}",
+    ),
+    "E0010": Code(
+        "cannot read the file",
+        "The `.medas` file given on the command line does not exist or cannot be read.",
+    ),
+    "E0101": Code(
+        "unknown name",
+        "A name is used that is not a parameter, a binding, a transform or an imported"
+        " operator. When the name is a standard operator whose module is not imported, the"
+        " message says which import to add.",
+        "import std.io\npipeline p {\n  ct = nifti(\"ct.nii.gz\") as Image[3, CT]\n  x = ct |> resample(spacing=(1, 1, 1) mm)\n}",
+        "import std.io, std.pre\npipeline p {\n  ct = nifti(\"ct.nii.gz\") as Image[3, CT]\n  x = ct |> resample(spacing=(1, 1, 1) mm)\n}",
+    ),
+    "E0103": Code(
+        "defined twice",
+        "Two parameters, bindings or transforms of one pipeline have the same name. Every"
+        " value needs its own name, because the pipeline is a graph of named values.",
+        "pipeline p {\n  x = nifti(\"a.nii.gz\")\n  x = nifti(\"b.nii.gz\")\n}",
+    ),
+    "E0104": Code(
+        "unknown parameter",
+        "A call names a parameter the operator (or transform) does not have. The message"
+        " suggests the closest one; `medasc ops NAME` shows its signature.",
+        "x = ct |> resample(spaceing=(1, 1, 1) mm)",
+        "x = ct |> resample(spacing=(1, 1, 1) mm)",
+    ),
+    "E0105": Code(
+        "missing argument",
+        "A parameter without a default value was not given.",
+        "x = ct |> window(level=40)",
+        "x = ct |> window(level=40, width=400)",
+    ),
+    "E0106": Code(
+        "too many positional arguments",
+        "More arguments were given without names than the operator has parameters. With"
+        " `|>` the value on the left is the first argument already.",
+        "x = ct |> window(ct, 40, 400)",
+        "x = ct |> window(40, 400)",
+    ),
+    "E0107": Code(
+        "argument given twice",
+        "The same parameter was given twice, for example by position and by name.",
+        "x = window(ct, 40, level=40, width=400)",
+    ),
+    "E0108": Code(
+        "not callable",
+        "Only operators and transforms can be called; a binding or a parameter is a value.",
+        "y = ct(1)",
+    ),
+    "E0109": Code(
+        "unknown field",
+        "`.name` was used on a value without that field. Pairs have `.image` and `.label`"
+        " (also on a dataset of pairs); splits have `.train`, `.val` and `.test`.",
+        "x = folds.validation",
+        "x = folds.val",
+    ),
+    "E0110": Code(
+        "not an operator",
+        "The right side of `|>` must be an operator or a transform, and a transform"
+        " needs its input.",
+        "x = ct |> 3",
+    ),
+    "E0111": Code(
+        "unknown module",
+        "`import` names a standard module that does not exist. The standard modules are"
+        " std.io, std.pre, std.aug, std.data, std.nets, std.losses, std.train, std.post,"
+        " std.metrics, std.viz and std.report.",
+        "import std.preprocessing",
+        "import std.pre",
+    ),
+    "E0112": Code(
+        "cannot read an imported file",
+        "`import \"file.medas\"` names a file that does not exist (relative to the importing file).",
+    ),
+    "E0113": Code(
+        "invalid type",
+        "A type written after `as` (or on a parameter) is unknown or malformed: an unknown"
+        " type name, an unknown modality, or the wrong number of values in `[...]`.",
+        "ct = nifti(\"ct.nii.gz\") as Image[3, CTT]",
+        "ct = nifti(\"ct.nii.gz\") as Image[3, CT]",
+    ),
+    "E0115": Code(
+        "wrong number of inputs to a transform",
+        "A user transform was given more or fewer inputs than it declares.",
+        "prep(x) = x |> rescale(0, 1)\nout = prep(a, b)",
+    ),
+    "E0201": Code(
+        "type mismatch",
+        "A value was given to a slot of another type: every operator input is a typed slot,"
+        " and every value a typed plug. The message shows both types.",
+        "fit = train(net, ct, loss=dice_ce)",
+        "fit = train(net, cases, loss=dice_ce)",
+    ),
+    "E0202": Code(
+        "ascription contradicts the value",
+        "`as Type` may fill in what the checker cannot know from the file alone (the"
+        " modality of a NIfTI, the number of classes), but not contradict what it knows:"
+        " a label map cannot be declared an image.",
+        "seg = nifti(\"seg.nii.gz\") as Image[3, CT]\nlabels = seg as LabelMap[3, 2]",
+    ),
+    "E0203": Code(
+        "wrong modality",
+        "The operator is only meaningful for one modality. Window/level works in Hounsfield"
+        " units, which only CT has; stain normalization needs RGB pathology; N4 bias"
+        " correction is for MR. An image whose modality is not declared does not fit"
+        " either: declare it with `as`.",
+        "t1 = nifti(\"t1.nii.gz\") as Image[3, MR]\nx = t1 |> window(level=40, width=400)",
+        "t1 = nifti(\"t1.nii.gz\") as Image[3, MR]\nx = t1 |> zscore",
+    ),
+    "E0204": Code(
+        "dimensionality mismatch",
+        "2D and 3D do not mix: a 3D network cannot be trained on 2D slices, a 3-value"
+        " spacing does not apply to a 2D image.",
+        "net = unet3d(classes=2)\nfit = train(net, tiles, loss=dice_ce)   # tiles are 2D",
+        "net = unet2d(classes=2)\nfit = train(net, tiles, loss=dice_ce)",
+    ),
+    "E0205": Code(
+        "number of classes mismatch",
+        "The network's `classes`, the label maps and the metrics must agree on the number"
+        " of classes, background included.",
+        "cases = folder(\"d\", image=\"*_img.nii.gz\", label=\"*_seg.nii.gz\") as Pair<Image[3, CT], LabelMap[3, 3]>\nnet = vnet(classes=2)",
+        "net = vnet(classes=3)",
+    ),
+    "E0206": Code(
+        "missing unit",
+        "Physical sizes need their unit, so that nobody confuses millimetres with voxels or"
+        " degrees with radians: write `1.5 mm`, `(1, 1, 2) mm`, `10 deg`.",
+        "x = ct |> resample(spacing=(1.5, 1.5, 2))",
+        "x = ct |> resample(spacing=(1.5, 1.5, 2) mm)",
+    ),
+    "E0207": Code(
+        "unit on something that is not a number",
+        "A unit follows numbers only.",
+        "x = (\"a\", 2) mm",
+    ),
+    "E0208": Code(
+        "not a valid choice",
+        "The parameter takes one of a fixed set of words (an enumeration, such as the"
+        " interpolation `auto | nearest | linear | bspline`), and this is not one of them.",
+        "x = ct |> resample(spacing=(1, 1, 1) mm, interp=cubic)",
+        "x = ct |> resample(spacing=(1, 1, 1) mm, interp=bspline)",
+    ),
+    "E0209": Code(
+        "wrong number of values",
+        "A tuple has one value per spatial axis: three for a 3D image, two for a 2D one.",
+        "x = ct |> crop_or_pad((128, 128))   # ct is 3D",
+        "x = ct |> crop_or_pad((128, 128, 64))",
+    ),
+    "E0210": Code(
+        "not something to show or report",
+        "`show` takes figures, tables and metrics; `report` takes reports such as"
+        " `html(...)` and `excel(...)`.",
+        "show pred",
+        "show overlay(images, pred)",
+    ),
+    "E0211": Code(
+        "function does not fit",
+        "An operator passed as a value (a loss, a metric) must take what the slot will give"
+        " it: a segmentation loss takes a probability map and a label map, a classification"
+        " loss takes scores and class labels.",
+        "fit = train(net, cases, loss=ce_class)   # net outputs ProbMap, not Scores",
+        "fit = train(net, cases, loss=dice_ce)",
+    ),
+    "E0220": Code(
+        "linear interpolation of a label map",
+        "Interpolating labels linearly creates values between classes (2.5 between kidney"
+        " and spleen) and blurs boundaries. Label maps are resampled with nearest neighbour;"
+        " `interp=auto` does this for labels and uses linear for images.",
+        "x = cases |> resample(spacing=(1, 1, 1) mm, interp=linear)",
+        "x = cases |> resample(spacing=(1, 1, 1) mm)",
+    ),
+    "E0230": Code(
+        "size not divisible by the network's down-sampling",
+        "A U-Net or V-Net halves the size at each level; a patch or window whose size is"
+        " not a multiple of the total factor cannot be reassembled and fails at run time,"
+        " often after hours of pre-processing.",
+        "net = vnet(classes=2)\npred = infer(fit, images, window=(96, 96, 40))",
+        "pred = infer(fit, images, window=(96, 96, 48))",
+    ),
+    "E0301": Code(
+        "objective is not a metric",
+        "`maximize` and `minimize` mark a metric as the objective of tuning; other values"
+        " cannot be objectives.",
+        "pred = infer(fit, images) maximize",
+    ),
+    "E0302": Code(
+        "objective direction contradicts the metric",
+        "Dice, IoU, accuracy are better when higher; HD95 and ASSD are distances and better"
+        " when lower. Maximizing a distance would select the worst model.",
+        "score = hd95(pred, labels) maximize",
+        "score = hd95(pred, labels) minimize",
+    ),
+    "E0401": Code(
+        "cycle",
+        "A value depends on itself, directly or through other values (or a transform uses"
+        " itself). A pipeline is a graph without cycles.",
+        "a = b |> rescale(0, 1)\nb = a |> zscore",
+    ),
+    "E0501": Code(
+        "invalid search space",
+        "A search space whose bounds cannot work: low not below high, `loguniform` through"
+        " zero or below, a `quniform` step that is zero or larger than the range, `int`"
+        " bounds that are not whole numbers, a `choice` with fewer than two options.",
+        "param lr = 1e-3 search loguniform(0, 1e-2)",
+        "param lr = 1e-3 search loguniform(1e-5, 1e-2)",
+    ),
+    "E0502": Code(
+        "default outside the search space",
+        "A parameter's default is the value of a plain run and the first trial of a search;"
+        " it must lie inside its own search space.",
+        "param lr = 0.1 search loguniform(1e-4, 1e-2)",
+        "param lr = 1e-3 search loguniform(1e-4, 1e-2)",
+    ),
+    "E0503": Code(
+        "unknown search space",
+        "The search spaces are uniform(lo, hi), loguniform(lo, hi), quniform(lo, hi, step),"
+        " int(lo, hi) and choice(a, b, ...).",
+        "param lr = 1e-3 search log_uniform(1e-4, 1e-2)",
+        "param lr = 1e-3 search loguniform(1e-4, 1e-2)",
+    ),
+    "E0504": Code(
+        "search space of the wrong type",
+        "A numeric search space for a parameter that is not a number, or a `choice` whose"
+        " options are not all of the parameter's type (a metric among losses).",
+        "param loss_fn = dice_ce search choice(dice_ce, dice)",
+        "param loss_fn = dice_ce search choice(dice_ce, dice_loss)",
+    ),
+    "E0601": Code(
+        "unknown resource",
+        "`resources` takes gpus, cpus, workers, memory and gpu_memory.",
+        "resources gpu=1",
+        "resources gpus=1",
+    ),
+    "W0001": Code(
+        "unused value",
+        "A binding that nothing uses, shows or reports is computed for nothing.",
+        "pipeline p {\n  ct = nifti(\"ct.nii.gz\")\n}",
+    ),
+    "W0002": Code("unused parameter", "A parameter that no value uses has no effect, even when searched."),
+    "W0003": Code("unused transform", "A transform that is never applied is never checked against data."),
+    "W0004": Code("unused import", "A standard module is imported but none of its operators is used."),
+    "W0005": Code(
+        "real-valued search for a whole number",
+        "`uniform`, `loguniform` and `quniform` draw real numbers; a whole-number parameter"
+        " such as `epochs` is searched with `int(lo, hi)`.",
+        "param epochs = 50 search uniform(10, 100)",
+        "param epochs = 50 search int(10, 100)",
+    ),
+}
+
+
+def explain(code: str) -> str | None:
+    entry = CODES.get(code.upper())
+    if entry is None:
+        return None
+    lines = [f"{code.upper()}: {entry.title}", "", entry.explanation]
+    if entry.example:
+        lines += ["", "For example:", "", *("    " + ln for ln in entry.example.splitlines())]
+    if entry.fix:
+        lines += ["", "Fixed:", "", *("    " + ln for ln in entry.fix.splitlines())]
+    return "\n".join(lines)

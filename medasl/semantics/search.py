@@ -1,0 +1,146 @@
+"""Search spaces of parameters: `param lr = 1e-3 search loguniform(1e-4, 1e-2)`.
+
+Checked here so that a tuning run never starts with bounds hyperopt would reject or,
+worse, silently accept (a default outside its own range, a log scale through zero).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from medasl.diagnostics import label, secondary
+from medasl.ir.graph import Const, OpRef
+from medasl.ir.types import FLOAT, INT, Ty, TyLike, format_type
+from medasl.semantics.matching import ERROR, Mismatch, fit
+from medasl.semantics.suggest import did_you_mean
+from medasl.syntax import ast
+
+if TYPE_CHECKING:
+    from medasl.semantics.checker import PipelineChecker, Val
+
+# kind -> (number of bounds, element type of the bounds)
+NUMERIC_SPACES: dict[str, tuple[int, TyLike]] = {
+    "uniform": (2, FLOAT),
+    "loguniform": (2, FLOAT),
+    "quniform": (3, FLOAT),
+    "int": (2, INT),
+}
+SPACES = (*NUMERIC_SPACES, "choice")
+
+
+def check_search(stmt: ast.Param, default: Val, ptype: TyLike, pc: PipelineChecker) -> dict[str, object] | None:
+    space = stmt.search
+    assert space is not None
+    if space.kind not in SPACES:
+        pc.error("E0503", f"unknown search space `{space.kind}`", label(space.kind_span, "not a search space"),
+                 help=did_you_mean(space.kind, SPACES) or f"search spaces are {', '.join(SPACES)}")
+        return None
+    if any(a.name is not None for a in space.args):
+        named = next(a for a in space.args if a.name is not None)
+        pc.error("E0501", f"`{space.kind}` takes its bounds in order, without names",
+                 label(named.name_span or named.span, "named argument"),
+                 help=f"write `{space.kind}(low, high)`" if space.kind != "choice" else "write `choice(a, b, c)`")
+        return None
+    if space.kind == "choice":
+        return _choice(stmt, default, ptype, pc)
+    return _numeric(stmt, default, ptype, pc)
+
+
+def _numeric(stmt: ast.Param, default: Val, ptype: TyLike, pc: PipelineChecker) -> dict[str, object] | None:
+    space = stmt.search
+    assert space is not None
+    count, bound_type = NUMERIC_SPACES[space.kind]
+    if len(space.args) != count:
+        shape = {"quniform": "quniform(low, high, step)"}.get(space.kind, f"{space.kind}(low, high)")
+        pc.error("E0501", f"`{space.kind}` takes {count} numbers, given {len(space.args)}",
+                 label(space.span, f"write `{shape}`"))
+        return None
+    values = []
+    for arg in space.args:
+        val = pc.expr(arg.value)
+        if val.type == ERROR:
+            return None
+        if not (isinstance(val.value, Const) and val.type in (INT, FLOAT)):
+            pc.error("E0501", f"the bounds of `{space.kind}` must be numbers, found {format_type(val.type)}",
+                     label(arg.span, "not a number"))
+            return None
+        if bound_type == INT and val.type != INT:
+            pc.error("E0501", "the bounds of `int` must be whole numbers", label(arg.span, "not a whole number"),
+                     help="use `quniform(low, high, step)` or `uniform(low, high)` for real numbers")
+            return None
+        values.append(val.value.value)
+    if ptype not in (INT, FLOAT) and ptype != ERROR:
+        pc.error("E0504", f"`{space.kind}` searches numbers, but `{stmt.name}` is {format_type(ptype)}",
+                 label(space.span, "a numeric search space"), secondary(stmt.default.span, f"this is {format_type(ptype)}"),
+                 help="use `choice(...)` to search among values that are not numbers")
+        return None
+    if ptype == INT and bound_type != INT:
+        pc.warning("W0005", f"`{stmt.name}` is a whole number but `{space.kind}` draws real numbers",
+                   label(space.kind_span, "draws real numbers"),
+                   help=f"use `int({values[0]}, {values[1]})` to search whole numbers")
+    low, high = values[0], values[1]
+    if not low < high:
+        pc.error("E0501", f"the lower bound of `{space.kind}` must be below the upper bound, found {low} and {high}",
+                 label(space.span, "empty range"), help=f"write `{space.kind}({high}, {low}{', ...' if count == 3 else ''})`")
+        return None
+    if space.kind == "loguniform" and low <= 0:
+        pc.error("E0501", f"`loguniform` needs bounds above zero, found {low}",
+                 label(space.args[0].span, "a log scale cannot reach 0 or below"),
+                 help="use `uniform(low, high)` for a range that includes zero")
+        return None
+    if space.kind == "quniform":
+        step = values[2]
+        if not 0 < step <= high - low:
+            pc.error("E0501", f"the step of `quniform` must be above zero and at most {high - low}, found {step}",
+                     label(space.args[2].span, "invalid step"))
+            return None
+    if isinstance(default.value, Const) and isinstance(default.value.value, int | float):
+        d = default.value.value
+        if not low <= d <= high:
+            pc.error("E0502", f"the default {d} of `{stmt.name}` lies outside its search range [{low}, {high}]",
+                     label(stmt.default.span, "outside the range"), secondary(space.span, "searched range"),
+                     help="the default is the first trial and the value of a plain run: put it inside the range")
+            return None
+    return {"kind": space.kind, "args": values}
+
+
+def _choice(stmt: ast.Param, default: Val, ptype: TyLike, pc: PipelineChecker) -> dict[str, object] | None:
+    space = stmt.search
+    assert space is not None
+    if len(space.args) < 2:
+        pc.error("E0501", "`choice` needs at least two options", label(space.span, "nothing to choose from"),
+                 help="list the alternatives: `choice(a, b, c)`")
+        return None
+    options = []
+    ok = True
+    for arg in space.args:
+        val = pc.expr(arg.value, ptype if isinstance(ptype, Ty) else None)
+        if val.type == ERROR:
+            ok = False
+            continue
+        try:
+            fit(val.type, ptype, {})
+        except Mismatch:
+            pc.error("E0504", f"every option of `choice` must be of the type of `{stmt.name}`, {format_type(ptype)}; "
+                     f"found {format_type(val.type)}",
+                     label(arg.span, f"this is {format_type(val.type)}"),
+                     secondary(stmt.default.span, f"the default is {format_type(ptype)}"))
+            ok = False
+            continue
+        options.append(_option(val))
+    if not ok:
+        return None
+    if _option(default) not in options:
+        pc.error("E0502", f"the default of `{stmt.name}` is not one of its choices",
+                 label(stmt.default.span, "not among the choices"), secondary(space.span, "the choices"),
+                 help="add the default to the choices")
+        return None
+    return {"kind": "choice", "args": options}
+
+
+def _option(val: Val) -> object:
+    if isinstance(val.value, OpRef):
+        return "@" + val.value.op
+    if isinstance(val.value, Const):
+        return val.value.value
+    return str(val.value)

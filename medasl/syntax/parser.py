@@ -1,0 +1,391 @@
+"""Text -> AST. Lark parses with the LALR grammar in grammar/medas.lark; a transformer
+builds the AST with spans; Lark's exceptions become diagnostics in user vocabulary."""
+
+from __future__ import annotations
+
+import ast as py_ast
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from medasl.diagnostics import Diagnostics, label
+from medasl.source import SourceFile, Span
+from medasl.syntax import ast
+
+GRAMMAR_PATH = Path(__file__).resolve().parents[2] / "grammar" / "medas.lark"
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark(
+        GRAMMAR_PATH.read_text(encoding="utf-8"),
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def parse(source: SourceFile, diags: Diagnostics) -> ast.Module | None:
+    """Parse one file; on a syntax error, report it and return None."""
+    try:
+        tree = _lark().parse(source.text)
+    except UnexpectedInput as exc:
+        _report_syntax_error(exc, source, diags)
+        return None
+    return _Builder(source.name).transform(tree)
+
+
+# ----- tree -> AST --------------------------------------------------------------
+
+
+def _token_span(file: str, tok: Token) -> Span:
+    return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+def _docs(children: list[object]) -> tuple[tuple[str, ...], list[object]]:
+    """Split leading `## ...` doc-comment tokens from the rest of a rule's children."""
+    docs = []
+    rest = list(children)
+    while rest and isinstance(rest[0], Token) and rest[0].type == "DOC":
+        docs.append(rest.pop(0)[2:].strip())
+    return tuple(docs), rest
+
+
+def _with_docs(node: object, docs: tuple[str, ...]) -> object:
+    if docs and hasattr(node, "docs"):
+        from dataclasses import replace
+
+        return replace(node, docs=docs)
+    return node
+
+
+def _number(text: str) -> float | int:
+    if any(c in text for c in ".eE"):
+        return float(text)
+    return int(text)
+
+
+@v_args(meta=True)
+class _Builder(Transformer):
+    """Builds `medasl.syntax.ast` nodes from the Lark parse tree."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        self.file = file
+
+    def _span(self, meta: object) -> Span:
+        m = meta  # lark.tree.Meta
+        return Span(self.file, m.line, m.column, m.end_line, m.end_column)  # type: ignore[attr-defined]
+
+    def _tok(self, tok: Token) -> Span:
+        return _token_span(self.file, tok)
+
+    # module structure
+    def start(self, meta, children):
+        items: list[object] = []
+        for child in children:
+            items.extend(child if isinstance(child, list) else [child])
+        return ast.Module(self.file, tuple(items))
+
+    def item(self, meta, children):
+        docs, rest = _docs(children)
+        node = rest[0]
+        if isinstance(node, list):  # an import statement with several targets
+            return [_with_docs(n, docs) for n in node]
+        return _with_docs(node, docs)
+
+    stmt = item
+
+    def import_stmt(self, meta, children):
+        return list(children)
+
+    def import_module(self, meta, children):
+        return ast.Import(tuple(children[0]), None, None, self._span(meta))
+
+    def import_file(self, meta, children):
+        path, alias = children
+        return ast.Import(None, py_ast.literal_eval(path), str(alias) if alias else None, self._span(meta))
+
+    def dotted_name(self, meta, children):
+        return [str(c) for c in children]
+
+    def pipeline(self, meta, children):
+        name, *stmts = children
+        return ast.Pipeline(str(name), tuple(stmts), self._span(meta), self._tok(name))
+
+    # statements
+    def param_stmt(self, meta, children):
+        name, type_, default, search = children
+        return ast.Param(str(name), type_, default, search, self._span(meta), self._tok(name))
+
+    def search_clause(self, meta, children):
+        kind, args = children
+        return ast.SearchSpace(str(kind), self._tok(kind), tuple(args or ()), self._span(meta))
+
+    def binding(self, meta, children):
+        name, value, goal = children
+        return ast.Binding(str(name), value, goal, self._span(meta), self._tok(name))
+
+    def maximize(self, meta, children):
+        return "maximize"
+
+    def minimize(self, meta, children):
+        return "minimize"
+
+    def transform_def(self, meta, children):
+        name, params, body = children
+        return ast.TransformDef(str(name), tuple(params), body, self._span(meta), self._tok(name))
+
+    def fparams(self, meta, children):
+        return list(children)
+
+    def fparam(self, meta, children):
+        name = children[0]
+        type_ = children[1] if len(children) > 1 else None
+        return ast.FParam(str(name), type_, self._span(meta))
+
+    def show_stmt(self, meta, children):
+        return ast.Show(tuple(children), self._span(meta))
+
+    def report_stmt(self, meta, children):
+        return ast.Report(tuple(children), self._span(meta))
+
+    def resources_stmt(self, meta, children):
+        return ast.Resources(tuple(children), self._span(meta))
+
+    # expressions
+    def pipe(self, meta, children):
+        left, right = children
+        return ast.Pipe(left, right, self._span(meta))
+
+    def ascription(self, meta, children):
+        value, type_ = children
+        return ast.Ascription(value, type_, self._span(meta))
+
+    def field(self, meta, children):
+        value, name = children
+        return ast.Field(value, str(name), self._tok(name), self._span(meta))
+
+    def call(self, meta, children):
+        func, args = children
+        return ast.Call(func, tuple(args or ()), self._span(meta))
+
+    def name(self, meta, children):
+        (tok,) = children
+        if isinstance(tok, Token):
+            return ast.Name(str(tok), self._tok(tok))
+        return tok  # a literal passed through `literal_or_name`
+
+    def number(self, meta, children):
+        tok, unit = children
+        return ast.Number(_number(str(tok)), str(tok), str(unit) if unit else None, self._span(meta))
+
+    def string(self, meta, children):
+        (tok,) = children
+        return ast.String(py_ast.literal_eval(str(tok)), self._span(meta))
+
+    def true(self, meta, children):
+        return ast.Bool(True, self._span(meta))
+
+    def false(self, meta, children):
+        return ast.Bool(False, self._span(meta))
+
+    def tuple(self, meta, children):
+        *items, unit = children
+        items = [i for i in items if i is not None]
+        return ast.Tuple(tuple(items), str(unit) if unit else None, self._span(meta))
+
+    def list(self, meta, children):
+        return ast.ListExpr(tuple(c for c in children if c is not None), self._span(meta))
+
+    def args(self, meta, children):
+        out = []
+        for child in children:
+            if isinstance(child, ast.Arg):
+                out.append(child)
+            else:
+                out.append(ast.Arg(None, child, child.span))
+        return out
+
+    def named_arg(self, meta, children):
+        name, value = children
+        return ast.Arg(str(name), value, self._span(meta), self._tok(name))
+
+    # operator declarations
+    def op_decl(self, meta, children):
+        attrs = [c for c in children if isinstance(c, ast.Attribute)]
+        rest = [c for c in children if not isinstance(c, ast.Attribute)]
+        name, type_vars, params, result = rest
+        return ast.OpDecl(
+            str(name),
+            tuple(attrs),
+            tuple(type_vars or ()),
+            tuple(params or ()),
+            result,
+            self._span(meta),
+            self._tok(name),
+        )
+
+    def attribute(self, meta, children):
+        name, args = children
+        values = []
+        for a in args or ():
+            values.append(a.id if isinstance(a, ast.Name) else getattr(a, "value", a))
+        return ast.Attribute(str(name), tuple(values), self._span(meta))
+
+    def attr_args(self, meta, children):
+        return list(children)
+
+    def type_vars(self, meta, children):
+        return list(children)
+
+    def type_var(self, meta, children):
+        name, bound = (children + [None])[:2]
+        return ast.TypeVar(str(name), bound, self._span(meta))
+
+    def oparams(self, meta, children):
+        return list(children)
+
+    def oparam(self, meta, children):
+        name, type_, default = children
+        return ast.OpParam(str(name), type_, default, self._span(meta))
+
+    def enum_decl(self, meta, children):
+        name, *values = children
+        return ast.EnumDecl(str(name), tuple(str(v) for v in values), self._span(meta))
+
+    # types
+    def fn_type(self, meta, children):
+        *params, result = children
+        params = [p for p in params if p is not None]
+        return ast.FnType(tuple(params), result, self._span(meta))
+
+    def type_app(self, meta, children):
+        name, index, params, overrides = children
+        return ast.TypeApp(
+            str(name),
+            tuple(index or ()),
+            tuple(params or ()),
+            tuple(overrides or ()),
+            self._span(meta),
+        )
+
+    def type_index(self, meta, children):
+        return list(children)
+
+    def type_params(self, meta, children):
+        return list(children)
+
+    def type_override(self, meta, children):
+        pairs = []
+        for i in range(0, len(children), 2):
+            pairs.append((str(children[i]), children[i + 1]))
+        return pairs
+
+    def targ_number(self, meta, children):
+        return ast.TypeArg("number", _number(str(children[0])), self._span(meta))
+
+    def targ_name(self, meta, children):
+        return ast.TypeArg("name", str(children[0]), self._span(meta))
+
+    def targ_unknown(self, meta, children):
+        return ast.TypeArg("unknown", None, self._span(meta))
+
+    def targ_shape(self, meta, children):
+        return ast.TypeArg("shape", tuple(_number(str(c)) for c in children), self._span(meta))
+
+    def targ_named(self, meta, children):
+        name, value = children
+        return ast.TypeArg("named", (str(name), value), self._span(meta))
+
+
+# ----- syntax errors --------------------------------------------------------------
+
+_TOKEN_NAMES = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "UNIT": "a unit (mm, cm, um, deg, rad, GB, MB)",
+    "DOC": "a `##` doc comment",
+    "$END": "the end of the file",
+}
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _TOKEN_NAMES:
+        return _TOKEN_NAMES[name]
+    for term in _lark().terminals:
+        if term.name == name:
+            pattern = term.pattern
+            if pattern.type == "str":
+                return f"`{pattern.value}`"
+    return name.lower()
+
+
+def _describe_found(tok: Token) -> str:
+    if tok.type == "$END":
+        return "the end of the file"
+    if tok.type in ("NAME",):
+        return f"name `{tok}`"
+    if tok.type == "NUMBER":
+        return f"number `{tok}`"
+    if tok.type == "STRING":
+        return f"string {tok}"
+    return f"`{tok}`"
+
+
+def _expected_list(expected: set[str]) -> str:
+    names = sorted({_describe_terminal(n) for n in expected})
+    if len(names) > 8:
+        names = names[:8] + ["..."]
+    return ", ".join(names)
+
+
+def _report_syntax_error(exc: UnexpectedInput, source: SourceFile, diags: Diagnostics) -> None:
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        tok = exc.token
+        span = _token_span(source.name, tok)
+        expected = set(exc.accepts or exc.expected)
+        diags.error(
+            "E0001",
+            f"unexpected {_describe_found(tok)}",
+            label(span, f"expected {_expected_list(expected)}"),
+            help=_syntax_hint(tok, expected),
+        )
+    elif isinstance(exc, UnexpectedCharacters):
+        line, col = exc.line, exc.column
+        char = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else ""
+        span = Span(source.name, line, col, line, col + 1)
+        help_text = None
+        if char == '"':
+            help_text = "a string must be closed with `\"` on the same line"
+        elif char in "-+*/":
+            help_text = "medas has no arithmetic: write the number you mean, e.g. `0.5` or `-100`"
+        diags.error("E0002", f"unexpected character `{char}`", label(span, "not valid here"), help=help_text)
+    else:  # UnexpectedEOF, or UnexpectedToken at the end of the file
+        lines = source.text.splitlines() or [""]
+        last = len(lines)
+        span = Span(source.name, last, max(1, len(lines[-1])), last, max(2, len(lines[-1]) + 1))
+        expected: set[str] = set(getattr(exc, "expected", None) or ())
+        if isinstance(exc, UnexpectedToken):
+            expected = set(exc.accepts or exc.expected)
+        missing = "a closing `}`" if "RBRACE" in expected else _expected_list(expected) or "more input"
+        diags.error("E0003", "the file ends too early", label(span, f"expected {missing} after this"))
+
+
+def _syntax_hint(tok: Token, expected: set[str]) -> str | None:
+    if tok.type == "NAME" and ("COMMA" in expected or "RPAR" in expected):
+        return "separate arguments with `,`"
+    if tok.type == "EQUAL" and "COLON" in expected:
+        return None
+    if str(tok) in {"pipeline", "param", "show", "report", "import", "op", "search"}:
+        return f"`{tok}` is a keyword and cannot be used as a name here"
+    if tok.type == "UNIT":
+        return "unit words (mm, cm, um, deg, rad, GB, MB) follow a number, like `1.5 mm`"
+    return None
+
+
+__all__ = ["parse", "UnexpectedEOF"]
