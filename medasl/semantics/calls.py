@@ -43,6 +43,7 @@ class CallChecker:
         self.op = op
         self.span = span
         self.func_span = func_span
+        self.piped: Val | None = None
 
     # ----- binding arguments to parameters ----------------------------------------------
 
@@ -50,6 +51,7 @@ class CallChecker:
         from medasl.semantics.checker import Val
 
         op = self.op
+        self.piped = piped
         exprs: dict[str, tuple[ast.Expr | None, Val | None, Span]] = {}
         positional: list[tuple[ast.Expr | None, Val | None, Span]] = []
         if piped is not None:
@@ -276,7 +278,12 @@ class CallChecker:
     # ----- mismatch reports -----------------------------------------------------------------
 
     def _report(self, am: ArgMismatch, values: dict[str, Val], member_of_pair: bool = False) -> None:
+        from medasl.semantics.checker import Val
+
         val = values[am.param.name]
+        if self.piped is not None and val is self.piped:
+            # `x |> op`: the operator is what does not fit what flows into it
+            val = Val(val.value, val.type, self.func_span, val.origin or val.span, val.origin_name or "the input")
         domain.report_mismatch(self.pc, am.mismatch, val, am.param.type, f"`{am.param.name}`", self.op,
                                member_of_pair=member_of_pair)
 

@@ -53,7 +53,8 @@ def report_mismatch(pc: PipelineChecker, m: Mismatch, val: Val, slot: TyLike, wh
     who = f"`{op.name}`" if op else what
     origin = []
     if val.origin is not None and val.origin_name is not None and val.origin != val.span:
-        origin = [secondary(val.origin, f"`{val.origin_name}` is {found}")]
+        who_is = "the input" if val.origin_name == "the input" else f"`{val.origin_name}`"
+        origin = [secondary(val.origin, f"{who_is} is {found}")]
     hint = None
     if op is not None:
         hints = op.attrs.get("hint")

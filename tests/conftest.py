@@ -1,0 +1,28 @@
+"""Shared test helpers. Golden files are rewritten with MEDASL_UPDATE_GOLDEN=1."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+UPDATE_GOLDEN = os.environ.get("MEDASL_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """File names in diagnostics and imports are relative to the repository root."""
+    monkeypatch.chdir(ROOT)
+
+
+def compare_golden(actual: str, expected_path: Path) -> None:
+    """Assert `actual` equals the golden file, or rewrite it when updating."""
+    if UPDATE_GOLDEN or not expected_path.exists():
+        if not UPDATE_GOLDEN:
+            pytest.fail(f"{expected_path} is missing; run with MEDASL_UPDATE_GOLDEN=1 and review it")
+        expected_path.write_text(actual, encoding="utf-8")
+        return
+    expected = expected_path.read_text(encoding="utf-8")
+    assert actual == expected, f"output differs from {expected_path.relative_to(ROOT)}"
