@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medasl.diagnostics import Diagnostics, label
+from medasl.semantics import snapshot
 from medasl.semantics.signatures import EnumDef, OpSig, TypeError_, signature_from_decl
 from medasl.source import SourceFile, Span
 from medasl.syntax import ast
-from medasl.syntax.parser import parse
+from medasl.syntax.parser import cache_dir, parse, write_atomically
 
 STDLIB_DIR = Path(__file__).resolve().parents[2] / "stdlib"
 
@@ -23,6 +24,7 @@ class InternalError(Exception):
     """A bug in medasl itself (including its standard library), not in the user's file."""
 
 
+@snapshot.register
 @dataclass
 class Module:
     """What one module offers to a file that imports it."""
@@ -35,17 +37,31 @@ class Module:
 
 
 class Stdlib:
-    """Every `stdlib/*.medas` module, parsed and typed."""
+    """Every `stdlib/*.medas` module, parsed and typed (from a JSON snapshot in the
+    cache when one matches the files)."""
 
     def __init__(self, directory: Path = STDLIB_DIR) -> None:
         self.modules: dict[str, Module] = {}
         self.sources: dict[str, SourceFile] = {}
+        files = sorted(directory.glob("*.medas"))
+        for path in files:
+            name = f"<std.{path.stem}>"
+            self.sources[name] = SourceFile(name, path.read_text(encoding="utf-8"))
+        cached = cache_dir() / f"stdlib-{snapshot.fingerprint(files)}.json"
+        try:
+            self.modules, self.enums = snapshot.loads(cached.read_text(encoding="utf-8"))  # type: ignore[misc]
+            return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        self._build(files)
+        write_atomically(cached, snapshot.dumps((self.modules, self.enums)))
+
+    def _build(self, files: list[Path]) -> None:
         decls: list[tuple[str, ast.OpDecl]] = []
         enums: dict[str, EnumDef] = {}
-        for path in sorted(directory.glob("*.medas")):
+        for path in files:
             name = f"std.{path.stem}"
-            source = SourceFile(f"<{name}>", path.read_text(encoding="utf-8"))
-            self.sources[source.name] = source
+            source = self.sources[f"<{name}>"]
             diags = Diagnostics()
             tree = parse(source, diags)
             if tree is None:
