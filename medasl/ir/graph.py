@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Union
 
 from medasl.ir.types import TyLike, format_type, type_to_json
 from medasl.source import Span
@@ -46,7 +45,7 @@ class OpRef:
     args: tuple[tuple[str, Value], ...] = ()
 
 
-Value = Union[Ref, Const, OpRef]
+Value = Ref | Const | OpRef
 
 
 @dataclass

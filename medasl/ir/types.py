@@ -13,7 +13,6 @@ parameters each constructor takes; the checker's matching rules are generic over
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class _Unknown:
 
 UNKNOWN = _Unknown()
 
-AttrValue = Union[int, str, tuple, Var, _Unknown]
+AttrValue = int | str | tuple | Var | _Unknown
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class Fn:
         return format_type(self)
 
 
-TyLike = Union[Ty, Fn, Var]
+TyLike = Ty | Fn | Var
 
 
 @dataclass(frozen=True)

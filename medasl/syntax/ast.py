@@ -7,7 +7,6 @@ The AST is exactly what the user wrote, with no names resolved and no types chec
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Union
 
 from medasl.source import Span
 
@@ -43,7 +42,7 @@ class FnType:
     span: Span
 
 
-TypeExpr = Union[TypeApp, FnType]
+TypeExpr = TypeApp | FnType
 
 # ----- expressions ------------------------------------------------------------
 
@@ -130,7 +129,7 @@ class Ascription:
     span: Span
 
 
-Expr = Union[Name, Number, String, Bool, Tuple, ListExpr, Field, Call, Pipe, Ascription]
+Expr = Name | Number | String | Bool | Tuple | ListExpr | Field | Call | Pipe | Ascription
 
 # ----- statements and items ---------------------------------------------------
 
@@ -204,7 +203,7 @@ class Resources:
     docs: tuple[str, ...] = ()
 
 
-Stmt = Union[Param, Binding, TransformDef, Show, Report, Resources]
+Stmt = Param | Binding | TransformDef | Show | Report | Resources
 
 
 @dataclass(frozen=True)
@@ -271,7 +270,7 @@ class EnumDecl:
     docs: tuple[str, ...] = ()
 
 
-Item = Union[Import, Pipeline, OpDecl, EnumDecl, TransformDef]
+Item = Import | Pipeline | OpDecl | EnumDecl | TransformDef
 
 
 @dataclass(frozen=True)
