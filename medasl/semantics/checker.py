@@ -647,10 +647,12 @@ class PipelineChecker:
                 if declared is not None:
                     self._fit_value(bound[p.name], declared, f"`{p.name}` of transform `{t.name}`")
         self.frames.append(_Frame(t.name, bound, span))
+        outer, self.file_scope = self.file_scope, self.file_scope.home_of(t)
         try:
             result = self.expr(t.body)
         finally:
             self.frames.pop()
+            self.file_scope = outer
         return Val(result.value, result.type, span)
 
     def _op_value(self, op: OpSig, bound_args: tuple[tuple[str, Value], ...], span: Span) -> Val:

@@ -34,6 +34,8 @@ class Module:
     enums: dict[str, EnumDef] = field(default_factory=dict)
     transforms: dict[str, ast.TransformDef] = field(default_factory=dict)
     docs: tuple[str, ...] = ()
+    # the names a user module's transforms see: its own imports, not the importer's
+    scope: FileScope | None = field(default=None, compare=False, repr=False)
 
 
 class Stdlib:
@@ -112,6 +114,15 @@ class FileScope:
     aliases: dict[str, Module] = field(default_factory=dict)
     imported_std: dict[str, Span] = field(default_factory=dict)
 
+    def home_of(self, transform: ast.TransformDef) -> FileScope:
+        """The scope a transform's body is checked in: the file that defines it."""
+        for module in [*self.aliases.values(), *self.imported_modules]:
+            if module.scope is not None and any(t is transform for t in module.transforms.values()):
+                return module.scope
+        return self
+
+    imported_modules: list[Module] = field(default_factory=list)
+
 
 class Loader:
     """Loads the modules one file imports, reporting problems as diagnostics."""
@@ -159,6 +170,8 @@ class Loader:
         if alias:
             scope.aliases[alias] = module
             return
+        if module.scope is not None:
+            scope.imported_modules.append(module)
         scope.ops.update(module.ops)
         scope.enums.update(module.enums)
         scope.transforms.update(module.transforms)
@@ -186,6 +199,7 @@ class Loader:
         inner = self.scope_for(tree, path.parent)
         self.loading.discard(path)
         module = self.module_of(tree, str(path), inner)
+        module.scope = inner
         self.user_modules[path] = module
         return module
 

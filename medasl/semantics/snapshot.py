@@ -69,7 +69,7 @@ def fingerprint(stdlib_files: list[Path]) -> str:
     """Changes when a stdlib file, the grammar or the code that types signatures changes."""
     digest = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    code = [here / "signatures.py", here / "snapshot.py", here.parent / "ir" / "types.py",
+    code = [here / "signatures.py", here / "snapshot.py", here / "modules.py", here.parent / "ir" / "types.py",
             here.parent / "syntax" / "ast.py", here.parent / "syntax" / "parser.py",
             here.parents[1] / "grammar" / "medas.lark"]
     for path in [*stdlib_files, *code]:

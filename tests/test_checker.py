@@ -1,0 +1,127 @@
+"""What the checker accepts and the IR it builds: lifting, conversions, transforms,
+imports, dependent types."""
+
+from __future__ import annotations
+
+from medasl.ir.graph import Graph, OpRef
+from medasl.ir.types import format_type
+from medasl.semantics.checker import check_source
+from medasl.source import SourceFile
+
+IMPORTS = "import std.io, std.pre, std.aug, std.data, std.nets, std.losses, std.train, std.post, std.metrics, std.viz, std.report\n"
+
+
+def check(body: str, name: str = "tests/data/t.medas") -> Graph:
+    result = check_source(SourceFile(name, IMPORTS + "pipeline p {\n" + body + "\n}\n"))
+    errors = [f"{d.code}: {d.message}" for d in result.diagnostics.errors]
+    assert errors == [], errors
+    return result.graphs[0]
+
+
+def types(graph: Graph) -> dict[str, str]:
+    return {n.id: format_type(n.type) for n in graph.nodes.values()}
+
+
+CASES = """
+  cases = folder("d", image="*_ct.nii.gz", label="*_seg.nii.gz") as Pair<Image[3, CT], LabelMap[3, 3]>
+"""
+
+
+def test_lifting_over_datasets_and_pairs() -> None:
+    g = check(CASES + """
+  x = cases |> resample(spacing=(1, 1, 2) mm) |> window(level=40, width=400) |> crop_or_pad((64, 64, 32))
+  show overlay(x.image, x.label)
+""")
+    nodes = g.nodes
+    assert nodes["resample"].lift == ("map", "pair")
+    assert nodes["window"].lift == ("map", "image")
+    assert format_type(nodes["x"].type) == (
+        "Dataset<Pair<Image[3, CT, shape=(64, 64, 32)], LabelMap[3, 3, shape=(64, 64, 32)]>>")
+    assert nodes["overlay"].lift == ("map",)
+
+
+def test_metric_over_datasets_is_one_aggregated_value() -> None:
+    g = check(CASES + """
+  score = dice(cases.label, cases.label) maximize
+""")
+    assert g.nodes["score"].lift == ("mean",)
+    assert format_type(g.nodes["score"].type) == "Metric[max]"
+    assert g.nodes["score"].goal == "maximize"
+
+
+def test_dicom_series_gets_an_explicit_conversion() -> None:
+    g = check("""
+  series = dicom_series("dicom/") as DicomSeries[CT]
+  x = series |> window(level=40, width=400)
+  report write_nifti(x, "ct.nii.gz")
+""")
+    conv = [n for n in g.nodes.values() if n.conversion]
+    assert [n.op for n in conv] == ["dicom_to_image"]
+    assert g.nodes["x"].args[0][1].node == conv[0].id  # type: ignore[union-attr]
+    assert format_type(g.nodes["x"].type) == "Image[3, CT]"
+
+
+def test_validation_metric_on_labels_gets_argmax() -> None:
+    g = check(CASES + """
+  fit = train(vnet(classes=3), cases, loss=dice_ce, metric=dice, epochs=2)
+  show loss_curve(fit)
+""")
+    metric = dict(g.nodes["fit"].args)["metric"]
+    assert metric == OpRef("dice", (("convert_input", OpRef("argmax")),))
+
+
+def test_transforms_inline_at_each_use_and_bindings_in_any_order() -> None:
+    g = check("""
+  b = a |> prep
+  a = nifti("x.nii.gz") as Image[3, CT]
+  c = nifti("y.nii.gz") as Image[3, CT] |> prep
+  prep(x) = x |> window(level=40, width=400)
+  report write_nifti(b, "b.nii.gz"), write_nifti(c, "c.nii.gz")
+""")
+    windows = [n for n in g.nodes.values() if n.op == "window"]
+    assert len(windows) == 2
+    order = list(g.nodes)
+    assert order.index("a") < order.index("b")
+
+
+def test_user_module_import_plain_and_aliased() -> None:
+    for header, call in (('import "common.medas"\n', "ct_norm"), ('import "common.medas" as common\n', "common.ct_norm")):
+        body = f"""pipeline p {{
+  ct = nifti("a.nii.gz") as Image[3, CT]
+  x = ct |> {call}
+  report write_nifti(x, "x.nii.gz")
+}}
+"""
+        result = check_source(SourceFile("tests/data/main.medas", "import std.io\n" + header + body))
+        assert [d.code for d in result.diagnostics] == []
+        assert [n.op for n in result.graphs[0].nodes.values()] == ["nifti", "window", "rescale", "write_nifti"]
+
+
+def test_dependent_types_follow_parameter_values() -> None:
+    g = check("""
+  param classes = 4
+  net = vnet(classes=classes)
+  net2 = unet3d(classes=3, channels=(8, 16, 32, 64, 128))
+  show loss_curve(train(net, folder("d", image="*") as Pair<Image[3, CT], LabelMap[3, 4]>, loss=dice_ce))
+  show loss_curve(train(net2, folder("e", image="*") as Pair<Image[3, MR], LabelMap[3, 3]>, loss=dice_ce))
+""")
+    assert types(g)["net"] == "Model<Image[3, Any, channels=1], ProbMap[3, 4]>"
+    assert types(g)["net2"].endswith("ProbMap[3, 3]>")
+
+
+def test_searched_parameter_leaves_its_dependent_attribute_unknown() -> None:
+    g = check("""
+  param width = 16 search choice(16, 32)
+  net = unet3d(classes=2, channels=(width, 32, 64, 128, 256))
+  show loss_curve(train(net, folder("d", image="*") as Pair<Image[3, CT], LabelMap[3, 2]>, loss=dice_ce))
+""")
+    assert "ProbMap[3, 2]" in types(g)["net"]
+
+
+def test_hashes_ignore_names_and_spans_but_not_values() -> None:
+    a = check('  x = nifti("a.nii.gz") as Image[3, CT]\n  y = x |> window(level=40, width=400)\n  report write_nifti(y, "y.nii.gz")')
+    b = check('\n\n  first = nifti("a.nii.gz") as Image[3, CT]\n  second = first |> window(level=40, width=400)\n  report write_nifti(second, "y.nii.gz")')
+    c = check('  x = nifti("a.nii.gz") as Image[3, CT]\n  y = x |> window(level=50, width=400)\n  report write_nifti(y, "y.nii.gz")')
+    assert [n.hash for n in a.nodes.values()] == [n.hash for n in b.nodes.values()]
+    assert a.nodes["x"].hash == c.nodes["x"].hash
+    assert a.nodes["y"].hash != c.nodes["y"].hash
