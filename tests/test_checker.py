@@ -125,3 +125,21 @@ def test_hashes_ignore_names_and_spans_but_not_values() -> None:
     assert [n.hash for n in a.nodes.values()] == [n.hash for n in b.nodes.values()]
     assert a.nodes["x"].hash == c.nodes["x"].hash
     assert a.nodes["y"].hash != c.nodes["y"].hash
+
+
+def test_syntax_errors_of_several_statements_are_all_reported() -> None:
+    text = """import std.io
+pipeline p {
+  a = nifti("a.nii.gz"
+  b = nifti("b.nii.gz") as Image[3, CT]
+  c = b |> window(level=40 width=400)
+  d = b |> rescale(0, 1) + 2
+}
+"""
+    result = check_source(SourceFile("syntax.medas", text))
+    found = [(d.code, d.span.line, d.help) for d in result.diagnostics]  # type: ignore[union-attr]
+    assert found == [
+        ("E0001", 4, "is a `)` missing at the end of line 3?"),
+        ("E0001", 5, "separate arguments with `,`"),
+        ("E0002", 6, "medas has no arithmetic: write the number you mean, e.g. `0.5` or `-100`"),
+    ]

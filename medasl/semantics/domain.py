@@ -52,6 +52,7 @@ def report_mismatch(pc: PipelineChecker, m: Mismatch, val: Val, slot: TyLike, wh
     needs = format_type(finalize(m.expected))
     who = f"`{op.name}`" if op else what
     origin = []
+    who_is = "the input"
     if val.origin is not None and val.origin_name is not None and val.origin != val.span:
         who_is = "the input" if val.origin_name == "the input" else f"`{val.origin_name}`"
         origin = [secondary(val.origin, f"{who_is} is {found}")]
@@ -75,8 +76,10 @@ def report_mismatch(pc: PipelineChecker, m: Mismatch, val: Val, slot: TyLike, wh
         found_mod = m.actual_value
         msg = f"{who} expects {_modality_phrase(str(needs_mod))}, found {format_type(actual_t)}"
         if found_mod == "Any":
-            hint = hint or "declare what the image is, e.g. `nifti(\"scan.nii.gz\") as Image[3, CT]`"
+            hint = f"declare what the image is where it is read, e.g. `nifti(\"scan.nii.gz\") as Image[3, {needs_mod}]`"
             msg = f"{who} expects {_modality_phrase(str(needs_mod))}, but the modality of this image is not declared"
+            if origin:
+                origin = [secondary(val.origin, f"{who_is} has no declared modality")]
         pc.error("E0203", msg, label(val.span, f"needs {format_type(finalize(expected_t))}"), *origin,
                  help=hint, notes=pair_note)
         return

@@ -7,6 +7,7 @@ import ast as py_ast
 import hashlib
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -91,14 +92,61 @@ def _hashable(key: object) -> object:
     return tuple(key) if isinstance(key, list) else key
 
 
+MAX_SYNTAX_ERRORS = 10
+
+# A line that begins a statement or an item: where recovery may resume.
+_STATEMENT_START = re.compile(
+    r"^\s*(param|show|report|resources|import|pipeline|op|enum)\b|^\s*[@}]|^\s*##"
+    r"|^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=|\()"
+)
+
+
 def parse(source: SourceFile, diags: Diagnostics) -> ast.Module | None:
-    """Parse one file; on a syntax error, report it and return None."""
-    try:
-        tree = _lark().parse(source.text)
-    except UnexpectedInput as exc:
-        _report_syntax_error(exc, source, diags)
-        return None
-    return _Builder(source.name).transform(tree)
+    """Parse one file; on syntax errors, report them and return None.
+
+    After an error the parser resumes at the next statement (panic-mode recovery): the
+    statement in error is blanked out, keeping every position, and the text parsed
+    again, so one run reports the syntax errors of several statements.
+    """
+    lines = source.text.split("\n")
+    last_line = 0
+    failed = False
+    for _ in range(MAX_SYNTAX_ERRORS):
+        try:
+            tree = _lark().parse("\n".join(lines))
+        except UnexpectedInput as exc:
+            at_end = isinstance(exc, UnexpectedEOF) or (
+                isinstance(exc, UnexpectedToken) and exc.token.type == "$END")
+            line = getattr(exc, "line", 0) or len(lines)
+            if failed and (at_end or line <= last_line):
+                break  # what follows is a consequence of the first error, not news
+            _report_syntax_error(exc, source, diags)
+            failed = True
+            if at_end:
+                break
+            first, last_line = _statement_around(lines, exc, line)
+            for i in range(first - 1, last_line):
+                lines[i] = " " * len(lines[i])
+            continue
+        return None if failed else _Builder(source.name).transform(tree)
+    return None
+
+
+def _statement_around(lines: list[str], exc: UnexpectedInput, line: int) -> tuple[int, int]:
+    """The lines (1-based, inclusive) to blank so that parsing can resume."""
+    column = getattr(exc, "column", 1) or 1
+    starts_line = not lines[line - 1][: column - 1].strip()
+    if starts_line and _STATEMENT_START.match(lines[line - 1]) and line > 1:
+        # the error token begins a statement: the previous statement never ended
+        end = line - 1
+    else:
+        end = line
+    start = end
+    while start > 1 and not _STATEMENT_START.match(lines[start - 1]):
+        start -= 1
+    if lines[start - 1].lstrip().startswith(("pipeline", "}")):
+        start = min(start + 1, end)
+    return start, end
 
 
 # ----- tree -> AST --------------------------------------------------------------
@@ -416,7 +464,7 @@ def _report_syntax_error(exc: UnexpectedInput, source: SourceFile, diags: Diagno
             "E0001",
             f"unexpected {_describe_found(tok)}",
             label(span, f"expected {_expected_list(expected)}"),
-            help=_syntax_hint(tok, expected),
+            help=_syntax_hint(tok, expected, source),
         )
     elif isinstance(exc, UnexpectedCharacters):
         line, col = exc.line, exc.column
@@ -439,8 +487,13 @@ def _report_syntax_error(exc: UnexpectedInput, source: SourceFile, diags: Diagno
         diags.error("E0003", "the file ends too early", label(span, f"expected {missing} after this"))
 
 
-def _syntax_hint(tok: Token, expected: set[str]) -> str | None:
-    if tok.type == "NAME" and ("COMMA" in expected or "RPAR" in expected):
+def _syntax_hint(tok: Token, expected: set[str], source: SourceFile) -> str | None:
+    starts_line = not source.line(tok.line)[: tok.column - 1].strip()
+    if starts_line and tok.line > 1:
+        for closer, name in (("RPAR", ")"), ("RSQB", "]"), ("RBRACE", "}")):
+            if closer in expected:
+                return f"is a `{name}` missing at the end of line {tok.line - 1}?"
+    if tok.type in ("NAME", "NUMBER", "STRING") and ("COMMA" in expected or "RPAR" in expected):
         return "separate arguments with `,`"
     if tok.type == "EQUAL" and "COLON" in expected:
         return None
