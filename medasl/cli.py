@@ -127,7 +127,8 @@ def check(files: tuple[str, ...], message_format: str, deny_warnings: bool) -> N
 @main.command()
 @click.argument("file")
 @click.option("-o", "--output", required=True, help="Output file: .svg, .png, .pdf or .dot.")
-@click.option("--pipeline", "pipeline_name", default=None, help="Which pipeline, if the file has several.")
+@click.option("--pipeline", "pipeline_name", default=None,
+              help="Draw only this pipeline (by default, every pipeline of the file).")
 @_guard
 def graph(file: str, output: str, pipeline_name: str | None) -> None:
     """Draw the pipeline in FILE as a diagram (Graphviz)."""
@@ -140,24 +141,21 @@ def graph(file: str, output: str, pipeline_name: str | None) -> None:
     _print_diagnostics(diags, sources, "text")
     if diags.has_errors:
         _finish(diags)
-    chosen = _pick_pipeline(result, pipeline_name)
+    chosen = _pick_pipelines(result, pipeline_name)
     message = render_graph(chosen, Path(output), suffix)
     click.echo(message, err=True)
 
 
-def _pick_pipeline(result: object, name: str | None) -> object:
+def _pick_pipelines(result: object, name: str | None) -> list:
     graphs = result.graphs  # type: ignore[attr-defined]
     if not graphs:
         click.echo("error: the file has no pipeline to draw", err=True)
         sys.exit(EXIT_USER)
     if name is None:
-        if len(graphs) > 1:
-            names = ", ".join(g.name for g in graphs)
-            raise click.UsageError(f"the file has several pipelines ({names}): choose one with --pipeline")
-        return graphs[0]
+        return graphs
     for g in graphs:
         if g.name == name:
-            return g
+            return [g]
     raise click.UsageError(f"no pipeline `{name}` in the file; it has {', '.join(g.name for g in graphs)}")
 
 

@@ -170,9 +170,11 @@ CODES: dict[str, Code] = {
         "x = ct |> resample(spacing=(1.5, 1.5, 2) mm)",
     ),
     "E0207": Code(
-        "unit on something that is not a number",
-        "A unit follows numbers only.",
-        "x = (\"a\", 2) mm",
+        "wrong unit",
+        "A unit follows numbers only, and it must be of the right kind: a spacing is a"
+        " length (mm, cm, um), an angle is in deg or rad, memory in GB or MB.",
+        "x = ct |> resample(spacing=(1, 1, 2) rad)",
+        "x = ct |> resample(spacing=(1, 1, 2) mm)",
     ),
     "E0208": Code(
         "not a valid choice",
@@ -218,6 +220,21 @@ CODES: dict[str, Code] = {
         "net = vnet(classes=2)\npred = infer(fit, images, window=(96, 96, 40))",
         "pred = infer(fit, images, window=(96, 96, 48))",
     ),
+    "E0240": Code(
+        "file pattern without `*`",
+        "A dataset reader pairs files by the part of their names that `*` matches: the case"
+        " identifier. A pattern without `*` names a single file. Several `*` in one pattern"
+        " must all match the same identifier.",
+        "cases = folder(\"data\", image=\"ct.nii.gz\", label=\"seg.nii.gz\")",
+        "cases = folder(\"data\", image=\"*_ct.nii.gz\", label=\"*_seg.nii.gz\")",
+    ),
+    "E0241": Code(
+        "value out of range",
+        "Sizes, spacings, window widths and counts must be above zero; probabilities and"
+        " proportions lie between 0 and 1.",
+        "x = ct |> resample(spacing=(1, 0, 1) mm)",
+        "x = ct |> resample(spacing=(1, 1, 1) mm)",
+    ),
     "E0301": Code(
         "objective is not a metric",
         "`maximize` and `minimize` mark a metric as the objective of tuning; other values"
@@ -230,6 +247,13 @@ CODES: dict[str, Code] = {
         " when lower. Maximizing a distance would select the worst model.",
         "score = hd95(pred, labels) maximize",
         "score = hd95(pred, labels) minimize",
+    ),
+    "E0303": Code(
+        "more than one objective",
+        "`maximize`/`minimize` marks the one metric that tuning optimizes and that selects"
+        " the best model. Other metrics are reported, not optimized.",
+        "score = dice(pred, labels) maximize\ndistance = hd95(pred, labels) minimize",
+        "score = dice(pred, labels) maximize\ndistance = hd95(pred, labels)\nreport excel(\"scores.xlsx\", (score, distance))",
     ),
     "E0401": Code(
         "cycle",

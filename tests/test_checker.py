@@ -44,7 +44,7 @@ def test_metric_over_datasets_is_one_aggregated_value() -> None:
     g = check(CASES + """
   score = dice(cases.label, cases.label) maximize
 """)
-    assert g.nodes["score"].lift == ("mean",)
+    assert g.nodes["score"].lift == ("reduce",)
     assert format_type(g.nodes["score"].type) == "Metric[max]"
     assert g.nodes["score"].goal == "maximize"
 
@@ -66,8 +66,24 @@ def test_validation_metric_on_labels_gets_argmax() -> None:
   fit = train(vnet(classes=3), cases, loss=dice_ce, metric=dice, epochs=2)
   show loss_curve(fit)
 """)
-    metric = dict(g.nodes["fit"].args)["metric"]
-    assert metric == OpRef("dice", (("convert_input", OpRef("argmax")),))
+    args = dict(g.nodes["fit"].args)
+    assert args["metric"] == OpRef("dice")
+    assert args["metric.pred"] == OpRef("argmax")  # the network's probabilities, made labels
+    assert "metric.target" not in args
+
+
+def test_conversions_apply_case_by_case_and_are_made_once() -> None:
+    g = check("""
+  scans = dicom_folder("dicom/") as Dataset<DicomSeries[CT]>
+  boxes = csv_annotations("nodules.csv")
+  cases = boxed(scans, boxes)
+  windowed = scans |> window(level=-600, width=1500)
+  show box_overlay(cases.image, cases.label)
+  report write_nifti(windowed, "w.nii.gz")
+""")
+    conv = [n for n in g.nodes.values() if n.conversion]
+    assert [(n.op, n.lift, format_type(n.type)) for n in conv] == [
+        ("dicom_to_image", ("map",), "Dataset<Image[3, CT]>")]
 
 
 def test_transforms_inline_at_each_use_and_bindings_in_any_order() -> None:
@@ -105,7 +121,8 @@ def test_dependent_types_follow_parameter_values() -> None:
   show loss_curve(train(net, folder("d", image="*") as Pair<Image[3, CT], LabelMap[3, 4]>, loss=dice_ce))
   show loss_curve(train(net2, folder("e", image="*") as Pair<Image[3, MR], LabelMap[3, 3]>, loss=dice_ce))
 """)
-    assert types(g)["net"] == "Model<Image[3, Any, channels=1], ProbMap[3, 4]>"
+    assert types(g)["net"] == "Model[downsample=16]<Image[3, Any, channels=1], ProbMap[3, 4]>"
+    assert types(g)["net2"].startswith("Model[downsample=16]<")  # product of the default strides
     assert types(g)["net2"].endswith("ProbMap[3, 3]>")
 
 

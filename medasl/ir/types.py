@@ -133,10 +133,10 @@ CONSTRUCTORS: dict[str, Constructor] = {
     "Folds": Constructor(("k",), 1, (UNKNOWN,), params=1, doc="k cross-validation folds"),
     # models
     "Model": Constructor(
-        ("downsample",), 0, (1,), params=2, doc="an untrained network from input to output type"
+        ("downsample",), 0, (UNKNOWN,), params=2, doc="an untrained network from input to output type"
     ),
     "Trained": Constructor(
-        ("downsample",), 0, (1,), params=2, doc="a trained network with its training history"
+        ("downsample",), 0, (UNKNOWN,), params=2, doc="a trained network with its training history"
     ),
     # scalars and values
     "int": Constructor(doc="an integer"),

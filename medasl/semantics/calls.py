@@ -3,12 +3,13 @@ pairs, inserting conversions, the domain checks, and the IR node it becomes."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
 from medasl.ir.graph import Const, OpRef, Ref, Value
-from medasl.ir.types import UNKNOWN, Fn, Ty, TyLike, dataset, format_type
+from medasl.ir.types import CONSTRUCTORS, SPATIAL_KINDS, UNKNOWN, Fn, Ty, TyLike, attr, dataset, format_type, with_attr
 from medasl.semantics import domain
 from medasl.semantics.matching import ERROR, Mismatch, Subst, finalize, fit, merge, resolve
 from medasl.semantics.signatures import OpSig, ParamSig, fresh_vars
@@ -27,13 +28,16 @@ COLLECTIONS = ("Dataset", "Split", "Folds")
 class ArgMismatch(Exception):
     param: ParamSig
     mismatch: Mismatch
+    subst: Subst  # what the attempt had learnt, to print the slot as precisely as known
+    slot: TyLike  # the parameter's type with this attempt's variables
+    note: str | None = None
 
 
 @dataclass
 class Attempt:
     subst: Subst
     conversions: dict[str, OpSig]  # parameter -> conversion inserted before the call
-    fn_conversions: dict[str, OpSig]  # function parameter -> conversion of its input
+    fn_conversions: dict[str, dict[int, OpSig]]  # function parameter -> its inputs' conversions
     mapping: dict[str, object]  # signature variable -> this attempt's fresh variable
 
 
@@ -64,13 +68,17 @@ class CallChecker:
         params = op.params
         if len(positional) > len(params):
             extra = positional[len(params)]
+            help_text = f"signature: {op.signature_text()}"
+            if piped is not None:
+                help_text = f"with `|>` the value on the left is already the first argument; {help_text}"
             self.pc.error("E0106", f"`{op.name}` takes at most {len(params)} positional argument"
                           f"{'s' if len(params) != 1 else ''}, given {len(positional)}",
-                          label(extra[2], "one too many"), help=f"signature: {op.signature_text()}")
+                          label(extra[2], "one too many"), help=help_text)
             ok = False
         for p, given in zip(params, positional):
             exprs[p.name] = given
         names = [p.name for p in params]
+        misspelt = False
         for a in args:
             if a.name is None:
                 continue
@@ -83,7 +91,7 @@ class CallChecker:
                               label(span, "unknown parameter"),
                               help=did_you_mean(a.name, names) or f"its parameters are {', '.join(names) or 'none'}")
                 self.pc.expr(a.value)
-                ok = False
+                ok, misspelt = False, True
                 continue
             if a.name in exprs:
                 self.pc.error("E0107", f"`{a.name}` is given twice", label(span, "given again here"),
@@ -97,7 +105,7 @@ class CallChecker:
             if p.name in exprs:
                 e, v, _ = exprs[p.name]
                 values[p.name] = v if v is not None else self.pc.expr(e, _enum_hint(p.type))  # type: ignore[arg-type]
-        if missing:
+        if missing and not misspelt:  # a misspelt name is reported once, as unknown
             given_data = [p for p in params if p.required and p.name in exprs]
             if (op.has("loss") or op.has("metric") or op.has("fn")) and not given_data:
                 bound = tuple((k, v.value) for k, v in values.items())
@@ -120,6 +128,7 @@ class CallChecker:
         lift: list[str] = []
         first = op.params[0].name if op.params else None
         result: TyLike
+        paired = False
         while True:
             try:
                 attempt = self._attempt(types, values)
@@ -139,14 +148,19 @@ class CallChecker:
                         return Val(Const(None), ERROR, self.span)
                     attempt, result, mode = pair
                     lift.append(mode)
+                    paired = True
                     break
                 self._report(am, values)
                 return Val(Const(None), ERROR, self.span)
+        if not paired and first in types:
+            domain.check_interpolation(self, types[first], values)
+        domain.check_patterns(self, values)
+        domain.check_ranges(self, values)
         reduce = op.has("metric") and "map" in lift
         for mode in reversed(lift):
             if mode == "map" and not reduce:
                 result = dataset(result)
-        node_lift = tuple("mean" if (m == "map" and reduce) else m for m in lift)
+        node_lift = tuple("reduce" if (m == "map" and reduce) else m for m in lift)
         domain.check_divisible(self, attempt, values)
         args = self._ir_args(values, attempt, node_lift, device)
         node = self.pc._node(op.name, args, result, self.span, stage=op.stage, lift=node_lift,
@@ -158,47 +172,60 @@ class CallChecker:
         expected = {p.name: fresh_vars(p.type, mapping) for p in self.op.params}  # type: ignore[arg-type]
         subst: Subst = {}
         conversions: dict[str, OpSig] = {}
-        fn_conversions: dict[str, OpSig] = {}
+        fn_conversions: dict[str, dict[int, OpSig]] = {}
         # functions last: their slot types are learnt from the data arguments
         order = sorted((p for p in self.op.params if p.name in types), key=lambda p: isinstance(p.type, Fn))
         for p in order:
             actual = types[p.name]
             if actual == Ty("None"):
                 if p.default is None:
-                    raise ArgMismatch(p, Mismatch(actual, expected[p.name]))
+                    raise ArgMismatch(p, Mismatch(actual, expected[p.name]), subst, expected[p.name])
                 continue
-            def converter(value: TyLike, slot: TyLike, name: str = p.name) -> bool:
-                conv = self._conversion(value, slot, {})
+            def converter(value: TyLike, slot: TyLike, index: int, name: str = p.name) -> bool:
+                conv, _ = self._conversion(value, slot, {})
                 if conv is not None:
-                    fn_conversions[name] = conv
+                    fn_conversions.setdefault(name, {})[index] = conv
                 return conv is not None
 
             try:
                 fit(actual, expected[p.name], subst, converter)
             except Mismatch as m:
-                conv = self._conversion(actual, expected[p.name], subst)
+                conv, after = self._conversion(actual, expected[p.name], subst)
                 if conv is None:
-                    raise ArgMismatch(p, m) from None
+                    if after is not None:  # converted, it would still not fit: say why
+                        raise ArgMismatch(p, after[1], subst, expected[p.name],
+                                          f"after converting it with `{after[0]}`") from None
+                    raise ArgMismatch(p, m, subst, expected[p.name]) from None
                 conversions[p.name] = conv
         return Attempt(subst, conversions, fn_conversions, mapping)
 
-    def _conversion(self, actual: TyLike, expected: TyLike, subst: Subst) -> OpSig | None:
+    def _conversion(self, actual: TyLike, expected: TyLike, subst: Subst
+                    ) -> tuple[OpSig | None, tuple[str, Mismatch] | None]:
+        """A conversion that makes `actual` fit; else, the mismatch left after the first
+        conversion that accepts `actual` (the more telling error)."""
+        if _is(actual, "Dataset") and _is(expected, "Dataset"):  # convert case by case
+            return self._conversion(actual.params[0], expected.params[0], subst)  # type: ignore[union-attr]
+        after = None
         for conv in self.pc.loader.std.all_ops().values():
             if not conv.has("conversion") or not conv.params:
                 continue
             trial = dict(subst)
             mapping: dict[str, object] = {}
+            inner: Subst = {}
             try:
-                inner: Subst = {}
                 fit(actual, fresh_vars(conv.params[0].type, mapping), inner)  # type: ignore[arg-type]
-                produced = finalize(resolve(fresh_vars(conv.result, mapping), inner))  # type: ignore[arg-type]
-                fit(produced, expected, trial)
             except Mismatch:
+                continue
+            produced = finalize(resolve(fresh_vars(conv.result, mapping), inner))  # type: ignore[arg-type]
+            try:
+                fit(produced, expected, trial)
+            except Mismatch as m:
+                after = after or (conv.name, m)
                 continue
             subst.clear()
             subst.update(trial)
-            return conv
-        return None
+            return conv, None
+        return None, after
 
     def _result(self, attempt: Attempt, values: dict[str, Val], types: dict[str, TyLike]) -> TyLike:
         consts = {k: v.value.value for k, v in values.items() if isinstance(v.value, Const)}
@@ -217,13 +244,40 @@ class CallChecker:
         primary = types.get(self.op.params[0].name) if self.op.params else None
         if self.op.has("intensity") and primary is not None:
             result = merge(result, primary)  # intensities change; shape and geometry do not
-        return result
+        return self._network(result, consts, types)
+
+    def _network(self, result: TyLike, consts: dict[str, object], types: dict[str, TyLike]) -> TyLike:
+        """A network's type: shape-free (a fully convolutional network trained on patches
+        runs on whole volumes), with its down-sampling factor, declared by
+        `@downsample(16)` or `@downsample(strides)` (the product of a tuple parameter)
+        and kept by training."""
+        if not _is(result, "Model", "Trained"):
+            return result
+        assert isinstance(result, Ty)
+        result = Ty(result.name, result.attrs, tuple(_without_shape(p) for p in result.params))
+        spec = self.op.attrs.get("downsample")
+        factor: object = None
+        if spec:
+            value = spec[0] if isinstance(spec[0], int) else consts.get(str(spec[0]))
+            if isinstance(value, int):
+                factor = value
+            elif isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+                factor = math.prod(value)
+        else:
+            for t in types.values():
+                if _is(t, "Model", "Trained"):
+                    factor = attr(t, "downsample")  # type: ignore[arg-type]
+        return with_attr(result, "downsample", factor) if isinstance(factor, int) else result
 
     def _pair(self, types: dict[str, TyLike], values: dict[str, Val], first: str) -> tuple[Attempt, TyLike, str] | None:
+        """A pair given to a one-image operator. Spatial operators move both members
+        with the same geometry; a target without a voxel grid (a class, boxes in world
+        coordinates) is carried along; intensity operators touch the image only."""
         pair = types[first]
         assert isinstance(pair, Ty)
         image_t, label_t = pair.params
-        members = [image_t, label_t] if self.op.has("spatial") else [image_t]
+        on_grid = isinstance(label_t, Ty) and label_t.name in SPATIAL_KINDS
+        members = [image_t, label_t] if self.op.has("spatial") and on_grid else [image_t]
         results: list[TyLike] = []
         attempt = None
         for member in members:
@@ -237,9 +291,10 @@ class CallChecker:
             domain.check_interpolation(self, member, values)
             results.append(self._result(attempt, values, trial))
         assert attempt is not None
-        if self.op.has("spatial"):
+        if len(results) == 2:
             return attempt, Ty("Pair", (), (results[0], results[1])), "pair"
-        return attempt, Ty("Pair", (), (results[0], label_t)), "image"
+        moves_target = self.op.has("spatial") and isinstance(label_t, Ty) and label_t.name in ("Boxes", "Points")
+        return attempt, Ty("Pair", (), (results[0], label_t)), "pair" if moves_target else "image"
 
     # ----- IR arguments ---------------------------------------------------------------------
 
@@ -251,17 +306,10 @@ class CallChecker:
                 value = values[p.name].value
                 conv = attempt.conversions.get(p.name)
                 if conv is not None:
-                    produced = finalize(resolve(_first_conv_result(conv, values[p.name].type), {}))
-                    inner_lift = tuple(m for m in lift if m == "map")
-                    if inner_lift:
-                        produced = dataset(produced)
-                    node = self.pc._node(conv.name, (("_", value),), produced, values[p.name].span,
-                                         stage=conv.stage, lift=inner_lift, conversion=True, version=conv.version)
-                    value = Ref(node.id)
-                fn_conv = attempt.fn_conversions.get(p.name)
-                if fn_conv is not None and isinstance(value, OpRef):
-                    value = OpRef(value.op, (*value.args, ("convert_input", OpRef(fn_conv.name))))
+                    value = self._converted(conv, values[p.name])
                 args.append((p.name, value))
+                for index, fn_conv in sorted(attempt.fn_conversions.get(p.name, {}).items()):
+                    args.append((f"{p.name}.{self._fn_input_name(value, index)}", OpRef(fn_conv.name)))
             elif p.default is not None:
                 literal = domain.default_literal(p.default)
                 if isinstance(literal, OpRef) or (literal is not None and literal.value is not None):
@@ -275,7 +323,47 @@ class CallChecker:
                               label(device.value.span, "not a device"))
         return tuple(args)
 
+    def _converted(self, conv: OpSig, val: Val) -> Value:
+        """The node converting `val` (one per value and conversion, however often used)."""
+        key = (str(val.value), conv.name)
+        if key not in self.pc.conversions_memo:
+            produced, depth = _converted_type(conv, val.type)
+            node = self.pc._node(conv.name, (("_", val.value),), produced, val.span, stage=conv.stage,
+                                 lift=("map",) * depth, conversion=True, version=conv.version)
+            self.pc.conversions_memo[key] = node.id
+        return Ref(self.pc.conversions_memo[key])
+
+    def _fn_input_name(self, value: Value, index: int) -> str:
+        """The name of a function value's index-th input (`pred`, `target`), for the IR."""
+        if isinstance(value, OpRef):
+            op = self.pc.loader.std.find_op(value.op)
+            if op is not None:
+                bound = {k for k, _ in value.args}
+                names = [p.name for p in op.params if p.required and p.name not in bound]
+                if index < len(names):
+                    return names[index]
+        return f"input{index + 1}"
+
     # ----- mismatch reports -----------------------------------------------------------------
+
+    def _alternatives(self, am: ArgMismatch) -> list[str]:
+        """Operators of the same kind (losses, metrics) that would fit a function slot."""
+        slot = am.slot
+        if not isinstance(slot, Fn):
+            return []
+        kind = "loss" if isinstance(slot.result, Ty) and slot.result.name == "Loss" else "metric"
+        names = []
+        for op in self.pc.loader.std.all_ops().values():
+            if not op.has(kind):
+                continue
+            value = self.pc._op_value(op, (), self.span)
+            trial = dict(am.subst)
+            try:
+                fit(value.type, resolve(am.slot, trial), trial)
+            except Mismatch:
+                continue
+            names.append(op.name)
+        return names[:4]
 
     def _report(self, am: ArgMismatch, values: dict[str, Val], member_of_pair: bool = False) -> None:
         from medasl.semantics.checker import Val
@@ -284,16 +372,30 @@ class CallChecker:
         if self.piped is not None and val is self.piped:
             # `x |> op`: the operator is what does not fit what flows into it
             val = Val(val.value, val.type, self.func_span, val.origin or val.span, val.origin_name or "the input")
-        domain.report_mismatch(self.pc, am.mismatch, val, am.param.type, f"`{am.param.name}`", self.op,
-                               member_of_pair=member_of_pair)
+        alternatives = self._alternatives(am) if isinstance(am.param.type, Fn) else []
+        domain.report_mismatch(self.pc, am.mismatch, val, am.slot, f"`{am.param.name}`", self.op,
+                               member_of_pair=member_of_pair, subst=am.subst, note=am.note,
+                               alternatives=alternatives, values=values)
 
 
-def _first_conv_result(conv: OpSig, actual: TyLike) -> TyLike:
+def _converted_type(conv: OpSig, actual: TyLike) -> tuple[TyLike, int]:
+    """The type a conversion produces from `actual`, applied inside as many datasets
+    as it takes, and that number of datasets."""
+    if _is(actual, "Dataset") and not _is(conv.params[0].type, "Dataset"):
+        inner, depth = _converted_type(conv, actual.params[0])  # type: ignore[union-attr]
+        return dataset(inner), depth + 1
     mapping: dict[str, object] = {}
     subst: Subst = {}
-    inner = actual.params[0] if _is(actual, "Dataset") and not _is(conv.params[0].type, "Dataset") else actual  # type: ignore[union-attr]
-    fit(inner, fresh_vars(conv.params[0].type, mapping), subst)  # type: ignore[arg-type]
-    return resolve(fresh_vars(conv.result, mapping), subst)  # type: ignore[arg-type]
+    fit(actual, fresh_vars(conv.params[0].type, mapping), subst)  # type: ignore[arg-type]
+    return finalize(resolve(fresh_vars(conv.result, mapping), subst)), 0  # type: ignore[arg-type]
+
+
+def _without_shape(t: TyLike) -> TyLike:
+    if not isinstance(t, Ty):
+        return t
+    if t.name in CONSTRUCTORS and "shape" in CONSTRUCTORS[t.name].attrs:
+        t = with_attr(t, "shape", UNKNOWN)
+    return Ty(t.name, t.attrs, tuple(_without_shape(p) for p in t.params))
 
 
 def _is(t: object, *names: str) -> bool:

@@ -24,6 +24,7 @@ from medasl.ir.types import (
     INT,
     LABEL_KINDS,
     MM,
+    SPATIAL_KINDS,
     STR,
     UNKNOWN,
     Fn,
@@ -41,6 +42,7 @@ from medasl.semantics.matching import (
     Subst,
     finalize,
     fit,
+    fit_attr,
     has_vars,
     resolve,
 )
@@ -121,23 +123,31 @@ def check_module(
 def _check_unused_imports(tree: ast.Module, scope: FileScope, graphs: list[Graph], diags: Diagnostics) -> None:
     if diags.has_errors or not any(isinstance(i, ast.Pipeline) for i in tree.items):
         return  # with errors the graph is incomplete; a module's imports serve its importers
-    used_modules = set()
     all_ops = stdlib().all_ops()
-    for graph in graphs:
-        for node in graph.nodes.values():
-            if node.op in all_ops:
-                used_modules.add(all_ops[node.op].module)
-            for _, v in node.args:
-                if isinstance(v, OpRef) and v.op in all_ops:
-                    used_modules.add(all_ops[v.op].module)
-            if node.search:
-                for choice in node.search.get("args", ()):
-                    if isinstance(choice, str) and choice.startswith("@") and choice[1:] in all_ops:
-                        used_modules.add(all_ops[choice[1:]].module)
+    used_modules = {all_ops[op].module for g in graphs for op in _ops_used(g) if op in all_ops}
     for module, span in scope.imported_std.items():
         if module not in used_modules and not domain.module_used_by_types(module, graphs):
             diags.warning("W0004", f"`{module}` is imported but nothing from it is used",
                           label(span, "unused import"), help="remove it from the import line")
+
+
+def _ops_used(graph: Graph) -> set[str]:
+    """Operators a graph calls, passes as values or searches over."""
+
+    def walk(value: Value) -> set[str]:
+        if isinstance(value, OpRef):
+            return {value.op}.union(*(walk(v) for _, v in value.args))
+        return set()
+
+    used: set[str] = set()
+    for node in graph.nodes.values():
+        used.add(node.op)
+        for _, v in node.args:
+            used |= walk(v)
+        for choice in (node.search or {}).get("args", ()):
+            if isinstance(choice, str) and choice.startswith("@"):
+                used.add(choice[1:])
+    return used
 
 
 @dataclass
@@ -166,6 +176,8 @@ class PipelineChecker:
     counter: dict[str, int] = field(default_factory=dict)
     reported: set[tuple[str, Span | None, str]] = field(default_factory=set)
     fields_memo: dict[tuple[str, str], Val] = field(default_factory=dict)
+    conversions_memo: dict[tuple[str, str], str] = field(default_factory=dict)
+    objective: ast.Binding | None = None
 
     def __post_init__(self) -> None:
         self.graph = Graph(self.pipeline.name)
@@ -273,6 +285,14 @@ class PipelineChecker:
                 val = Val(Ref(node.id), val.type, val.span)
         if stmt.goal is not None:
             domain.check_goal(stmt, val, self)
+            if self.objective is not None:
+                first = self.objective
+                self.error("E0303", f"`{stmt.name}` is a second objective; `{first.name}` is already {first.goal}d",
+                           label(stmt.span, "second objective"), secondary(first.span, "the objective"),
+                           help="a pipeline has one objective for tuning; report the other metric instead,"
+                           f" e.g. `report excel(\"scores.xlsx\", ({first.name}, {stmt.name}))`")
+            else:
+                self.objective = stmt
             if isinstance(val.value, Ref) and val.value.node in self.graph.nodes:
                 self.graph.nodes[val.value.node].goal = stmt.goal
         val = Val(val.value, val.type, stmt.name_span, stmt.value.span, name)
@@ -332,13 +352,14 @@ class PipelineChecker:
         for name, stmt in self.bindings.items():
             val = self.values.get(name)
             node_id = val.value.node if val is not None and isinstance(val.value, Ref) else name
-            if name in self.used or stmt.goal is not None or node_id in sinks:
+            if name in self.used or stmt.goal is not None or node_id in sinks or (val is not None and val.type == ERROR):
                 continue
             self.warning("W0001", f"`{name}` is computed but never used", label(stmt.name_span, "never used"),
                          help="use it, `show` it, `report` it, or mark it `maximize`/`minimize`; otherwise remove it")
         for name, stmt in self.params.items():
             if name not in self.used:
-                self.warning("W0002", f"parameter `{name}` is never used", label(stmt.name_span, "never used"))
+                self.warning("W0002", f"parameter `{name}` is never used", label(stmt.name_span, "never used"),
+                             help=f"pass it to an operator, e.g. `optimizer=adam(lr={name})`, or remove it")
 
     # ----- types ------------------------------------------------------------------------
 
@@ -347,7 +368,7 @@ class PipelineChecker:
         try:
             t = type_from_ast(texpr, ctx)
         except TypeError_ as exc:
-            self.error("E0113", exc.message, label(exc.span), help=exc.help)
+            self.error("E0113", exc.message, label(exc.span, "not a valid type"), help=exc.help)
             return None
         return finalize(t)
 
@@ -406,17 +427,9 @@ class PipelineChecker:
                 return Val(Const(None), ERROR, e.span)
             values = tuple(float(_const(i)) * scale for i in items)  # type: ignore[arg-type]
             return Val(Const(values, base), vec(UNIT_TYPES[base], len(items)), e.span)
-        types = {format_type(i.type) for i in items}
         if any(i.type == ERROR for i in items):
             return Val(Const(None), ERROR, e.span)
-        if types <= {"int"}:
-            elem: TyLike = INT
-        elif types <= {"int", "float"}:
-            elem = FLOAT
-        elif len(types) == 1:
-            elem = items[0].type
-        else:
-            elem = Ty("Any")
+        elem = _common_type([i.type for i in items])
         if all(isinstance(i.value, Const) for i in items):
             return Val(Const(tuple(_const(i) for i in items), items[0].value.unit if items else None),  # type: ignore[union-attr]
                        vec(elem, len(items)), e.span)
@@ -479,6 +492,8 @@ class PipelineChecker:
         return Val(Const(None), ERROR, e.span)
 
     def _field(self, e: ast.Field) -> Val:
+        if isinstance(e.value, ast.Name) and e.value.id in self.file_scope.failed_aliases:
+            return Val(Const(None), ERROR, e.span)  # its import is reported already
         if isinstance(e.value, ast.Name) and e.value.id in self.file_scope.aliases:
             module = self.file_scope.aliases[e.value.id]
             if e.name in module.ops:
@@ -559,9 +574,12 @@ class PipelineChecker:
             return self._apply(right, (), left, e.span, expected)
         if isinstance(right, ast.Call) and isinstance(right.func, ast.Name | ast.Field):
             return self._apply(right.func, right.args, left, e.span, expected)
+        help_text = "write `x |> resample(spacing=(1, 1, 1) mm)` or `x |> my_transform`"
+        if isinstance(right, ast.Ascription):
+            help_text = ("`as` binds tighter than `|>`: declare the type where the data is read, or put the"
+                         " pipe in parentheses: `(x |> op(...)) as Type`")
         self.error("E0110", "the right side of `|>` must be an operator or a transform",
-                   label(right.span, "not an operator"),
-                   help="write `x |> resample(spacing=(1, 1, 1) mm)` or `x |> my_transform`")
+                   label(right.span, "not an operator"), help=help_text)
         return Val(Const(None), ERROR, e.span)
 
     def _call_expr(self, e: ast.Call, piped: Val | None, expected: TyLike | None) -> Val:
@@ -583,6 +601,8 @@ class PipelineChecker:
 
     def _callee(self, func: ast.Name | ast.Field) -> OpSig | ast.TransformDef | None:
         if isinstance(func, ast.Field):
+            if isinstance(func.value, ast.Name) and func.value.id in self.file_scope.failed_aliases:
+                return None  # its import is reported already
             if isinstance(func.value, ast.Name) and func.value.id in self.file_scope.aliases:
                 module: Module = self.file_scope.aliases[func.value.id]
                 if func.name in module.transforms:
@@ -696,6 +716,10 @@ def _refine(actual: TyLike, declared: TyLike) -> None:
         return
     if actual.name == "Any":
         return
+    if actual.name == "Image" and attr(actual, "modality") == "Any" and declared.name in SPATIAL_KINDS:
+        # a reader cannot tell a label map from an image: the user's declaration can
+        fit_attr(attr(actual, "dim"), attr(declared, "dim"), "dim", {}, actual, declared)
+        return
     if actual.name != declared.name:
         raise Mismatch(actual, declared)
     cons = CONSTRUCTORS.get(actual.name)
@@ -708,6 +732,30 @@ def _refine(actual: TyLike, declared: TyLike) -> None:
         raise Mismatch(actual, declared, name, a, d)
     for a, d in zip(actual.params, declared.params):
         _refine(a, d)
+
+
+def _common_type(types: list[TyLike]) -> TyLike:
+    """The element type of a tuple: int and float make float; values of one constructor
+    keep what they agree on (a Dice and an HD95 are both metrics)."""
+    names = {format_type(t) for t in types}
+    if names <= {"int"}:
+        return INT
+    if names <= {"int", "float"}:
+        return FLOAT
+    if len(names) == 1:
+        return types[0]
+    first = types[0]
+    if all(isinstance(t, Ty) and isinstance(first, Ty) and t.name == first.name and t.params == first.params
+           for t in types):
+        assert isinstance(first, Ty)
+        cons = CONSTRUCTORS.get(first.name)
+        attrs = []
+        for i, value in enumerate(first.attrs):
+            same = all(t.attrs[i] == value for t in types)  # type: ignore[union-attr]
+            default = cons.defaults[i] if cons else UNKNOWN
+            attrs.append(value if same else default)
+        return Ty(first.name, tuple(attrs), first.params)
+    return Ty("Any")
 
 
 def _const(val: Val) -> object:

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING
 from medasl.diagnostics import label, secondary
 from medasl.ir.graph import Const, Graph, OpRef
 from medasl.ir.types import (
+    CONSTRUCTORS,
     LABEL_KINDS,
     MODALITY_DOCS,
     UNKNOWN,
     Fn,
     Ty,
     TyLike,
+    Var,
     attr,
     format_type,
 )
@@ -46,81 +48,180 @@ def describe_mismatch(m: Mismatch) -> str:
 
 
 def report_mismatch(pc: PipelineChecker, m: Mismatch, val: Val, slot: TyLike, what: str,
-                    op: OpSig | None, member_of_pair: bool = False) -> None:
+                    op: OpSig | None, member_of_pair: bool = False, subst: dict | None = None,
+                    note: str | None = None, alternatives: list[str] | None = None,
+                    values: dict[str, Val] | None = None) -> None:
     """Word a failed fit as precisely as the disagreement allows."""
+    subst = subst or {}
     found = format_type(val.type)
-    needs = format_type(finalize(m.expected))
     who = f"`{op.name}`" if op else what
     origin = []
     who_is = "the input"
     if val.origin is not None and val.origin_name is not None and val.origin != val.span:
         who_is = "the input" if val.origin_name == "the input" else f"`{val.origin_name}`"
         origin = [secondary(val.origin, f"{who_is} is {found}")]
-    hint = None
-    if op is not None:
-        hints = op.attrs.get("hint")
-        if hints and what == f"`{op.params[0].name}`":
-            hint = str(hints[0])
-    slot_text = f" for {what}" if op is not None and what != f"`{op.params[0].name}`" else ""
-    pair_note = (f"inside a pair, `{op.name}` applies to the label too",) if member_of_pair and op else ()
-    actual_t, expected_t = m.actual, m.expected
+    first_slot = op is not None and bool(op.params) and what == f"`{op.params[0].name}`"
+    hint = str(op.attrs["hint"][0]) if op is not None and first_slot and op.attrs.get("hint") else None
+    slot_text = f" for {what}" if op is not None and not first_slot else ""
+    notes = tuple(n for n in (
+        f"inside a pair, `{op.name}` applies to the label too" if member_of_pair and op else None,
+        f"{note}, the value is {format_type(m.actual)}" if note else None) if n)
+    expected_full = resolve(slot, subst)
+    needs = _slot_phrase(resolve(m.expected, subst))
 
-    if _unitless(val.type, slot):
-        unit = "mm" if "mm" in format_type(finalize(slot)) else "deg"
+    unit = _missing_unit(val.type, expected_full)
+    if unit is not None:
         pc.error("E0206", f"{who} needs a unit{slot_text}: this number has none",
-                 label(val.span, f"write it with `{unit}`"),
+                 label(val.span, f"write it with `{unit}`"), *origin,
                  help=f"for example `{_example_with_unit(val, unit)}`")
         return
+    wrong_unit = _wrong_unit(val.type, expected_full)
+    if wrong_unit is not None:
+        given, wanted = wrong_unit
+        pc.error("E0207", f"{who} needs {UNIT_KINDS[wanted]}{slot_text}, but this is {UNIT_KINDS[given]}",
+                 label(val.span, f"{UNIT_KINDS[given]}, not {UNIT_KINDS[wanted]}"), *origin,
+                 help=f"write it in {' or '.join(UNIT_WORDS[wanted])}")
+        return
+    count = _needs_tuple(val.type, expected_full)
+    if count is not None:
+        pc.error("E0209", f"{who} expects {count} values{slot_text}, found one",
+                 label(val.span, "one value"), *origin,
+                 help=f"give one value per axis, e.g. `{_example_tuple(val, count)}`")
+        return
     if m.attr == "modality":
-        needs_mod = m.expected_value
-        found_mod = m.actual_value
-        msg = f"{who} expects {_modality_phrase(str(needs_mod))}, found {format_type(actual_t)}"
+        needs_mod, found_mod = str(m.expected_value), m.actual_value
+        msg = f"{who} expects {_modality_phrase(needs_mod)}, found {format_type(m.actual)}"
         if found_mod == "Any":
             hint = f"declare what the image is where it is read, e.g. `nifti(\"scan.nii.gz\") as Image[3, {needs_mod}]`"
-            msg = f"{who} expects {_modality_phrase(str(needs_mod))}, but the modality of this image is not declared"
+            msg = f"{who} expects {_modality_phrase(needs_mod)}, but the modality of this image is not declared"
             if origin:
-                origin = [secondary(val.origin, f"{who_is} has no declared modality")]
-        pc.error("E0203", msg, label(val.span, f"needs {format_type(finalize(expected_t))}"), *origin,
-                 help=hint, notes=pair_note)
+                origin = [secondary(val.origin, f"{who_is} has no declared modality")]  # type: ignore[arg-type]
+        pc.error("E0203", msg, label(val.span, f"needs {format_type(finalize(m.expected))}"), *origin,
+                 help=hint, notes=notes)
         return
     if m.attr == "dim":
         pc.error("E0204", f"{who} expects {m.expected_value}D data{slot_text}, found {m.actual_value}D",
-                 label(val.span, f"this is {found}"), *origin,
-                 help=hint or _dim_help(op, m), notes=pair_note)
+                 label(val.span, f"this is {found}"), *origin, help=hint or _dim_help(op, m), notes=notes)
         return
     if m.attr == "classes":
+        if isinstance(slot, Fn) and values and "model" in values:
+            _classes_disagree(pc, m, val, values)
+            return
         pc.error("E0205", f"{who} expects {m.expected_value} classes{slot_text}, found {m.actual_value}",
                  label(val.span, f"this is {found}"), *origin,
-                 help=hint or "the network's `classes`, the label maps and the metrics must agree on the number of classes (background included)",
-                 notes=pair_note)
+                 help=hint or "the network's `classes`, the label maps and the metrics must agree on the number"
+                 " of classes (background included)", notes=notes)
         return
     if m.attr == "length":
         pc.error("E0209", f"{who} expects {m.expected_value} values{slot_text}, found {m.actual_value}",
                  label(val.span, f"{m.actual_value} values"), *origin,
-                 help=hint or "give one value per spatial axis of the image", notes=pair_note)
+                 help=hint or "give one value per spatial axis of the image", notes=notes)
         return
     if isinstance(val.type, Fn) and isinstance(slot, Fn):
         name = f"`{val.value.op}`" if isinstance(val.value, OpRef) else "this function"
-        pc.error("E0211", f"{name} does not fit {what} of {who}: it takes {format_type(m.expected)}, "
-                 f"but would be given {format_type(finalize(m.actual))}",
-                 label(val.span, f"this is {found}"), *origin,
-                 help=hint or "choose an operator made for these inputs (see `medasc explain E0211`)")
+        message = (f"{name} does not fit {what} of {who}: it takes {_kind_phrase(m.expected)}, "
+                   f"but would be given {_kind_phrase(m.actual)}")
+        help_text = hint or (f"operators that fit here: {', '.join(f'`{a}`' for a in alternatives)}"
+                             if alternatives else "choose an operator made for these inputs")
+        pc.error("E0211", message, label(val.span, f"takes {format_type(m.expected)}"), *origin, help=help_text)
         return
     if isinstance(slot, Fn) or isinstance(val.type, Fn):
         pc.error("E0201", f"{who} expects a function{slot_text}, found {found}",
                  label(val.span, f"this is {found}"), *origin,
                  help=hint or "pass an operator by name, e.g. `loss=dice_ce` or `metric=dice`")
         return
-    pc.error("E0201", f"{who} expects {needs}{slot_text}, found {found}",
-             label(val.span, f"expected {needs}"), *origin, help=hint, notes=pair_note)
+    if hint is None and _mentions(expected_full, "Pair") and not _mentions(val.type, "Pair"):
+        hint = ("this needs images with their labels: read them as pairs, "
+                "e.g. `folder(root, image=\"*_ct.nii.gz\", label=\"*_seg.nii.gz\")`")
+    full_needs = _slot_phrase(expected_full)
+    pc.error("E0201", f"{who} expects {full_needs}{slot_text}, found {found}",
+             label(val.span, f"expected {needs if m.attr else full_needs}"), *origin, help=hint, notes=notes)
 
 
-def _unitless(actual: TyLike, slot: TyLike) -> bool:
-    slot_text = format_type(finalize(slot))
-    if not (slot_text.startswith("mm") or slot_text.startswith("deg")):
-        return False
-    text = format_type(actual)
-    return text in ("int", "float") or text.startswith("int[") or text.startswith("float[")
+def _slot_phrase(t: TyLike) -> str:
+    """A slot type in words a user can act on: variables a signature left open print as
+    `Any`, and an open spatial slot as what it accepts."""
+    if isinstance(t, Var) and isinstance(t.bound, Ty) and t.bound.name == "Spatial":
+        dim = t.bound.attrs[0]
+        return "an image or a label map" + (f" ({dim}D)" if isinstance(dim, int) else "")
+    return format_type(finalize(t))
+
+
+UNIT_KINDS = {"mm": "a length", "deg": "an angle", "bytes": "an amount of memory"}
+UNIT_WORDS = {"mm": ("mm", "cm", "um"), "deg": ("deg", "rad"), "bytes": ("GB", "MB")}
+
+
+def _unit_of(t: TyLike) -> str | None:
+    """The scalar inside a type: `mm` for `mm` and for `mm[3]`."""
+    if isinstance(t, Ty) and t.name == "Vec":
+        t = t.params[0]
+    return t.name if isinstance(t, Ty) else None
+
+
+def _missing_unit(actual: TyLike, slot: TyLike) -> str | None:
+    slot_unit, actual_unit = _unit_of(slot), _unit_of(actual)
+    if slot_unit in UNIT_WORDS and actual_unit in ("int", "float"):
+        return UNIT_WORDS[slot_unit][0] if slot_unit != "bytes" else "GB"
+    return None
+
+
+def _wrong_unit(actual: TyLike, slot: TyLike) -> tuple[str, str] | None:
+    slot_unit, actual_unit = _unit_of(slot), _unit_of(actual)
+    if slot_unit in UNIT_WORDS and actual_unit in UNIT_WORDS and slot_unit != actual_unit:
+        return actual_unit, slot_unit  # type: ignore[return-value]
+    return None
+
+
+def _needs_tuple(actual: TyLike, slot: TyLike) -> int | str | None:
+    """A single value given where one per axis is expected: how many are needed."""
+    if isinstance(slot, Ty) and slot.name == "Vec" and isinstance(actual, Ty) and actual.name not in ("Vec", "Any"):
+        length = slot.attrs[0]
+        return length if isinstance(length, int) else "several"
+    return None
+
+
+def _example_tuple(val: Val, count: int | str) -> str:
+    value = val.value.value if isinstance(val.value, Const) else 1
+    n = count if isinstance(count, int) else 3
+    unit = f" {val.value.unit}" if isinstance(val.value, Const) and val.value.unit else ""
+    return "(" + ", ".join([str(value)] * n) + ")" + unit
+
+
+def _kind_phrase(t: TyLike) -> str:
+    if isinstance(t, Ty) and t.name in CONSTRUCTORS and CONSTRUCTORS[t.name].doc:
+        return f"{format_type(t)} ({CONSTRUCTORS[t.name].doc.split(':')[0].split(',')[0]})"
+    return format_type(t)
+
+
+def _mentions(t: TyLike, name: str) -> bool:
+    if isinstance(t, Ty):
+        return t.name == name or any(_mentions(p, name) for p in t.params)
+    return False
+
+
+def _classes_disagree(pc: PipelineChecker, m: Mismatch, val: Val, values: dict[str, Val]) -> None:
+    """Classes disagree, found through a loss or metric: either the function itself
+    needs a number of classes the network does not predict, or the network and the
+    labels disagree."""
+    model = values["model"]
+    output = model.type.params[1] if isinstance(model.type, Ty) and len(model.type.params) == 2 else None
+    predicted = attr(output, "classes") if isinstance(output, Ty) and output.name in CONSTRUCTORS and \
+        "classes" in CONSTRUCTORS[output.name].attrs else UNKNOWN
+    fn = val.value.op if isinstance(val.value, OpRef) else None
+    if fn is not None and m.actual_value == predicted:
+        op = pc.loader.std.find_op(fn)
+        hint = str(op.attrs["hint"][0]) if op is not None and op.attrs.get("hint") else None
+        pc.error("E0205", f"`{fn}` works with {m.expected_value} classes, but the network predicts {predicted}",
+                 label(val.span, f"for {m.expected_value} classes"), secondary(model.span, f"predicts {predicted} classes"),
+                 help=hint or f"choose one made for {predicted} classes")
+        return
+    network = predicted if isinstance(predicted, int) else m.expected_value
+    data = values.get("data")
+    primary = label(data.span, f"labels with {m.actual_value} classes") if data is not None else label(val.span)
+    pc.error("E0205", f"the network predicts {network} classes, but the labels have {m.actual_value}",
+             primary, secondary(model.span, f"predicts {network} classes"),
+             help=f"set `classes={m.actual_value}` on the network (background counts as a class),"
+             " or declare the labels with the right number of classes")
 
 
 def _example_with_unit(val: Val, unit: str) -> str:
@@ -158,6 +259,38 @@ def check_interpolation(cc: CallChecker, member: TyLike, values: dict[str, Val])
                     label(val.span, "not allowed for label maps"), secondary(cc.func_span, f"applied to {format_type(member)}"),
                     help=f"use `{param}=auto` (nearest for labels, linear for images) or `{param}=nearest`",
                     notes=("linear interpolation of labels creates values between classes, e.g. 2.5 between kidney and spleen",))
+
+
+def check_patterns(cc: CallChecker, values: dict[str, Val]) -> None:
+    """File patterns that pair images with labels need a `*`: the part it matches is the
+    case identifier that pairs them."""
+    for param in cc.op.attrs.get("pattern", ()):
+        val = values.get(str(param))
+        if val is None or not isinstance(val.value, Const) or not isinstance(val.value.value, str):
+            continue
+        if "*" not in val.value.value:
+            cc.pc.error("E0240", f"the pattern `{param}` of `{cc.op.name}` has no `*`",
+                        label(val.span, "matches one file name only"),
+                        help="`*` stands for the case identifier, e.g. `image=\"*_ct.nii.gz\", label=\"*_seg.nii.gz\"`;"
+                        " every `*` in one pattern must match the same identifier")
+
+
+def check_ranges(cc: CallChecker, values: dict[str, Val]) -> None:
+    """`@positive(a, b)`: sizes, spacings, widths, counts above zero; `@fraction(p)`:
+    probabilities and proportions between 0 and 1."""
+    for attribute, ok, wanted in (("positive", lambda v: v > 0, "above zero"),
+                                  ("fraction", lambda v: 0 <= v <= 1, "between 0 and 1")):
+        for param in cc.op.attrs.get(attribute, ()):
+            val = values.get(str(param))
+            if val is None or not isinstance(val.value, Const):
+                continue
+            raw = val.value.value
+            numbers = raw if isinstance(raw, tuple) else (raw,)
+            bad = [v for v in numbers if isinstance(v, int | float) and not isinstance(v, bool) and not ok(v)]
+            if bad:
+                shown = ", ".join(f"{v:g}" for v in bad)
+                cc.pc.error("E0241", f"`{param}` of `{cc.op.name}` must be {wanted}, found {shown}",
+                            label(val.span, f"not {wanted}"))
 
 
 def check_divisible(cc: CallChecker, attempt: Attempt, values: dict[str, Val]) -> None:

@@ -33,6 +33,7 @@ Subst = dict[str, object]
 # Values that fit a slot of another scalar type: a whole number is a real number, and a
 # string literal names a file.
 IMPLICIT = {("int", "float"), ("str", "path")}
+LISTABLE = ("Metric", "Figure", "Table", "Report")
 
 
 @dataclass
@@ -49,12 +50,12 @@ class Mismatch(Exception):
         return f"expected {format_type(self.expected)}, found {format_type(self.actual)}"
 
 
-Converter = Callable[[TyLike, TyLike], bool]
+Converter = Callable[[TyLike, TyLike, int], bool]
 
 
 def fit(actual: TyLike, expected: TyLike, subst: Subst, converter: Converter | None = None) -> None:
-    """Fit `actual` into `expected`. `converter(value, slot)` is asked, inside function
-    types only, whether a conversion can make a value fit a function's parameter."""
+    """Fit `actual` into `expected`. `converter(value, slot, i)` is asked, inside function
+    types only, whether a conversion can make a value fit the function's i-th parameter."""
     if actual == ERROR or expected == ERROR:
         return
     if isinstance(expected, Var):
@@ -75,6 +76,14 @@ def fit(actual: TyLike, expected: TyLike, subst: Subst, converter: Converter | N
     if isinstance(actual, Fn) or isinstance(actual, Var):
         raise Mismatch(actual, expected)
     assert isinstance(expected, Ty) and isinstance(actual, Ty)
+    if expected.name == "List" and actual.name != "List":
+        # a tuple fits a list slot; one metric, figure or table is a list of one
+        if actual.name == "Vec":
+            fit(actual.params[0], expected.params[0], subst, converter)
+            return
+        if actual.name in LISTABLE:
+            fit(actual, expected.params[0], subst, converter)
+            return
     if expected.name == "Spatial":
         if actual.name not in SPATIAL_KINDS:
             raise Mismatch(actual, expected)
@@ -86,12 +95,20 @@ def fit(actual: TyLike, expected: TyLike, subst: Subst, converter: Converter | N
         raise Mismatch(actual, expected)
     cons = CONSTRUCTORS.get(expected.name)
     names = cons.attrs if cons else ()
-    for i, (a, e) in enumerate(zip(actual.attrs, expected.attrs)):
-        fit_attr(a, e, names[i] if i < len(names) else "length", subst, actual, expected)
+    # modality first: a stain operator given a 3D CT is wrong because of CT, not of 3D
+    order = sorted(range(len(expected.attrs)), key=lambda i: names[i] != "modality" if i < len(names) else True)
+    for i in order:
+        fit_attr(actual.attrs[i], expected.attrs[i], names[i] if i < len(names) else "length", subst, actual, expected)
     if len(actual.params) != len(expected.params):
         raise Mismatch(actual, expected)
     for a, e in zip(actual.params, expected.params):
-        fit(a, e, subst, converter)
+        try:
+            fit(a, e, subst, converter)
+        except Mismatch as inner:
+            if inner.attr is not None or isinstance(inner.expected, Fn):
+                raise
+            # a structural disagreement inside: report the whole types, not a fragment
+            raise Mismatch(actual, expected) from None
 
 
 def _fit_var(actual: TyLike, var: Var, subst: Subst) -> None:
@@ -143,7 +160,7 @@ def fit_fn(actual: Fn, expected: Fn, subst: Subst, converter: Converter | None =
     if len(actual.params) != len(expected.params):
         raise Mismatch(actual, expected)
     inner: Subst = {}
-    for a_param, e_param in zip(actual.params, expected.params):
+    for index, (a_param, e_param) in enumerate(zip(actual.params, expected.params)):
         value = resolve(e_param, subst)
         if has_vars(value):
             # the slot's variable is not known yet: learn it from the function
@@ -152,7 +169,7 @@ def fit_fn(actual: Fn, expected: Fn, subst: Subst, converter: Converter | None =
             try:
                 fit(value, a_param, inner)
             except Mismatch:
-                if converter is None or not converter(value, resolve(a_param, inner)):
+                if converter is None or not converter(value, resolve(a_param, inner), index):
                     raise
     fit(finalize(resolve(actual.result, inner)), expected.result, subst)
 

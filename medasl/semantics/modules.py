@@ -20,6 +20,14 @@ from medasl.syntax.parser import cache_dir, parse, write_atomically
 STDLIB_DIR = Path(__file__).resolve().parents[2] / "stdlib"
 
 
+def display_path(path: Path) -> str:
+    """A path as the user would write it: relative to the working folder when inside it."""
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 class InternalError(Exception):
     """A bug in medasl itself (including its standard library), not in the user's file."""
 
@@ -112,6 +120,7 @@ class FileScope:
     enums: dict[str, EnumDef] = field(default_factory=dict)
     transforms: dict[str, ast.TransformDef] = field(default_factory=dict)
     aliases: dict[str, Module] = field(default_factory=dict)
+    failed_aliases: set[str] = field(default_factory=set)  # imports already reported as broken
     imported_std: dict[str, Span] = field(default_factory=dict)
 
     def home_of(self, transform: ast.TransformDef) -> FileScope:
@@ -165,6 +174,8 @@ class Loader:
         module = self._load_user(path, item.span)
         if module is not None:
             self._merge(scope, module, item.alias)
+        elif item.alias:
+            scope.failed_aliases.add(item.alias)
 
     def _merge(self, scope: FileScope, module: Module, alias: str | None) -> None:
         if alias:
@@ -184,10 +195,11 @@ class Loader:
                              label(span, "this import closes the cycle"))
             return None
         try:
-            source = SourceFile(str(path), path.read_text(encoding="utf-8"))
+            source = SourceFile(display_path(path), path.read_text(encoding="utf-8"))
         except OSError as exc:
-            self.diags.error("E0112", f"cannot read the imported file `{path}`",
-                             label(span, exc.strerror or "cannot be read"))
+            self.diags.error("E0112", f"cannot read the imported file `{display_path(path)}`",
+                             label(span, exc.strerror or "cannot be read"),
+                             help="the path is relative to the importing file")
             self.user_modules[path] = None
             return None
         self.sources[source.name] = source
@@ -198,7 +210,7 @@ class Loader:
         self.loading.add(path)
         inner = self.scope_for(tree, path.parent)
         self.loading.discard(path)
-        module = self.module_of(tree, str(path), inner)
+        module = self.module_of(tree, source.name, inner)
         module.scope = inner
         self.user_modules[path] = module
         return module

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
 from medasl.ir.graph import Const, OpRef
-from medasl.ir.types import FLOAT, INT, Ty, TyLike, format_type
+from medasl.ir.types import FLOAT, INT, Fn, Ty, TyLike, format_type
 from medasl.semantics.matching import ERROR, Mismatch, fit
 from medasl.semantics.suggest import did_you_mean
 from medasl.syntax import ast
@@ -121,6 +121,16 @@ def _choice(stmt: ast.Param, default: Val, ptype: TyLike, pc: PipelineChecker) -
         try:
             fit(val.type, ptype, {})
         except Mismatch:
+            if isinstance(val.type, Fn) and isinstance(ptype, Fn) and isinstance(val.value, OpRef):
+                kind, wanted = _result_kind(val.type), _result_kind(ptype)
+                if kind != wanted:
+                    plural = wanted.split(" ", 1)[1] + ("es" if wanted.endswith("s") else "s")
+                    pc.error("E0504", f"`{val.value.op}` is {kind}, but the choices of `{stmt.name}` are {plural}",
+                             label(arg.span, f"{kind}, not {wanted}"),
+                             secondary(stmt.default.span, f"the default is {wanted}"),
+                             help=did_you_mean(val.value.op + "_loss", _ops_returning(pc, ptype)) if wanted == "a loss" else None)
+                    ok = False
+                    continue
             pc.error("E0504", f"every option of `choice` must be of the type of `{stmt.name}`, {format_type(ptype)}; "
                      f"found {format_type(val.type)}",
                      label(arg.span, f"this is {format_type(val.type)}"),
@@ -136,6 +146,16 @@ def _choice(stmt: ast.Param, default: Val, ptype: TyLike, pc: PipelineChecker) -
                  help="add the default to the choices")
         return None
     return {"kind": "choice", "args": options}
+
+
+def _result_kind(t: Fn) -> str:
+    name = t.result.name if isinstance(t.result, Ty) else "value"
+    return {"Loss": "a loss", "Metric": "a metric"}.get(name, f"a {name}")
+
+
+def _ops_returning(pc: PipelineChecker, t: Fn) -> list[str]:
+    kind = "loss" if _result_kind(t) == "a loss" else "metric"
+    return [op.name for op in pc.loader.std.all_ops().values() if op.has(kind)]
 
 
 def _option(val: Val) -> object:

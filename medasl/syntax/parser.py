@@ -93,6 +93,7 @@ def _hashable(key: object) -> object:
 
 
 MAX_SYNTAX_ERRORS = 10
+NO_ARITHMETIC = "medas has no arithmetic: write the number you mean, e.g. `0.5` or `-100`"
 
 # A line that begins a statement or an item: where recovery may resume.
 _STATEMENT_START = re.compile(
@@ -122,8 +123,9 @@ def parse(source: SourceFile, diags: Diagnostics) -> ast.Module | None:
                 break  # what follows is a consequence of the first error, not news
             _report_syntax_error(exc, source, diags)
             failed = True
-            if at_end:
-                break
+            text = lines[line - 1] if 0 < line <= len(lines) else ""
+            if at_end or not text[:1].isspace():
+                break  # recover only inside blocks: a broken item at the top level derails the rest
             first, last_line = _statement_around(lines, exc, line)
             for i in range(first - 1, last_line):
                 lines[i] = " " * len(lines[i])
@@ -474,7 +476,7 @@ def _report_syntax_error(exc: UnexpectedInput, source: SourceFile, diags: Diagno
         if char == '"':
             help_text = "a string must be closed with `\"` on the same line"
         elif char in "-+*/":
-            help_text = "medas has no arithmetic: write the number you mean, e.g. `0.5` or `-100`"
+            help_text = NO_ARITHMETIC
         diags.error("E0002", f"unexpected character `{char}`", label(span, "not valid here"), help=help_text)
     else:  # UnexpectedEOF, or UnexpectedToken at the end of the file
         lines = source.text.splitlines() or [""]
@@ -493,6 +495,8 @@ def _syntax_hint(tok: Token, expected: set[str], source: SourceFile) -> str | No
         for closer, name in (("RPAR", ")"), ("RSQB", "]"), ("RBRACE", "}")):
             if closer in expected:
                 return f"is a `{name}` missing at the end of line {tok.line - 1}?"
+    if tok.type == "NUMBER" and str(tok).startswith("-"):
+        return NO_ARITHMETIC
     if tok.type in ("NAME", "NUMBER", "STRING") and ("COMMA" in expected or "RPAR" in expected):
         return "separate arguments with `,`"
     if tok.type == "EQUAL" and "COLON" in expected:

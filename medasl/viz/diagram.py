@@ -64,17 +64,30 @@ def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def build(graph: Graph) -> graphviz.Digraph:
-    dot = graphviz.Digraph(graph.name, graph_attr={
-        "rankdir": "TB", "fontname": "Helvetica", "label": f"pipeline {graph.name}", "labelloc": "t",
-        "fontsize": "16", "compound": "true", "newrank": "true",
+def build(graphs: list[Graph]) -> graphviz.Digraph:
+    """One diagram; several pipelines are drawn side by side, each in its own frame."""
+    title = f"pipeline {graphs[0].name}" if len(graphs) == 1 else ""
+    dot = graphviz.Digraph(graphs[0].name, graph_attr={
+        "rankdir": "TB", "fontname": "Helvetica", "label": title, "labelloc": "t",
+        "fontsize": "16", "compound": "true", "newrank": "true", "nodesep": "0.35", "ranksep": "0.55",
     }, node_attr={"fontname": "Helvetica", "fontsize": "11", "shape": "box", "style": "rounded,filled",
-                  "fillcolor": "white"}, edge_attr={"fontname": "Helvetica", "fontsize": "9", "color": "#555555"})
+                  "fillcolor": "white"}, edge_attr={"fontname": "Helvetica", "fontsize": "8", "color": "#555555"})
+    if len(graphs) == 1:
+        _draw(dot, graphs[0], "")
+        return dot
+    for graph in graphs:
+        with dot.subgraph(name=f"cluster_pipeline_{graph.name}") as frame:
+            frame.attr(label=f"pipeline {graph.name}", fontsize="16", style="rounded", color="#888888")
+            _draw(frame, graph, f"{graph.name}.")
+    return dot
+
+
+def _draw(dot: graphviz.Digraph, graph: Graph, prefix: str) -> None:
     by_stage: dict[str, list[Node]] = {}
     for node in graph.nodes.values():
         by_stage.setdefault(node.stage or "data", []).append(node)
     for stage, nodes in by_stage.items():
-        with dot.subgraph(name=f"cluster_{stage}") as sub:
+        with dot.subgraph(name=f"cluster_{prefix}{stage}") as sub:
             sub.attr(label=STAGE_TITLES.get(stage, stage), style="rounded,filled",
                      fillcolor=STAGE_COLORS.get(stage, "#f7f7f7"), color="#bbbbbb")
             for node in nodes:
@@ -88,7 +101,7 @@ def build(graph: Graph) -> graphviz.Digraph:
                     attrs = {"penwidth": "2", "color": "#2b7a3d"}
                 if node.random:
                     attrs["peripheries"] = "2"
-                sub.node(node.id, _node_label(node), **attrs)
+                sub.node(prefix + node.id, _node_label(node), **attrs)
     for node in graph.nodes.values():
         for key, value in node.args:
             for source in _inputs(value):
@@ -98,17 +111,16 @@ def build(graph: Graph) -> graphviz.Digraph:
                 style = {"style": "dashed", "color": "#d9822b"} if node.conversion or src.conversion else {}
                 if src.op == "param":
                     style = {"style": "dotted", "arrowhead": "empty"}
-                edge_label = _short(format_type(src.type), 44)
-                if not key.startswith("_") and key not in ("x", "data"):
+                edge_label = "" if src.op == "param" else _short(format_type(src.type), 40)
+                if edge_label and not key.startswith("_") and key not in ("x", "data"):
                     edge_label = f"{key}: {edge_label}"
-                dot.edge(source, node.id, label=_html(edge_label), **style)
+                dot.edge(prefix + source, prefix + node.id, label=_html(edge_label), **style)
     for kind, ids in (("show", graph.shows), ("report", graph.reports)):
         for node_id in ids:
-            sink = f"{kind}_{node_id}"
+            sink = f"{prefix}{kind}_{node_id}"
             dot.node(sink, kind, shape="doubleoctagon" if kind == "report" else "octagon",
                      style="filled", fillcolor="#e6f4ea")
-            dot.edge(node_id, sink)
-    return dot
+            dot.edge(prefix + node_id, sink)
 
 
 def _inputs(value: object) -> list[str]:
@@ -119,9 +131,9 @@ def _inputs(value: object) -> list[str]:
     return []
 
 
-def render_graph(graph: Graph, output: Path, fmt: str) -> str:
+def render_graph(graphs: list[Graph], output: Path, fmt: str) -> str:
     """Write the diagram; returns a line for the user saying what was written."""
-    dot = build(graph)
+    dot = build(graphs)
     output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "dot":
         output.write_text(dot.source, encoding="utf-8")
