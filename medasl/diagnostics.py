@@ -67,24 +67,12 @@ class Diagnostics:
 
     items: list[Diagnostic] = field(default_factory=list)
 
-    def error(
-        self,
-        code: str,
-        message: str,
-        *labels: Label,
-        help: str | None = None,
-        notes: Iterable[str] = (),
-    ) -> None:
+    def error(self, code: str, message: str, *labels: Label, help: str | None = None,
+              notes: Iterable[str] = ()) -> None:
         self.items.append(Diagnostic(code, Severity.ERROR, message, labels, help, tuple(notes)))
 
-    def warning(
-        self,
-        code: str,
-        message: str,
-        *labels: Label,
-        help: str | None = None,
-        notes: Iterable[str] = (),
-    ) -> None:
+    def warning(self, code: str, message: str, *labels: Label, help: str | None = None,
+                notes: Iterable[str] = ()) -> None:
         self.items.append(Diagnostic(code, Severity.WARNING, message, labels, help, tuple(notes)))
 
     def extend(self, other: Diagnostics) -> None:

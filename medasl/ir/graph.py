@@ -66,14 +66,15 @@ class Node:
     hash: str = ""
 
     def inputs(self) -> list[str]:
-        return [node for _, v in self.args for node in _refs(v)]
+        return [node for _, v in self.args for node in refs(v)]
 
 
-def _refs(value: Value) -> list[str]:
+def refs(value: Value) -> list[str]:
+    """The nodes a value reads (an operator value reads those of its bound options)."""
     if isinstance(value, Ref):
         return [value.node]
     if isinstance(value, OpRef):
-        return [n for _, v in value.args for n in _refs(v)]
+        return [n for _, v in value.args for n in refs(v)]
     return []
 
 
@@ -85,7 +86,7 @@ class Graph:
     nodes: dict[str, Node] = field(default_factory=dict)
     shows: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
-    resources: dict[str, object] = field(default_factory=dict)
+    resources: dict[str, Const] = field(default_factory=dict)
 
     def add(self, node: Node) -> Node:
         self.nodes[node.id] = node
@@ -163,6 +164,8 @@ def format_value(value: Value) -> str:
 
 
 def format_const(const: Const) -> str:
+    if const.unit == "bytes" and isinstance(const.value, int | float):
+        return f"{const.value / 1024**3:g} GB"  # stored in bytes, written as the user would
     text = _format_literal(const.value)
     return f"{text} {const.unit}" if const.unit else text
 
@@ -205,7 +208,7 @@ def dump_graph(graph: Graph) -> str:
             lines.append(f"  # -- {stage or 'values'}")
         lines.append("  " + _node_line(node))
     if graph.resources:
-        res = ", ".join(f"{k}={_format_literal(v)}" for k, v in graph.resources.items())
+        res = ", ".join(f"{k}={format_const(v)}" for k, v in graph.resources.items())
         lines.append(f"  resources {res}")
     for sink, ids in (("show", graph.shows), ("report", graph.reports)):
         if ids:

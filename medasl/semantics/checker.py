@@ -339,7 +339,8 @@ class PipelineChecker:
                 continue
             val = self.expr(arg.value, RESOURCE_KEYS[name])
             if self._fit_value(val, RESOURCE_KEYS[name], f"resource `{name}`"):
-                self.graph.resources[name] = val.value.value if isinstance(val.value, Const) else None
+                if isinstance(val.value, Const):
+                    self.graph.resources[name] = val.value
 
     def _check_transforms_used(self) -> None:
         for name, t in self.transforms.items():

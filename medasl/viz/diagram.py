@@ -14,7 +14,7 @@ from pathlib import Path
 
 import graphviz
 
-from medasl.ir.graph import Graph, Node, OpRef, Ref, format_const, format_value
+from medasl.ir.graph import Graph, Node, OpRef, Ref, format_const, format_value, refs
 from medasl.ir.types import format_type
 
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -104,7 +104,7 @@ def _draw(dot: graphviz.Digraph, graph: Graph, prefix: str) -> None:
                 sub.node(prefix + node.id, _node_label(node), **attrs)
     for node in graph.nodes.values():
         for key, value in node.args:
-            for source in _inputs(value):
+            for source in refs(value):
                 src = graph.nodes.get(source)
                 if src is None:
                     continue
@@ -121,14 +121,6 @@ def _draw(dot: graphviz.Digraph, graph: Graph, prefix: str) -> None:
             dot.node(sink, kind, shape="doubleoctagon" if kind == "report" else "octagon",
                      style="filled", fillcolor="#e6f4ea")
             dot.edge(prefix + node_id, sink)
-
-
-def _inputs(value: object) -> list[str]:
-    if isinstance(value, Ref):
-        return [value.node]
-    if isinstance(value, OpRef):
-        return [n for _, v in value.args for n in _inputs(v)]
-    return []
 
 
 def render_graph(graphs: list[Graph], output: Path, fmt: str) -> str:
