@@ -40,6 +40,14 @@ CODES: dict[str, Code] = {
         "pipeline p {\n  x = nifti(\"ct.nii.gz\")",
         "pipeline p {\n  x = nifti(\"ct.nii.gz\")\n}",
     ),
+    "E0004": Code(
+        "invalid escape in a string",
+        "Inside a string, a backslash starts an escape: `\\\"` (a quote), `\\\\` (a"
+        " backslash), `\\n`, `\\t`. Any other letter after a backslash is an error, because"
+        " Windows paths such as `C:\\data\\new` would silently change meaning.",
+        "x = nifti(\"C:\\data\\ct.nii.gz\")",
+        "x = nifti(\"C:/data/ct.nii.gz\")",
+    ),
     "E0010": Code(
         "cannot read the file",
         "The `.medas` file given on the command line does not exist or cannot be read.",

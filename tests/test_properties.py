@@ -19,6 +19,7 @@ xfail, so that fixing the bug makes the test suite say so).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from lark.exceptions import UnexpectedInput
 from medasl.codes import CODES
 from medasl.diagnostics import Diagnostics, render_json, render_text
 from medasl.ir.graph import Graph, _value_json
+from medasl.semantics import signatures
 from medasl.semantics.checker import CheckResult, check_source
 from medasl.semantics.modules import stdlib
 from medasl.semantics.signatures import Override
@@ -406,6 +408,7 @@ def random_programs(draw: st.DrawFn) -> str:
 
 @settings(max_examples=examples(300), **SETTINGS)
 @given(random_programs())
+@example("pipeline p {\n  param a = 1\n  x = (a, 0) mm\n  report x\n}\n")  # was a TypeError in _tuple
 @example('import std.io, std.pre\npipeline p {\n  t1 = nifti("a.nii.gz") as Image[3, MR]\n'
          '  x = t1 |> window(level=40, width=400)\n  show x\n}\n')
 @example('import "common.medas" as common\npipeline p {\n  a = common.brighten(1, color=purple)\n'
@@ -580,6 +583,8 @@ def mutated_programs(draw: st.DrawFn) -> tuple[str, str]:
 @example(("examples/char.medas", "pipeline p {\n  x = 200 * 2\n}\n"))
 @example(("examples/token.medas", "pipeline p {\n  x = nifti(a b)\n}\n"))
 @example(("examples/empty.medas", ""))
+@example(("examples/two_on_a_line.medas", 'import std.io\npipeline p {\n  t1 = nifti("t1.nii.gz") as Image[3, MRt1\n'
+                                          '  brain = ] |> otsu_mask\n}\n'))
 def test_mutated_programs(case: tuple[str, str]) -> None:
     name, text = case
     result = check_text(text, name)
@@ -593,8 +598,8 @@ def test_mutated_programs(case: tuple[str, str]) -> None:
         assert 1 <= len(syntax) <= MAX_SYNTAX_ERRORS, [(d.code, d.message) for d in result.diagnostics]
         assert len(result.diagnostics) == len(syntax), "a syntax error stops checking: nothing else is reported"
         assert result.graphs == []
-        lines = [d.span.line for d in syntax]
-        assert lines == sorted(set(lines)), f"syntax errors out of order or repeated: {lines}"
+        where = [(d.span.line, d.span.column) for d in syntax]
+        assert where == sorted(set(where)), f"syntax errors out of order or repeated: {where}"
         for d in syntax:
             assert d.span.file == name
             assert 1 <= d.span.line <= _line_count(text) and d.span.column >= 1
@@ -620,7 +625,10 @@ def reformat(text: str, draw: st.DrawFn) -> str:
     toks = tokens(text)
     for i, (kind, piece) in enumerate(toks):
         if kind == "ws":
-            out.append(draw(st.sampled_from([" ", "  ", "\n", "\n\n", "\t", " # a comment\n", "\r\n", piece, piece])))
+            after_comment = i > 0 and toks[i - 1][0] == "comment"  # the line break ends the comment
+            choices = ["\n", "\n\n", " # a comment\n", "\r\n", "\n\t\n"] if after_comment else \
+                [" ", "  ", "\n", "\n\n", "\t", " # a comment\n", "\r\n"]
+            out.append(draw(st.sampled_from(choices + [piece])))
             continue
         out.append(piece)
         nxt = toks[i + 1][0] if i + 1 < len(toks) else None
@@ -630,6 +638,18 @@ def reformat(text: str, draw: st.DrawFn) -> str:
         out.insert(0, "# a new first line\n\n")
     out.append(draw(st.sampled_from(["", "\n", "\n\n# the end\n"])))
     return "".join(out)
+
+
+def check_from_same_state(text: str, name: str = "prop.medas") -> CheckResult:
+    """Check with the type-variable counter at a fixed value.
+
+    The names of unresolved type variables (`D'17`) come from a process-wide counter
+    and enter the structural hash (see KNOWN CRASHES: test_known_bug_hash_depends_on_
+    checker_history); the hash properties here are about the program text, so each
+    check starts from the same counter value.
+    """
+    signatures._fresh = itertools.count(1_000_000)
+    return check_text(text, name)
 
 
 def hashes(result: CheckResult) -> dict[tuple[str, str], str]:
@@ -684,14 +704,14 @@ def local_payload(node: object) -> str:
 
 def assert_number_change_propagates(text: str, name: str) -> int:
     """Change each numeric literal in turn; returns how many changes still checked cleanly."""
-    before = check_text(text, name)
+    before = check_from_same_state(text, name)
     assert not before.diagnostics.has_errors
     base = hashes(before)
     payload = {(g.name, n.id): local_payload(n) for g in before.graphs for n in g.nodes.values()}
     tested = 0
     for start, end, literal in number_literals(text, name):
         new_text = text[:start] + changed_number(literal) + text[end:]
-        after = check_text(new_text, name)
+        after = check_from_same_state(new_text, name)
         if after.diagnostics.has_errors or set(hashes(after)) != set(base):
             continue  # the new value is out of range here, or renames nodes: not this property
         tested += 1
@@ -713,10 +733,10 @@ def assert_number_change_propagates(text: str, name: str) -> int:
 @given(data=st.data())
 def test_example_reformatting_keeps_hashes(path: Path, data: st.DataObject) -> None:
     name, text = rel(path), path.read_text(encoding="utf-8")
-    before = check_text(text, name)
+    before = check_from_same_state(text, name)
     assume(not before.diagnostics.has_errors)
     new_text = reformat(text, data.draw)
-    after = check_text(new_text, name)
+    after = check_from_same_state(new_text, name)
     assert [d.code for d in after.diagnostics.sorted()] == [d.code for d in before.diagnostics.sorted()]
     assert hashes(after) == hashes(before)
 
@@ -725,7 +745,7 @@ def test_example_reformatting_keeps_hashes(path: Path, data: st.DataObject) -> N
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_number_change_propagates(path: Path) -> None:
     name, text = rel(path), path.read_text(encoding="utf-8")
-    if check_text(text, name).diagnostics.has_errors:
+    if check_from_same_state(text, name).diagnostics.has_errors:
         pytest.skip(f"{name} has errors")
     literals = number_literals(text, name)
     tested = assert_number_change_propagates(text, name)
@@ -735,9 +755,9 @@ def test_example_number_change_propagates(path: Path) -> None:
 @settings(max_examples=examples(60), **SETTINGS)
 @given(valid_programs(), st.data())
 def test_generated_reformatting_keeps_hashes(text: str, data: st.DataObject) -> None:
-    before = check_text(text)
+    before = check_from_same_state(text)
     new_text = reformat(text, data.draw)
-    after = check_text(new_text)
+    after = check_from_same_state(new_text)
     assert not after.diagnostics.has_errors, new_text
     assert hashes(after) == hashes(before)
 
@@ -815,3 +835,14 @@ def test_known_crash_override_op_as_value(stmts: str) -> None:
     text = f"import std.pre, std.aug\npipeline p {{\n  {stmts}\n}}\n"
     result = check_text(text)
     assert_well_formed_diagnostics(result, "prop.medas")
+
+
+@pytest.mark.xfail(strict=True, reason="structural hashes include the names of unresolved type variables "
+                   "(D'17), numbered by a process-wide counter (signatures._fresh): checking the same file twice "
+                   "in one process, or after another file, gives other hashes to an operator passed as a value "
+                   "(param loss = dice_ce) and to everything downstream of it")
+def test_known_bug_hash_depends_on_checker_history() -> None:
+    text = "import std.losses\npipeline p {\n  param loss = dice_ce search choice(dice_ce, lovasz)\n}\n"
+    first = hashes(check_text(text))
+    check_text(text)
+    assert hashes(check_text(text)) == first

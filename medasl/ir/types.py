@@ -223,7 +223,7 @@ def _format_attr(value: AttrValue) -> str:
     if value is UNKNOWN:
         return "_"
     if isinstance(value, Var):
-        return value.name.split("'")[0]
+        return _base_name(value)
     if isinstance(value, tuple):
         return "(" + ", ".join(str(v) for v in value) + ")"
     return str(value)
@@ -232,7 +232,7 @@ def _format_attr(value: AttrValue) -> str:
 def format_type(t: TyLike) -> str:
     """The type as a user writes it: `Image[3, CT]`, `Dataset<Pair<...>>`, `mm[3]`."""
     if isinstance(t, Var):
-        return t.name.split("'")[0]  # fresh copies print as the signature's variable
+        return _base_name(t)
     if isinstance(t, Fn):
         params = ", ".join(format_type(p) for p in t.params)
         return f"({params}) -> {format_type(t.result)}"
@@ -258,10 +258,16 @@ def format_type(t: TyLike) -> str:
     return text
 
 
+def _base_name(v: Var) -> str:
+    """A variable as written in its signature: fresh copies (`D'17`) are numbered by
+    a process-wide counter, which must not leak into hashes or output."""
+    return v.name.split("'")[0]
+
+
 def type_to_json(t: TyLike) -> object:
     """A JSON-friendly form of a type (for `--emit ir --format json` and hashing)."""
     if isinstance(t, Var):
-        return {"var": t.name}
+        return {"var": _base_name(t)}
     if isinstance(t, Fn):
         return {"fn": [type_to_json(p) for p in t.params], "result": type_to_json(t.result)}
 
@@ -269,7 +275,7 @@ def type_to_json(t: TyLike) -> object:
         if v is UNKNOWN:
             return None
         if isinstance(v, Var):
-            return {"var": v.name}
+            return {"var": _base_name(v)}
         return list(v) if isinstance(v, tuple) else v
 
     out: dict[str, object] = {"type": t.name}

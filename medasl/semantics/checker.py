@@ -54,6 +54,7 @@ from medasl.semantics.signatures import (
     TypeError_,
     fresh_vars,
     type_from_ast,
+    without_overrides,
 )
 from medasl.semantics.suggest import did_you_mean
 from medasl.source import SourceFile, Span
@@ -244,10 +245,16 @@ class PipelineChecker:
         if name in self.values:
             return self.values[name]
         stmt = self.params[name]
+        if name in self.in_progress:
+            return self._cycle(name, stmt.name_span)
         declared = None
         if stmt.type is not None:
             declared = self._type(stmt.type)
-        default = self.expr(stmt.default, declared)
+        self.in_progress.append(name)
+        try:
+            default = self.expr(stmt.default, declared)
+        finally:
+            self.in_progress.pop()
         ptype = declared if declared is not None else default.type
         if declared is not None:
             self._fit_value(default, declared, f"the default of `{name}`")
@@ -265,11 +272,7 @@ class PipelineChecker:
             return self.values[name]
         stmt = self.bindings[name]
         if name in self.in_progress:
-            cycle = self.in_progress[self.in_progress.index(name):] + [name]
-            self.error("E0401", f"`{name}` depends on itself: {' -> '.join(cycle)}",
-                       label(stmt.name_span, "defined here"),
-                       help="a pipeline is a graph without cycles; break the chain with a new value")
-            return Val(Const(None), ERROR, stmt.name_span)
+            return self._cycle(name, stmt.name_span)
         self.in_progress.append(name)
         frames, self.frames = self.frames, []  # a binding is checked in the pipeline's scope
         try:
@@ -298,6 +301,12 @@ class PipelineChecker:
         val = Val(val.value, val.type, stmt.name_span, stmt.value.span, name)
         self.values[name] = val
         return val
+
+    def _cycle(self, name: str, span: Span) -> Val:
+        cycle = self.in_progress[self.in_progress.index(name):] + [name]
+        self.error("E0401", f"`{name}` depends on itself: {' -> '.join(cycle)}", label(span, "defined here"),
+                   help="a pipeline is a graph without cycles; break the chain with a new value")
+        return Val(Const(None), ERROR, span)
 
     def _rename(self, node: Node, new_id: str) -> None:
         """Give a node its binding's name (nodes are created before names are known)."""
@@ -420,10 +429,15 @@ class PipelineChecker:
         items = [self.expr(i, elem_expected) for i in e.items]
         if e.unit is not None:
             base, scale = UNIT_SCALE[e.unit]
-            bad = [i for i in items if i.type not in (INT, FLOAT)]
+            bad = [i for i in items if i.type not in (INT, FLOAT) or not isinstance(i.value, Const)]
             for item in bad:
-                self.error("E0207", f"a unit applies to numbers, found {format_type(item.type)}",
-                           label(item.span, "not a number"))
+                if isinstance(item.value, Const) or item.type == ERROR:
+                    self.error("E0207", f"a unit applies to numbers, found {format_type(item.type)}",
+                               label(item.span, "not a number"))
+                else:
+                    self.error("E0207", "a unit applies to numbers written in place, not to a named value",
+                               label(item.span, "a named value"),
+                               help="give the value its unit where it is defined, e.g. `param size = 1.5 mm`")
             if bad:
                 return Val(Const(None), ERROR, e.span)
             values = tuple(float(_const(i)) * scale for i in items)  # type: ignore[arg-type]
@@ -569,7 +583,19 @@ class PipelineChecker:
     # ----- calls ------------------------------------------------------------------------
 
     def _pipe(self, e: ast.Pipe, expected: TyLike | None) -> Val:
-        left = self.expr(e.left)
+        # a chain `a |> f |> g |> ...` nests to the left: walk it in a loop, not by
+        # recursion, so that pipelines of thousands of steps are fine
+        steps = []
+        node: ast.Expr = e
+        while isinstance(node, ast.Pipe):
+            steps.append(node)
+            node = node.left
+        value = self.expr(node)
+        for step in reversed(steps):
+            value = self._pipe_step(step, value, expected if step is e else None)
+        return value
+
+    def _pipe_step(self, e: ast.Pipe, left: Val, expected: TyLike | None) -> Val:
         right = e.right
         if isinstance(right, ast.Name | ast.Field):
             return self._apply(right, (), left, e.span, expected)
@@ -680,9 +706,10 @@ class PipelineChecker:
         """An operator used as a value: its required data parameters become the function's."""
         mapping: dict[str, object] = {}
         bound_names = {k for k, _ in bound_args}
-        params = tuple(fresh_vars(p.type, mapping) for p in op.params if p.required and p.name not in bound_names)  # type: ignore[arg-type]
-        result = fresh_vars(op.result, mapping)
-        return Val(OpRef(op.name, bound_args), Fn(params, result), span)  # type: ignore[arg-type]
+        params = tuple(without_overrides(fresh_vars(p.type, mapping))
+                       for p in op.params if p.required and p.name not in bound_names)  # type: ignore[arg-type]
+        result = without_overrides(fresh_vars(op.result, mapping))  # type: ignore[arg-type]
+        return Val(OpRef(op.name, bound_args), Fn(params, result), span)
 
     def call_op(self, op: OpSig, args: tuple[ast.Arg, ...], piped: Val | None, span: Span,
                 func_span: Span, expected: TyLike | None) -> Val:

@@ -196,9 +196,10 @@ class Loader:
             return None
         try:
             source = SourceFile(display_path(path), path.read_text(encoding="utf-8"))
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not a text file (UTF-8)"
             self.diags.error("E0112", f"cannot read the imported file `{display_path(path)}`",
-                             label(span, exc.strerror or "cannot be read"),
+                             label(span, reason or "cannot be read"),
                              help="the path is relative to the importing file")
             self.user_modules[path] = None
             return None

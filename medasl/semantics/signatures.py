@@ -263,6 +263,18 @@ def _rename(v: Var, mapping: dict[str, Var]) -> Var:
     return mapping[v.name]
 
 
+def without_overrides(t: TyLike | Override) -> TyLike:
+    """`S{shape=?}` as plain `S`: what an operator's type says when the operator is a
+    value (a function), where the overridden attribute depends on arguments not given."""
+    if isinstance(t, Override):
+        return without_overrides(t.base)
+    if isinstance(t, Fn):
+        return Fn(tuple(without_overrides(p) for p in t.params), without_overrides(t.result))
+    if isinstance(t, Ty):
+        return Ty(t.name, t.attrs, tuple(without_overrides(p) for p in t.params))
+    return t
+
+
 def signature_from_decl(decl: ast.OpDecl, module: str, enums: dict[str, EnumDef]) -> OpSig:
     """Build an OpSig; malformed types raise TypeError_ (a stdlib or user-module bug)."""
     ctx = TypeContext(enums=enums, param_names=frozenset(p.name for p in decl.params))

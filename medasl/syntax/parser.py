@@ -3,7 +3,6 @@ builds the AST with spans; Lark's exceptions become diagnostics in user vocabula
 
 from __future__ import annotations
 
-import ast as py_ast
 import hashlib
 import json
 import os
@@ -12,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from medasl.diagnostics import Diagnostics, label
@@ -130,7 +129,14 @@ def parse(source: SourceFile, diags: Diagnostics) -> ast.Module | None:
             for i in range(first - 1, last_line):
                 lines[i] = " " * len(lines[i])
             continue
-        return None if failed else _Builder(source.name).transform(tree)
+        if failed:
+            return None
+        builder = _Builder(source.name)
+        module = builder.transform(tree)
+        for span, message in builder.errors:
+            diags.error("E0004", message, label(span, "not a valid escape"),
+                        help="write `\\\\` for a backslash, e.g. in Windows paths, or use `/`")
+        return None if builder.errors else module
     return None
 
 
@@ -182,12 +188,32 @@ def _number(text: str) -> float | int:
 
 
 @v_args(meta=True)
-class _Builder(Transformer):
+class _Builder(Transformer_NonRecursive):
     """Builds `medasl.syntax.ast` nodes from the Lark parse tree."""
 
     def __init__(self, file: str) -> None:
         super().__init__()
         self.file = file
+        self.errors: list[tuple[Span, str]] = []  # problems found while building (string escapes)
+
+    def _unquote(self, tok: Token) -> str:
+        """The text of a string literal; escapes are `\\"`, `\\\\`, `\\n` and `\\t` only."""
+        out, text, i = [], str(tok)[1:-1], 0
+        while i < len(text):
+            char = text[i]
+            if char == "\\" and i + 1 < len(text):
+                escaped = {"\"": "\"", "\\": "\\", "n": "\n", "t": "\t"}.get(text[i + 1])
+                if escaped is None:
+                    column = tok.column + 1 + i
+                    self.errors.append((Span(self.file, tok.line, column, tok.line, column + 2),
+                                        f"unknown escape `\\{text[i + 1]}` in a string"))
+                    escaped = text[i + 1]
+                out.append(escaped)
+                i += 2
+                continue
+            out.append(char)
+            i += 1
+        return "".join(out)
 
     def _span(self, meta: object) -> Span:
         m = meta  # lark.tree.Meta
@@ -220,7 +246,7 @@ class _Builder(Transformer):
 
     def import_file(self, meta, children):
         path, alias = children
-        return ast.Import(None, py_ast.literal_eval(path), str(alias) if alias else None, self._span(meta))
+        return ast.Import(None, self._unquote(path), str(alias) if alias else None, self._span(meta))
 
     def dotted_name(self, meta, children):
         return [str(c) for c in children]
@@ -298,7 +324,7 @@ class _Builder(Transformer):
 
     def string(self, meta, children):
         (tok,) = children
-        return ast.String(py_ast.literal_eval(str(tok)), self._span(meta))
+        return ast.String(self._unquote(tok), self._span(meta))
 
     def true(self, meta, children):
         return ast.Bool(True, self._span(meta))
