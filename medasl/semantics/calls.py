@@ -206,9 +206,7 @@ class CallChecker:
         if _is(actual, "Dataset") and _is(expected, "Dataset"):  # convert case by case
             return self._conversion(actual.params[0], expected.params[0], subst)  # type: ignore[union-attr]
         after = None
-        for conv in self.pc.loader.std.all_ops().values():
-            if not conv.has("conversion") or not conv.params:
-                continue
+        for conv in self.pc.loader.std.conversions():
             trial = dict(subst)
             mapping: dict[str, object] = {}
             inner: Subst = {}

@@ -309,15 +309,27 @@ class PipelineChecker:
         return Val(Const(None), ERROR, span)
 
     def _rename(self, node: Node, new_id: str) -> None:
-        """Give a node its binding's name (nodes are created before names are known)."""
+        """Give a node its binding's name (nodes are created before names are known).
+
+        A binding's value is almost always the node its expression created last: then
+        nothing refers to it yet and one dictionary entry moves. Otherwise only the
+        nodes created after it can refer to it."""
         old = node.id
         nodes = self.graph.nodes
-        self.graph.nodes = {(new_id if k == old else k): v for k, v in nodes.items()}
+        order = list(nodes) if next(reversed(nodes)) != old else [old]
+        later = order[order.index(old) + 1:]
+        self.graph.nodes = {(new_id if k == old else k): v for k, v in nodes.items()} if later else nodes
+        if not later:
+            del nodes[old]
+            nodes[new_id] = node
         node.id = new_id
-        for other in self.graph.nodes.values():
+        for other_id in later:
+            other = self.graph.nodes[other_id]
             other.args = tuple((k, _rename_value(v, old, new_id)) for k, v in other.args)
-        for key, cached in list(self.fields_memo.items()):
-            if isinstance(cached.value, Ref) and cached.value.node == old:
+        if node.op == "field":  # later uses of the same field find it under its new name
+            key = (str(node.args[0][1]), str(node.args[1][1].value))  # type: ignore[union-attr]
+            if key in self.fields_memo:
+                cached = self.fields_memo[key]
                 self.fields_memo[key] = Val(Ref(new_id), cached.type, cached.span)
 
     def _sinks(self, exprs: tuple[ast.Expr, ...], out: list[str], what: str) -> None:

@@ -99,7 +99,15 @@ class Stdlib:
         return None
 
     def all_ops(self) -> dict[str, OpSig]:
-        return {n: op for m in self.modules.values() for n, op in m.ops.items()}
+        if not hasattr(self, "_all_ops"):
+            self._all_ops = {n: op for m in self.modules.values() for n, op in m.ops.items()}
+        return self._all_ops
+
+    def conversions(self) -> list[OpSig]:
+        """The operators the checker may insert by itself."""
+        if not hasattr(self, "_conversions"):
+            self._conversions = [op for op in self.all_ops().values() if op.has("conversion") and op.params]
+        return self._conversions
 
 
 _STDLIB: Stdlib | None = None
