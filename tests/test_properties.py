@@ -5,7 +5,9 @@
    primary span inside its file, renderable as text and JSON).
 2. Mutated programs (examples and golden diagnostics, with characters deleted, lines
    duplicated, tokens swapped or inserted, numbers turned into strings, the file
-   truncated): nothing escapes `check_source`, and a syntax error is reported once.
+   truncated): nothing escapes `check_source`; a file that does not parse gets only
+   syntax diagnostics (E0001-E0004, several since the parser recovers at the next
+   statement), in source order, the first being the one Lark reports.
 3. Structural hashes: reformatting a program changes no node's hash; changing one
    numeric argument changes the hash of the nodes that hold it and of everything
    downstream, and of nothing else.
@@ -46,8 +48,6 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.medas"))
 GOLDEN = sorted((ROOT / "tests" / "golden" / "diagnostics").glob("*.medas"))
 SYNTAX_CODES = {"E0001", "E0002", "E0003", "E0004"}  # E0004: a bad escape in a string
 
-# The conftest's autouse fixture only changes the working directory to the repository
-# root, which is the same for every generated example.
 # MEDASL_HYPOTHESIS_SCALE=10 multiplies every max_examples, for a longer hunt.
 SCALE = float(os.environ.get("MEDASL_HYPOTHESIS_SCALE", "1"))
 
@@ -56,6 +56,8 @@ def examples(n: int) -> int:
     return max(1, int(n * SCALE))
 
 
+# The conftest's autouse fixture only changes the working directory to the repository
+# root, which is the same for every generated example.
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                        HealthCheck.too_slow])
 
@@ -315,16 +317,18 @@ def calls(draw: st.DrawFn, scope: Scope, children: st.SearchStrategy[str]) -> st
 @st.composite
 def statements(draw: st.DrawFn, scope: Scope, bindings: list[str], transform_names: list[str]) -> list[str]:
     exprs = expressions(scope)
-    param_exprs = exprs
+    # search bounds never name a parameter: that recursion is an open bug
+    # (test_known_bug_param_in_its_search_space)
+    bound_exprs = expressions(Scope(scope.values, scope.transforms, []))
     out: list[str] = []
     for name in scope.params:
         text = f"param {name}"
         if draw(st.booleans()):
             text += f": {draw(st.sampled_from(TYPES))}"
-        text += f" = {draw(param_exprs)}"
+        text += f" = {draw(exprs)}"
         if draw(st.integers(0, 2)) > 0:
             kind = draw(st.sampled_from(SEARCH_KINDS))
-            bounds = draw(st.lists(st.one_of(numbers(), param_exprs), max_size=4))
+            bounds = draw(st.lists(st.one_of(numbers(), bound_exprs), max_size=4))
             if draw(st.integers(0, 6)) == 0 and bounds:
                 bounds[0] = f"low={bounds[0]}"
             text += f" search {kind}({', '.join(bounds)})"
@@ -783,7 +787,8 @@ def test_example_ir_well_formed(path: Path) -> None:
 
 # ----- REGRESSIONS -------------------------------------------------------------------------
 # Crashes (an exception escaping check_source, i.e. `medasc check` exiting 70) and hash
-# instabilities that the properties above found; all fixed in 015f29d.
+# instabilities that the properties above found (fixed in 015f29d), then the bugs still
+# open, as strict xfails.
 
 
 
@@ -843,6 +848,18 @@ def test_regression_hash_independent_of_checker_history() -> None:
     for path in EXAMPLES[:2]:
         check_text(path.read_text(encoding="utf-8"), rel(path))
     assert hashes(check_text(text)) == first
+
+
+@pytest.mark.xfail(strict=True, reason="a parameter named in its own search space (directly or through another "
+                   "parameter's) recurses without end: the cycle guard of PipelineChecker._param covers only the "
+                   "default, not search.check_search -> RecursionError")
+@pytest.mark.parametrize("stmts", ["param p = 1 search uniform(0, p)", "param p = 1 search choice(1, p)",
+                                   "param p = 1 search uniform(0, (p, 1))",
+                                   "param a = 1 search uniform(0, b)\n  param b = 2 search uniform(0, a)"])
+def test_known_bug_param_in_its_search_space(stmts: str) -> None:
+    result = check_text(f"pipeline p {{\n  {stmts}\n}}\n")
+    assert_well_formed_diagnostics(result, "prop.medas")
+    assert "E0401" in {d.code for d in result.diagnostics}
 
 
 @pytest.mark.xfail(strict=True, reason="syntax-error recovery takes a continuation line `level=40,` for the start "

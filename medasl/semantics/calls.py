@@ -109,7 +109,7 @@ class CallChecker:
             given_data = [p for p in params if p.required and p.name in exprs]
             if (op.has("loss") or op.has("metric") or op.has("fn")) and not given_data:
                 bound = tuple((k, v.value) for k, v in values.items())
-                return self.pc._op_value(op, bound, self.span)
+                return self.pc.op_value(op, bound, self.span)
             listed = ", ".join(f"`{p.name}: {format_type(finalize(p.type))}`" for p in missing)
             self.pc.error("E0105", f"`{op.name}` is missing {listed}", label(self.span, "missing argument"),
                           help=f"signature: {op.signature_text()}")
@@ -163,7 +163,7 @@ class CallChecker:
         node_lift = tuple("reduce" if (m == "map" and reduce) else m for m in lift)
         domain.check_divisible(self, attempt, values)
         args = self._ir_args(values, attempt, node_lift, device)
-        node = self.pc._node(op.name, args, result, self.span, stage=op.stage, lift=node_lift,
+        node = self.pc.add_node(op.name, args, result, self.span, stage=op.stage, lift=node_lift,
                              version=op.version, random=op.has("random"))
         return Val(Ref(node.id), result, self.span)
 
@@ -326,7 +326,7 @@ class CallChecker:
         key = (str(val.value), conv.name)
         if key not in self.pc.conversions_memo:
             produced, depth = _converted_type(conv, val.type)
-            node = self.pc._node(conv.name, (("_", val.value),), produced, val.span, stage=conv.stage,
+            node = self.pc.add_node(conv.name, (("_", val.value),), produced, val.span, stage=conv.stage,
                                  lift=("map",) * depth, conversion=True, version=conv.version)
             self.pc.conversions_memo[key] = node.id
         return Ref(self.pc.conversions_memo[key])
@@ -354,7 +354,7 @@ class CallChecker:
         for op in self.pc.loader.std.all_ops().values():
             if not op.has(kind):
                 continue
-            value = self.pc._op_value(op, (), self.span)
+            value = self.pc.op_value(op, (), self.span)
             trial = dict(am.subst)
             try:
                 fit(value.type, resolve(am.slot, trial), trial)

@@ -162,6 +162,10 @@ class _Frame:
 
 @dataclass
 class PipelineChecker:
+    """Checks one pipeline and builds its IR graph. Bindings and parameters are checked
+    on demand, memoized in `values`; `in_progress` detects cycles; `frames` is the stack
+    of user transforms being inlined (for their parameters and for error context)."""
+
     pipeline: ast.Pipeline
     file_scope: FileScope
     loader: Loader
@@ -484,7 +488,7 @@ class PipelineChecker:
             return Val(Const(None), Ty("None"), e.span)
         op = self.file_scope.ops.get(name)
         if op is not None:
-            return self._op_value(op, (), e.span)
+            return self.op_value(op, (), e.span)
         if name in self.transforms or name in self.file_scope.transforms:
             self.used.add(name)
             self.error("E0110", f"transform `{name}` is used without its input",
@@ -524,7 +528,7 @@ class PipelineChecker:
         if isinstance(e.value, ast.Name) and e.value.id in self.file_scope.aliases:
             module = self.file_scope.aliases[e.value.id]
             if e.name in module.ops:
-                return self._op_value(module.ops[e.name], (), e.span)
+                return self.op_value(module.ops[e.name], (), e.span)
             self.error("E0109", f"module `{e.value.id}` has no operator `{e.name}`",
                        label(e.name_span, "not found"),
                        help=did_you_mean(e.name, [*module.ops, *module.transforms]))
@@ -555,7 +559,7 @@ class PipelineChecker:
         if key in self.fields_memo:
             cached = self.fields_memo[key]
             return Val(cached.value, cached.type, e.span)
-        node = self._node("field", (("_", base.value), ("name", Const(e.name))), ftype, e.span,
+        node = self.add_node("field", (("_", base.value), ("name", Const(e.name))), ftype, e.span,
                           stage=self._stage_of(base.value), lift=lift,
                           prefix=f"{_value_name(base.value)}_{e.name}")
         val = Val(Ref(node.id), ftype, e.span)
@@ -714,7 +718,7 @@ class PipelineChecker:
             self.file_scope = outer
         return Val(result.value, result.type, span)
 
-    def _op_value(self, op: OpSig, bound_args: tuple[tuple[str, Value], ...], span: Span) -> Val:
+    def op_value(self, op: OpSig, bound_args: tuple[tuple[str, Value], ...], span: Span) -> Val:
         """An operator used as a value: its required data parameters become the function's."""
         mapping: dict[str, object] = {}
         bound_names = {k for k, _ in bound_args}
@@ -731,7 +735,7 @@ class PipelineChecker:
 
     # ----- IR building ------------------------------------------------------------------
 
-    def _node(self, op: str, args: tuple[tuple[str, Value], ...], type_: TyLike, span: Span | None,
+    def add_node(self, op: str, args: tuple[tuple[str, Value], ...], type_: TyLike, span: Span | None,
               stage: str, lift: tuple[str, ...] = (), prefix: str | None = None, **kw: object) -> Node:
         base = prefix or op
         n = self.counter.get(base, 0) + 1
