@@ -257,14 +257,12 @@ class PipelineChecker:
         self.in_progress.append(name)
         try:
             default = self.expr(stmt.default, declared)
+            ptype = declared if declared is not None else default.type
+            if declared is not None:
+                self._fit_value(default, declared, f"the default of `{name}`")
+            space = search.check_search(stmt, default, ptype, self) if stmt.search is not None else None
         finally:
             self.in_progress.pop()
-        ptype = declared if declared is not None else default.type
-        if declared is not None:
-            self._fit_value(default, declared, f"the default of `{name}`")
-        space = None
-        if stmt.search is not None:
-            space = search.check_search(stmt, default, ptype, self)
         node = self.graph.add(Node(name, "param", (("default", default.value),), ptype, stmt.span,
                                    stage="params", binding=name, search=space))
         val = Val(Ref(node.id), ptype, stmt.name_span, stmt.span, name)

@@ -111,6 +111,7 @@ def parse(source: SourceFile, diags: Diagnostics) -> ast.Module | None:
     lines = source.text.split("\n")
     last_line = 0
     failed = False
+    reported: set[tuple[int, int]] = set()
     for _ in range(MAX_SYNTAX_ERRORS):
         try:
             tree = _lark().parse("\n".join(lines))
@@ -120,6 +121,10 @@ def parse(source: SourceFile, diags: Diagnostics) -> ast.Module | None:
             line = getattr(exc, "line", 0) or len(lines)
             if failed and (at_end or line <= last_line):
                 break  # what follows is a consequence of the first error, not news
+            position = (line, getattr(exc, "column", 0))
+            if position in reported:
+                break
+            reported.add(position)
             _report_syntax_error(exc, source, diags)
             failed = True
             text = lines[line - 1] if 0 < line <= len(lines) else ""
