@@ -243,6 +243,18 @@ CODES: dict[str, Code] = {
         "x = ct |> resample(spacing=(1, 0, 1) mm)",
         "x = ct |> resample(spacing=(1, 1, 1) mm)",
     ),
+    "E0250": Code(
+        "values on different voxel grids",
+        "Metrics, overlays and masks compare values voxel by voxel, which only means"
+        " something when both lie on one grid (spacing, origin, direction, size). A"
+        " prediction made on resampled or cropped images is on another grid than the labels"
+        " as read from disk; comparing them would run and give a wrong number. `resample_to`"
+        " brings a value onto a reference image's grid (label maps with nearest neighbour).",
+        "pred = infer(fit, cases.image |> resample(spacing=(1, 1, 1) mm)) |> argmax\n"
+        "score = dice(pred, cases.label) maximize",
+        "pred = infer(fit, cases.image |> resample(spacing=(1, 1, 1) mm)) |> argmax |> resample_to(cases.image)\n"
+        "score = dice(pred, cases.label) maximize",
+    ),
     "E0301": Code(
         "objective is not a metric",
         "`maximize` and `minimize` mark a metric as the objective of tuning; other values"

@@ -27,7 +27,7 @@ pipeline small {
   net = unet3d(classes=2)
   fit = train(net, train_cases, loss=dice_ce, optimizer=adam(lr), epochs=10)
   pred = infer(fit, parts.val.image |> prep, window=(128, 128, 96))
-  labels = pred |> argmax |> largest_component
+  labels = pred |> argmax |> largest_component |> resample_to(parts.val.image)
   score = dice(labels, parts.val.label) maximize
   show loss_curve(fit), overlay(parts.val.image, labels)
   report excel("scores.xlsx", score), html("report.html")

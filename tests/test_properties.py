@@ -491,7 +491,8 @@ def valid_programs(draw: st.DrawFn) -> str:
     val_image = "parts.val.image" + (" |> prep" if use_prep else "")
     lines.append(f"  pred = infer(fit, {val_image}, window=({window}), overlap={d(st.sampled_from(['0.25', '0.5']))})")
     post = d(st.lists(st.sampled_from(POST), max_size=3))
-    lines.append("  labels = pred |> argmax" + "".join(f" |> {p}" for p in post))
+    # back onto the original scans: `prep` may have resampled or cropped (E0250 otherwise)
+    lines.append("  labels = pred |> argmax" + "".join(f" |> {p}" for p in post) + " |> resample_to(parts.val.image)")
     lines.append("  score = dice(labels, parts.val.label) maximize")
     extra = d(st.booleans())
     if extra:
@@ -810,12 +811,12 @@ def test_regression_non_utf8_import() -> None:
 def test_regression_long_pipe_chain() -> None:
     # was: RecursionError in lark's recursive Transformer (parser._Builder) at ~500 steps
     chain = " |> ".join(["flip(axis=0)"] * 2000)
-    text = (f'import std.io, std.aug, std.viz\npipeline p {{\n  x = nifti("a.nii.gz") as Image[3, CT]\n'
-            f"  y = x |> {chain}\n  show overlay(x, y)\n}}\n")
+    text = (f'import std.io, std.pre, std.aug, std.viz\npipeline p {{\n  x = nifti("a.nii.gz") as Image[3, CT]\n'
+            f"  y = x |> {chain}\n  show overlay(y, y |> otsu_mask)\n}}\n")
     result = check_text(text)
     assert_well_formed_diagnostics(result, "prop.medas")
     assert not result.diagnostics.has_errors
-    assert len(result.graphs[0].nodes) == 2002  # nifti, 2000 flips, overlay
+    assert len(result.graphs[0].nodes) == 2003  # nifti, 2000 flips, otsu_mask, overlay
     assert_well_formed_ir(result)
 
 

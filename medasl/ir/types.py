@@ -96,28 +96,31 @@ MODALITY_DOCS = {
     "Any": "modality not declared",
 }
 
-_SPATIAL_EXTRA = ("channels", "shape", "dtype")
+# `grid` names the voxel grid (spacing, origin, direction, size) a value lives on: a
+# token given by the checker (see semantics/grids.py), never written by users, not
+# printed and not hashed (its numbering follows the order of checking).
+_SPATIAL_EXTRA = ("channels", "shape", "dtype", "grid")
 
 CONSTRUCTORS: dict[str, Constructor] = {
     # images and their labels
     "Image": Constructor(
-        ("dim", "modality", *_SPATIAL_EXTRA), 2, (UNKNOWN, "Any", UNKNOWN, UNKNOWN, UNKNOWN),
+        ("dim", "modality", *_SPATIAL_EXTRA), 2, (UNKNOWN, "Any", UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN),
         doc="an image with geometry (spacing, origin, direction)",
     ),
     "LabelMap": Constructor(
-        ("dim", "classes", *_SPATIAL_EXTRA), 2, (UNKNOWN, UNKNOWN, 1, UNKNOWN, UNKNOWN),
+        ("dim", "classes", *_SPATIAL_EXTRA), 2, (UNKNOWN, UNKNOWN, 1, UNKNOWN, UNKNOWN, UNKNOWN),
         doc="a label map: one integer class per voxel, 0 = background",
     ),
     "ProbMap": Constructor(
-        ("dim", "classes", *_SPATIAL_EXTRA), 2, (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN),
+        ("dim", "classes", *_SPATIAL_EXTRA), 2, (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN),
         doc="per-class probabilities (or logits) per voxel, from a segmentation network",
     ),
     "OneHot": Constructor(
-        ("dim", "classes", *_SPATIAL_EXTRA), 2, (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN),
+        ("dim", "classes", *_SPATIAL_EXTRA), 2, (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN),
         doc="a label map encoded one channel per class",
     ),
     "Instances": Constructor(
-        ("dim", *_SPATIAL_EXTRA), 1, (UNKNOWN, 1, UNKNOWN, UNKNOWN),
+        ("dim", *_SPATIAL_EXTRA), 1, (UNKNOWN, 1, UNKNOWN, UNKNOWN, UNKNOWN),
         doc="instance labels: 0 = background, 1..N one object each",
     ),
     "Boxes": Constructor(("dim", "classes"), 2, (UNKNOWN, UNKNOWN), doc="bounding boxes with scores"),
@@ -161,6 +164,7 @@ CONSTRUCTORS: dict[str, Constructor] = {
 }
 
 SPATIAL_KINDS = ("Image", "LabelMap", "ProbMap", "OneHot", "Instances")
+HIDDEN_ATTRS = ("grid",)  # known to the checker, not part of the type a user writes
 LABEL_KINDS = ("LabelMap", "OneHot", "Instances")
 NUMERIC = ("int", "float")
 
@@ -245,7 +249,7 @@ def format_type(t: TyLike) -> str:
         for i, (name, value) in enumerate(zip(cons.attrs, t.attrs)):
             if i < cons.positional:
                 shown.append(_format_attr(value))
-            elif value != cons.defaults[i]:
+            elif value != cons.defaults[i] and name not in HIDDEN_ATTRS:
                 shown.append(f"{name}={_format_attr(value)}")
         while shown and shown[-1] == "_" and len(shown) <= cons.positional:
             shown.pop()
@@ -280,7 +284,9 @@ def type_to_json(t: TyLike) -> object:
 
     out: dict[str, object] = {"type": t.name}
     if t.attrs:
-        out["attrs"] = [attr_json(a) for a in t.attrs]
+        names = CONSTRUCTORS[t.name].attrs if t.name in CONSTRUCTORS else ()
+        out["attrs"] = [None if i < len(names) and names[i] in HIDDEN_ATTRS else attr_json(a)
+                        for i, a in enumerate(t.attrs)]
     if t.params:
         out["params"] = [type_to_json(p) for p in t.params]
     return out

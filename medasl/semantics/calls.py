@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from medasl.diagnostics import label, secondary
 from medasl.ir.graph import Const, OpRef, Ref, Value
 from medasl.ir.types import CONSTRUCTORS, SPATIAL_KINDS, UNKNOWN, Fn, Ty, TyLike, attr, dataset, format_type, with_attr
-from medasl.semantics import domain
+from medasl.semantics import domain, grids
 from medasl.semantics.matching import ERROR, Mismatch, Subst, finalize, fit, merge, resolve
 from medasl.semantics.signatures import OpSig, ParamSig, fresh_vars
 from medasl.semantics.suggest import did_you_mean
@@ -48,6 +48,13 @@ class CallChecker:
         self.span = span
         self.func_span = func_span
         self.piped: Val | None = None
+        self._grid: str | None = None
+
+    def new_grid(self) -> str:
+        """The grid this call creates (one per call: image and label share it)."""
+        if self._grid is None:
+            self._grid = self.pc.new_grid(f"`{self.op.name}`", self.span)
+        return self._grid
 
     # ----- binding arguments to parameters ----------------------------------------------
 
@@ -155,6 +162,7 @@ class CallChecker:
         if not paired and first in types:
             domain.check_interpolation(self, types[first], values)
         domain.check_patterns(self, values)
+        grids.check_agreement(self, values, types)
         domain.check_ranges(self, values)
         reduce = op.has("metric") and "map" in lift
         for mode in reversed(lift):
@@ -242,7 +250,7 @@ class CallChecker:
         primary = types.get(self.op.params[0].name) if self.op.params else None
         if self.op.has("intensity") and primary is not None:
             result = merge(result, primary)  # intensities change; shape and geometry do not
-        return self._network(result, consts, types)
+        return grids.place(self, self._network(result, consts, types), types)
 
     def _network(self, result: TyLike, consts: dict[str, object], types: dict[str, TyLike]) -> TyLike:
         """A network's type: shape-free (a fully convolutional network trained on patches
@@ -252,7 +260,7 @@ class CallChecker:
         if not _is(result, "Model", "Trained"):
             return result
         assert isinstance(result, Ty)
-        result = Ty(result.name, result.attrs, tuple(_without_shape(p) for p in result.params))
+        result = Ty(result.name, result.attrs, tuple(grids.without_grid(_without_shape(p)) for p in result.params))
         spec = self.op.attrs.get("downsample")
         factor: object = None
         if spec:

@@ -44,6 +44,7 @@ from medasl.semantics.matching import (
     fit,
     fit_attr,
     has_vars,
+    merge,
     resolve,
 )
 from medasl.semantics.modules import FileScope, Loader, Module, stdlib
@@ -183,6 +184,7 @@ class PipelineChecker:
     fields_memo: dict[tuple[str, str], Val] = field(default_factory=dict)
     conversions_memo: dict[tuple[str, str], str] = field(default_factory=dict)
     objective: ast.Binding | None = None
+    grids: dict[str, tuple[str, Span]] = field(default_factory=dict)  # token -> what made it, where
 
     def __post_init__(self) -> None:
         self.graph = Graph(self.pipeline.name)
@@ -303,6 +305,15 @@ class PipelineChecker:
         val = Val(val.value, val.type, stmt.name_span, stmt.value.span, name)
         self.values[name] = val
         return val
+
+    def new_grid(self, made_by: str, span: Span) -> str:
+        token = f"g{len(self.grids) + 1}"
+        self.grids[token] = (made_by, span)
+        return token
+
+    def describe_grid(self, token: str) -> str:
+        made_by, span = self.grids[token]
+        return f"{made_by} (line {span.line})"
 
     def _cycle(self, name: str, span: Span) -> Val:
         cycle = self.in_progress[self.in_progress.index(name):] + [name]
@@ -587,7 +598,7 @@ class PipelineChecker:
                        label(e.type.span, domain.describe_mismatch(m)),
                        secondary(e.value.span, f"this is {format_type(val.type)}"))
             return Val(val.value, ERROR, e.span)
-        result = declared
+        result = merge(declared, actual)  # what the user declared, plus what the checker knows
         for _ in range(wrap):
             result = dataset(result)
         if isinstance(val.value, Ref) and val.value.node in self.graph.nodes:
