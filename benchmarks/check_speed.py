@@ -120,7 +120,8 @@ def _full_branch(i: int, chain: int, objective: bool) -> list[str]:
         f"fit{i} = train(net{i}, patches{i}, loss={LOSSES[i % len(LOSSES)]}, optimizer=adam(lr),"
         f" schedule=poly(), epochs=epochs, batch=2)",
         f"pred{i} = infer(fit{i}, parts{i}.val.image |> prep{i}, window={window}, overlap=0.5)",
-        f"labels{i} = pred{i} |> argmax |> " + " |> ".join(_fill(p, i) for p in POST[: 1 + i % len(POST)]),
+        f"labels{i} = pred{i} |> argmax |> " + " |> ".join(_fill(p, i) for p in POST[: 1 + i % len(POST)])
+        + f" |> resample_to(parts{i}.val.image)",  # back onto the original scans before comparing
         f"dice{i} = dice(labels{i}, parts{i}.val.label)" + (" maximize" if objective else ""),
         f"hd{i} = hd95(labels{i}, parts{i}.val.label)",
         f"nsd{i} = surface_dice(labels{i}, parts{i}.val.label, tolerance=2 mm)",
