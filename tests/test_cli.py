@@ -129,3 +129,28 @@ def test_explain_and_ops() -> None:
     assert code == 0 and out.startswith("std.pre.resample(") and "@spatial" in out
     code, out, _ = run("ops")
     assert code == 0 and "std.metrics:" in out and "hd95" in out
+
+
+def test_graph_without_dot_writes_dot_text_and_says_how_to_render(
+        good: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medasl.viz.diagram as diagram
+
+    monkeypatch.setattr(diagram.shutil, "which", lambda _: None)
+    svg = tmp_path / "p.svg"
+    code, _, err = run("graph", good, "-o", str(svg))
+    assert code == 0
+    assert not svg.exists()
+    assert svg.with_suffix(".dot").read_text().startswith("digraph")
+    assert "apt-get install graphviz" in err and f"dot -Tsvg {svg.with_suffix('.dot')} -o {svg}" in err
+
+
+def test_graph_draws_every_pipeline_of_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "two.medas"
+    path.write_text(GOOD + GOOD.replace("pipeline p", "pipeline q").split("\n", 1)[1])
+    dot = tmp_path / "two.dot"
+    assert run("graph", str(path), "-o", str(dot))[0] == 0
+    text = dot.read_text()
+    assert "cluster_pipeline_p" in text and "cluster_pipeline_q" in text
+    assert run("graph", str(path), "-o", str(dot), "--pipeline", "q")[0] == 0
+    assert "cluster_pipeline" not in dot.read_text()
+    assert run("graph", str(path), "-o", str(dot), "--pipeline", "r")[0] == 2

@@ -45,13 +45,29 @@ def grids_in(t: TyLike) -> list[str]:
     return found
 
 
-def on_grid(t: TyLike, grid: str, replace: bool) -> TyLike:
-    """`t` with its spatial values on `grid` (only those on no known grid, unless `replace`)."""
+def on_grid(t: TyLike, grid: str, replace: bool, shape: object = UNKNOWN) -> TyLike:
+    """`t` with its spatial values on `grid` (only those on no known grid, unless
+    `replace`); a grid has a size, so values put on a known grid get its `shape`."""
     if isinstance(t, Fn) or not isinstance(t, Ty) or t.name in NETWORKS:
         return t
     if t.name in SPATIAL_KINDS and (replace or attr(t, "grid") is UNKNOWN):
         t = with_attr(t, "grid", grid)
-    return Ty(t.name, t.attrs, tuple(on_grid(p, grid, replace) for p in t.params))
+        if shape is not UNKNOWN and attr(t, "shape") is UNKNOWN:
+            t = with_attr(t, "shape", shape)  # type: ignore[arg-type]
+    return Ty(t.name, t.attrs, tuple(on_grid(p, grid, replace, shape) for p in t.params))
+
+
+def _shape_on(t: TyLike, grid: str) -> object:
+    """The shape of a spatial value on `grid` inside `t`, if one is known."""
+    if not isinstance(t, Ty) or t.name in NETWORKS:
+        return UNKNOWN
+    if t.name in SPATIAL_KINDS and attr(t, "grid") == grid:
+        return attr(t, "shape")
+    for p in t.params:
+        shape = _shape_on(p, grid)
+        if shape is not UNKNOWN:
+            return shape
+    return UNKNOWN
 
 
 def without_grid(t: TyLike) -> TyLike:
@@ -71,9 +87,10 @@ def place(cc: CallChecker, result: TyLike, types: dict[str, TyLike]) -> TyLike:
         return on_grid(result, grids[0], replace=True) if grids else without_grid(result)
     if op.has("spatial"):
         return on_grid(result, cc.new_grid(), replace=True)
-    inputs = [g for t in types.values() for g in grids_in(t)]
+    inputs = [(g, t) for t in types.values() for g in grids_in(t)]
     if inputs:
-        return on_grid(result, inputs[0], replace=False)
+        grid, source = inputs[0]
+        return on_grid(result, grid, replace=False, shape=_shape_on(source, grid))
     return on_grid(result, cc.new_grid(), replace=False)
 
 
