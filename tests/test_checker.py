@@ -160,3 +160,29 @@ pipeline p {
         ("E0001", 5, "separate arguments with `,`"),
         ("E0002", 6, "medas has no arithmetic: write the number you mean, e.g. `0.5` or `-100`"),
     ]
+
+
+def test_pairs_stay_pairs_and_inference_takes_their_images() -> None:
+    g = check(CASES + """
+  prepped = cases |> window(level=40, width=400)
+  fit = train(vnet(classes=3), prepped, loss=dice_ce)
+  pred = infer(fit, prepped) |> argmax
+  score = dice(pred, prepped.label) maximize
+  show loss_curve(fit)
+""")
+    assert format_type(g.nodes["prepped"].type).startswith("Dataset<Pair<")  # lifted, not converted
+    conv = [n for n in g.nodes.values() if n.conversion]
+    assert [(n.op, n.lift) for n in conv] == [("pair_input", ("map",))]
+    assert dict(g.nodes["infer"].args)["data"].node == conv[0].id  # type: ignore[union-attr]
+
+
+def test_the_same_computation_twice_is_on_the_same_grid_but_random_ones_are_not() -> None:
+    check(CASES + """
+  prep(x) = x |> resample(spacing=(2, 2, 2) mm) |> crop_or_pad((64, 64, 32))
+  score = dice((cases |> prep).label, (cases |> prep).label) maximize
+""")
+    result = check_source(SourceFile("tests/data/t.medas", IMPORTS + "pipeline p {\n" + CASES + """
+  score = dice((cases |> flip(axis=0)).label, (cases |> flip(axis=0)).label) maximize
+}
+"""))
+    assert [d.code for d in result.diagnostics] == ["E0250"]

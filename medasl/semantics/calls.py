@@ -31,6 +31,7 @@ class ArgMismatch(Exception):
     subst: Subst  # what the attempt had learnt, to print the slot as precisely as known
     slot: TyLike  # the parameter's type with this attempt's variables
     note: str | None = None
+    in_pair_label: bool = False  # the label of a pair did not fit
 
 
 @dataclass
@@ -49,11 +50,20 @@ class CallChecker:
         self.func_span = func_span
         self.piped: Val | None = None
         self._grid: str | None = None
+        self.values: dict[str, Val] = {}
+        self.allow_conversions = True
 
     def new_grid(self) -> str:
-        """The grid this call creates (one per call: image and label share it)."""
+        """The grid this call creates (one per call: image and label share it). The same
+        operator with the same arguments on the same grids makes the same grid, so that
+        a transform written twice (`folds.val |> prep`) gives comparable values; a random
+        operator makes a grid of its own at each place it is written."""
         if self._grid is None:
-            self._grid = self.pc.new_grid(f"`{self.op.name}`", self.span)
+            identity = [self.op.name, str(self.span) if self.op.has("random") else ""]
+            for name, val in sorted(self.values.items()):
+                on = grids.grids_in(val.type)
+                identity.append(f"{name}={on if on else val.value}")
+            self._grid = self.pc.new_grid("\n".join(identity), f"`{self.op.name}`", self.span)
         return self._grid
 
     # ----- binding arguments to parameters ----------------------------------------------
@@ -131,34 +141,21 @@ class CallChecker:
         from medasl.semantics.checker import Val
 
         op = self.op
-        types = {k: v.type for k, v in values.items()}
-        lift: list[str] = []
+        self.values = values
         first = op.params[0].name if op.params else None
-        result: TyLike
-        paired = False
-        while True:
+        # conversions are the last resort: lifting over datasets and pairs comes first,
+        # so that a pair given to `window` stays a pair instead of losing its label
+        try:
+            attempt, result, lift, types = self._lift(values, conversions=False)
+        except ArgMismatch as without:
             try:
-                attempt = self._attempt(types, values)
-                result = self._result(attempt, values, types)
-                break
-            except ArgMismatch as am:
-                actual_first = types.get(first) if first else None
-                if _is(actual_first, "Dataset") and not _is(op.params[0].type, *COLLECTIONS):
-                    for p in op.params:
-                        if p.name in types and _is(types[p.name], "Dataset") and not _is(p.type, *COLLECTIONS):
-                            types[p.name] = types[p.name].params[0]  # type: ignore[union-attr]
-                    lift.append("map")
-                    continue
-                if _is(actual_first, "Pair") and (op.has("spatial") or op.has("intensity")) and not _is(op.params[0].type, "Pair"):
-                    pair = self._pair(types, values, first)  # type: ignore[arg-type]
-                    if pair is None:
-                        return Val(Const(None), ERROR, self.span)
-                    attempt, result, mode = pair
-                    lift.append(mode)
-                    paired = True
-                    break
-                self._report(am, values)
+                attempt, result, lift, types = self._lift(values, conversions=True)
+            except ArgMismatch as with_conversions:
+                # a precise disagreement (modality, 2D/3D, classes) beats a vaguer one
+                am = without if without.mismatch.attr is not None else with_conversions
+                self._report(am, values, member_of_pair=am.in_pair_label)
                 return Val(Const(None), ERROR, self.span)
+        paired = any(mode in ("pair", "image") for mode in lift)
         if not paired and first in types:
             domain.check_interpolation(self, types[first], values)
         domain.check_patterns(self, values)
@@ -175,6 +172,33 @@ class CallChecker:
                              version=op.version, random=op.has("random"))
         return Val(Ref(node.id), result, self.span)
 
+    def _lift(self, values: dict[str, Val], conversions: bool
+              ) -> tuple[Attempt, TyLike, list[str], dict[str, TyLike]]:
+        """Fit the arguments, unwrapping datasets (`map`) and pairs until they fit;
+        raises the last ArgMismatch when nothing does."""
+        op = self.op
+        self.allow_conversions = conversions
+        types = {k: v.type for k, v in values.items()}
+        lift: list[str] = []
+        first = op.params[0].name if op.params else None
+        while True:
+            try:
+                attempt = self._attempt(types, values)
+                return attempt, self._result(attempt, values, types), lift, types
+            except ArgMismatch:
+                actual_first = types.get(first) if first else None
+                if _is(actual_first, "Dataset") and not _is(op.params[0].type, *COLLECTIONS):
+                    for p in op.params:
+                        if p.name in types and _is(types[p.name], "Dataset") and not _is(p.type, *COLLECTIONS):
+                            types[p.name] = types[p.name].params[0]  # type: ignore[union-attr]
+                    lift.append("map")
+                    continue
+                if _is(actual_first, "Pair") and (op.has("spatial") or op.has("intensity")) and not _is(op.params[0].type, "Pair"):
+                    attempt, result, mode = self._pair(types, values, first)  # type: ignore[arg-type]
+                    lift.append(mode)
+                    return attempt, result, lift, types
+                raise
+
     def _attempt(self, types: dict[str, TyLike], values: dict[str, Val]) -> Attempt:
         mapping: dict[str, object] = {}
         expected = {p.name: fresh_vars(p.type, mapping) for p in self.op.params}  # type: ignore[arg-type]
@@ -190,6 +214,8 @@ class CallChecker:
                     raise ArgMismatch(p, Mismatch(actual, expected[p.name]), subst, expected[p.name])
                 continue
             def converter(value: TyLike, slot: TyLike, index: int, name: str = p.name) -> bool:
+                if not self.allow_conversions:
+                    return False
                 conv, _ = self._conversion(value, slot, {})
                 if conv is not None:
                     fn_conversions.setdefault(name, {})[index] = conv
@@ -198,6 +224,8 @@ class CallChecker:
             try:
                 fit(actual, expected[p.name], subst, converter)
             except Mismatch as m:
+                if not self.allow_conversions:
+                    raise ArgMismatch(p, m, subst, expected[p.name]) from None
                 conv, after = self._conversion(actual, expected[p.name], subst)
                 if conv is None:
                     if after is not None:  # converted, it would still not fit: say why
@@ -275,7 +303,7 @@ class CallChecker:
                     factor = attr(t, "downsample")  # type: ignore[arg-type]
         return with_attr(result, "downsample", factor) if isinstance(factor, int) else result
 
-    def _pair(self, types: dict[str, TyLike], values: dict[str, Val], first: str) -> tuple[Attempt, TyLike, str] | None:
+    def _pair(self, types: dict[str, TyLike], values: dict[str, Val], first: str) -> tuple[Attempt, TyLike, str]:
         """A pair given to a one-image operator. Spatial operators move both members
         with the same geometry; a target without a voxel grid (a class, boxes in world
         coordinates) is carried along; intensity operators touch the image only."""
@@ -292,8 +320,8 @@ class CallChecker:
             try:
                 attempt = self._attempt(trial, values)
             except ArgMismatch as am:
-                self._report(am, values, member_of_pair=member is label_t)
-                return None
+                am.in_pair_label = member is label_t
+                raise
             domain.check_interpolation(self, member, values)
             results.append(self._result(attempt, values, trial))
         assert attempt is not None

@@ -9,6 +9,7 @@ value typed `ERROR` so that one mistake is reported once.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,9 +307,10 @@ class PipelineChecker:
         self.values[name] = val
         return val
 
-    def new_grid(self, made_by: str, span: Span) -> str:
-        token = f"g{len(self.grids) + 1}"
-        self.grids[token] = (made_by, span)
+    def new_grid(self, identity: str, made_by: str, span: Span) -> str:
+        """The token of the grid a computation makes; the same computation, the same grid."""
+        token = "g" + hashlib.sha256(identity.encode()).hexdigest()[:12]
+        self.grids.setdefault(token, (made_by, span))
         return token
 
     def describe_grid(self, token: str) -> str:

@@ -1,0 +1,1 @@
+"""The runtime: the content-addressed result cache and file digests it keys on."""
