@@ -130,7 +130,13 @@ def report_mismatch(pc: PipelineChecker, m: Mismatch, val: Val, slot: TyLike, wh
                  label(val.span, f"this is {found}"), *origin,
                  help=hint or "pass an operator by name, e.g. `loss=dice_ce` or `metric=dice`")
         return
-    if hint is None and _mentions(expected_full, "Pair") and not _mentions(val.type, "Pair"):
+    if isinstance(val.type, Ty) and val.type.name == "Vec" and not (isinstance(expected_full, Ty)
+                                                                     and expected_full.name in ("Vec", "List")):
+        length = val.type.attrs[0]
+        found = f"a tuple of {length} values" if isinstance(length, int) else "a tuple"
+        hint = hint or (f"a tuple groups values for one parameter that takes several; here give each value"
+                        f" to its own parameter (`medasc ops {op.name}` lists them)" if op else None)
+    elif hint is None and _mentions(expected_full, "Pair") and not _mentions(val.type, "Pair"):
         hint = ("this needs images with their labels: read them as pairs, "
                 "e.g. `folder(root, image=\"*_ct.nii.gz\", label=\"*_seg.nii.gz\")`")
     full_needs = _slot_phrase(expected_full)
