@@ -164,6 +164,7 @@ CONSTRUCTORS: dict[str, Constructor] = {
 }
 
 SPATIAL_KINDS = ("Image", "LabelMap", "ProbMap", "OneHot", "Instances")
+COLLECTIONS = ("Dataset", "Split", "Folds")  # whole datasets, not one case
 HIDDEN_ATTRS = ("grid",)  # known to the checker, not part of the type a user writes
 LABEL_KINDS = ("LabelMap", "OneHot", "Instances")
 NUMERIC = ("int", "float")

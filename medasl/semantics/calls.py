@@ -9,7 +9,19 @@ from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
 from medasl.ir.graph import Const, OpRef, Ref, Value
-from medasl.ir.types import CONSTRUCTORS, SPATIAL_KINDS, UNKNOWN, Fn, Ty, TyLike, attr, dataset, format_type, with_attr
+from medasl.ir.types import (
+    COLLECTIONS,
+    CONSTRUCTORS,
+    SPATIAL_KINDS,
+    UNKNOWN,
+    Fn,
+    Ty,
+    TyLike,
+    attr,
+    dataset,
+    format_type,
+    with_attr,
+)
 from medasl.semantics import domain, grids
 from medasl.semantics.matching import ERROR, Mismatch, Subst, finalize, fit, merge, resolve
 from medasl.semantics.signatures import OpSig, ParamSig, fresh_vars
@@ -21,7 +33,6 @@ if TYPE_CHECKING:
     from medasl.semantics.checker import PipelineChecker, Val
 
 DEVICE_HINT = "on"
-COLLECTIONS = ("Dataset", "Split", "Folds")
 
 
 @dataclass

@@ -17,14 +17,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
-from medasl.ir.types import SPATIAL_KINDS, UNKNOWN, Fn, Ty, TyLike, attr, with_attr
+from medasl.ir.types import COLLECTIONS, SPATIAL_KINDS, UNKNOWN, Fn, Ty, TyLike, attr, with_attr
 
 if TYPE_CHECKING:
     from medasl.semantics.calls import CallChecker
     from medasl.semantics.checker import Val
 
 NETWORKS = ("Model", "Trained")  # a network's types describe inputs, not a grid
-COLLECTIONS = ("Dataset", "Split", "Folds")
 
 
 def grids_in(t: TyLike) -> list[str]:
