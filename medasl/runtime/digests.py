@@ -174,13 +174,20 @@ class DigestMemo:
         self._new[abspath] = record
 
     def save(self) -> None:
-        """Merge this memo's new records into the file, under a lock so concurrent savers keep each other's."""
+        """Merge this memo's new records into the file, under a lock so concurrent savers keep each other's.
+
+        A memo that cannot be written (a read-only cache) only costs re-reading files next
+        time, so that is not an error.
+        """
         if not self._new:
             return
-        with flocked(self.root / "locks" / "digests.lock"):
-            merged = _load_records(self.path)
-            merged.update(self._new)
-            write_json_atomic(self.path, {"format": MEMO_FORMAT, "files": merged})
+        try:
+            with flocked(self.root / "locks" / "digests.lock"):
+                merged = _load_records(self.path)
+                merged.update(self._new)
+                write_json_atomic(self.path, {"format": MEMO_FORMAT, "files": merged})
+        except OSError:
+            return
         self._records = merged
         self._new = {}
 

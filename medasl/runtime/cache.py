@@ -1,0 +1,867 @@
+"""The content-addressed result cache: every node's outputs, stored under its key's digest.
+
+Layout of a cache root (default `$MEDASL_CACHE_DIR/results`, else `~/.cache/medasl/results`):
+
+    <root>/<d[:2]>/<d>/            a committed entry: output files plus manifest.json
+    <root>/.tmp-<pid>-<random>/    an entry being written, or left behind by a killed writer
+    <root>/locks/<d>.lock          the per-key lock; the holder's pid is written inside
+    <root>/index/<id>.json         the latest key of one node, for `--dry-run` explanations
+    <root>/digests.json            the source-file digest memo (see digests.py)
+
+Why a crash cannot leave a half-written entry that looks complete: outputs and manifest
+are written into a temp dir that no reader looks at, and the entry appears with one
+`os.rename` of the finished directory. A process killed at any moment leaves either no
+entry or a complete one, plus perhaps a temp dir whose pid is dead, which `gc` removes.
+A lookup also checks every output's size (and, on request, its sha256) against the
+manifest, so an entry damaged afterwards (a truncated file) reads as missing.
+
+Locks only avoid duplicate work; correctness never depends on them. Two processes that
+commit the same key anyway keep one complete entry. Manifests and indexes are JSON only:
+nothing read from the cache is ever executed or unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import re
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medasl import __version__
+from medasl.runtime.digests import (
+    TEMP_PREFIX,
+    DigestMemo,
+    StrPath,
+    default_cache_root,
+    flocked,
+    read_json,
+    sha256_file,
+    sha256_json,
+    temp_name,
+    write_json_atomic,
+)
+
+KEY_FORMAT = 1
+MANIFEST_FORMAT = 1
+INDEX_FORMAT = 1
+MANIFEST_NAME = "manifest.json"
+LOCKS_DIR = "locks"
+INDEX_DIR = "index"
+
+Json = None | bool | int | float | str | list["Json"] | dict[str, "Json"]
+
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_SHARD_RE = re.compile(r"[0-9a-f]{2}")
+_TEMP_RE = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
+
+
+# ----- canonical values --------------------------------------------------------------
+
+
+def canonical(value: object, where: str = "params") -> Json:
+    """`value` as plain JSON data whose serialisation is the same in every process.
+
+    Tuples become lists; floats keep Python's shortest round-trip repr (so 0.1 is always
+    `0.1`, and 1 and 1.0 stay distinct, as they may behave differently); non-finite floats
+    are tagged, since JSON has no spelling for them. Anything else is refused rather than
+    stringified, because a repr may carry memory addresses and change between runs.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, list | tuple):
+        return [canonical(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, Mapping):
+        return _canonical_mapping(value, where)
+    raise TypeError(
+        f"{where}: a {type(value).__name__} cannot be part of a cache key; "
+        "use numbers, strings, booleans, None, lists or string-keyed dicts"
+    )
+
+
+def _canonical_mapping(value: Mapping[object, object], where: str) -> dict[str, Json]:
+    out: dict[str, Json] = {}
+    for name, item in value.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{where}: key {name!r} is not a string")
+        out[name] = canonical(item, f"{where}.{name}")
+    return out
+
+
+def _string_map(value: Mapping[str, str], where: str) -> dict[str, str]:
+    """A name -> digest mapping, checked, in sorted order."""
+    out: dict[str, str] = {}
+    for name in sorted(value):
+        digest = value[name]
+        if not isinstance(name, str) or not isinstance(digest, str):
+            raise TypeError(f"{where}: expected str -> str, got {name!r} -> {digest!r}")
+        out[name] = digest
+    return out
+
+
+# ----- keys --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class CacheKey:
+    """Everything a node's result depends on, known before the node runs.
+
+    `inputs` maps an argument name to the key digest of the node feeding it (several
+    values of one argument get names such as `images.0`); `sources` maps a label
+    (usually the path as the user wrote it) to the content digest of that file or folder.
+    Keys compare and hash by digest.
+    """
+
+    op: str
+    version: int | str = 1
+    params: Mapping[str, object] = field(default_factory=dict)
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+    seed: int | None = None
+    _digest: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, Mapping):
+            raise TypeError(f"params must be a mapping, not {type(self.params).__name__}")
+        if not isinstance(self.op, str) or not self.op:
+            raise TypeError("op must be a non-empty string")
+        if isinstance(self.version, bool) or not isinstance(self.version, int | str):
+            raise TypeError(f"version must be an int or a string, not {self.version!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise TypeError(f"seed must be an int or None, not {self.seed!r}")
+        object.__setattr__(self, "params", _canonical_mapping(self.params, "params"))
+        object.__setattr__(self, "inputs", _string_map(self.inputs, "inputs"))
+        object.__setattr__(self, "sources", _string_map(self.sources, "sources"))
+        object.__setattr__(self, "_digest", sha256_json(self.parts()))
+
+    def parts(self) -> dict[str, object]:
+        """The key as JSON data: what is hashed, stored in manifests and compared by `explain`."""
+        return {
+            "format": KEY_FORMAT,
+            "op": self.op,
+            "version": self.version,
+            "params": dict(self.params),
+            "inputs": dict(self.inputs),
+            "sources": dict(self.sources),
+            "seed": self.seed,
+        }
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of `parts()`: the entry's address."""
+        return self._digest
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CacheKey) and other.digest() == self.digest()
+
+    def __hash__(self) -> int:
+        return hash(self.digest())
+
+
+def _digest_of(key: CacheKey | str) -> str:
+    digest = key.digest() if isinstance(key, CacheKey) else key
+    if not _DIGEST_RE.fullmatch(digest):
+        raise ValueError(f"not a cache key digest: {digest!r}")
+    return digest
+
+
+# ----- entries -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A committed cache entry: its directory and its parsed manifest."""
+
+    digest: str
+    path: Path
+    manifest: dict[str, object]
+    outputs: dict[str, OutputFile]
+
+    def file(self, name: str) -> Path:
+        """The path of one output file; only names listed in the manifest are valid."""
+        if name not in self.outputs:
+            raise KeyError(f"entry {self.digest[:12]} has no output {name!r}")
+        return self.path / name
+
+    @property
+    def created(self) -> float:
+        value = self.manifest.get("created")
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    @property
+    def op(self) -> str:
+        key = self.manifest.get("key")
+        return str(key.get("op", "")) if isinstance(key, dict) else ""
+
+    @property
+    def node_id(self) -> str | None:
+        value = self.manifest.get("node_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def size(self) -> int:
+        """Bytes of the outputs, as recorded."""
+        return sum(f.size for f in self.outputs.values())
+
+
+def _safe_output_name(name: object) -> bool:
+    """Names come from a manifest on disk; refuse any that would point outside the entry."""
+    if not isinstance(name, str) or not name or name == MANIFEST_NAME or name.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _parse_outputs(manifest: dict[str, object]) -> dict[str, OutputFile] | None:
+    raw = manifest.get("outputs")
+    if not isinstance(raw, dict):
+        return None
+    outputs: dict[str, OutputFile] = {}
+    for name, meta in raw.items():
+        if not _safe_output_name(name) or not isinstance(meta, dict):
+            return None
+        size, digest = meta.get("size"), meta.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or not isinstance(digest, str):
+            return None
+        outputs[name] = OutputFile(name, size, digest)
+    return outputs
+
+
+def _entry_from(digest: str, path: Path, manifest: object) -> Entry | None:
+    """An Entry from a manifest read from disk, or None when the manifest is not ours or malformed."""
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    if manifest.get("digest") != digest:
+        return None
+    outputs = _parse_outputs(manifest)
+    if outputs is None:
+        return None
+    return Entry(digest, path, manifest, outputs)
+
+
+def _output_intact(path: Path, output: OutputFile, verify: bool) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != output.size:
+        return False
+    return not verify or sha256_file(path) == output.sha256
+
+
+@dataclass
+class PendingEntry:
+    """What `Cache.write` hands out: a private directory to write outputs into.
+
+    `info` is extra JSON recorded in the manifest (for example the random parameters an
+    augmentation drew); `entry` is set once the write has been committed.
+    """
+
+    path: Path
+    info: dict[str, object] = field(default_factory=dict)
+    entry: Entry | None = None
+
+
+# ----- explanations ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """One difference between the previous key of a node and the current one."""
+
+    part: str  # format | version | param | input | source | seed
+    name: str | None
+    change: str  # changed | added | removed
+    old: object = None
+    new: object = None
+
+    def describe(self) -> str:
+        label = f"{self.part} `{self.name}`" if self.name is not None else self.part
+        if self.change == "added":
+            return f"{label} added ({_show(self.part, self.new)})"
+        if self.change == "removed":
+            return f"{label} removed (was {_show(self.part, self.old)})"
+        return f"{label} changed: {_show(self.part, self.old)} -> {_show(self.part, self.new)}"
+
+
+def _show(part: str, value: object) -> str:
+    """A short rendering: digests are cut to 12 characters, long values to 60."""
+    if part in ("input", "source") and isinstance(value, str):
+        return value[:12]
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _flatten(value: object, prefix: str, out: dict[str, object]) -> dict[str, object]:
+    """Nested dict params as dotted names, so a reason can name `aug.angle` rather than `aug`."""
+    if isinstance(value, dict) and value and "$float" not in value:
+        for name, item in value.items():
+            _flatten(item, f"{prefix}.{name}" if prefix else str(name), out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _diff_maps(part: str, old: Mapping[str, object], new: Mapping[str, object]) -> list[KeyChange]:
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            changes.append(KeyChange(part, name, "added", new=new[name]))
+        elif name not in new:
+            changes.append(KeyChange(part, name, "removed", old=old[name]))
+        elif old[name] != new[name] or type(old[name]) is not type(new[name]):
+            changes.append(KeyChange(part, name, "changed", old[name], new[name]))
+    return changes
+
+
+def _as_map(value: object) -> dict[str, object]:
+    return value if isinstance(value, dict) else {}
+
+
+def diff_parts(old: Mapping[str, object], new: Mapping[str, object]) -> list[KeyChange]:
+    """Which parts of a key changed, in a fixed order: format, version, params, inputs, sources, seed."""
+    changes: list[KeyChange] = []
+    for part in ("format", "version"):
+        if old.get(part) != new.get(part):
+            changes.append(KeyChange(part, None, "changed", old.get(part), new.get(part)))
+    old_params = _flatten(_as_map(old.get("params")), "", {})
+    new_params = _flatten(_as_map(new.get("params")), "", {})
+    changes += _diff_maps("param", old_params, new_params)
+    changes += _diff_maps("input", _as_map(old.get("inputs")), _as_map(new.get("inputs")))
+    changes += _diff_maps("source", _as_map(old.get("sources")), _as_map(new.get("sources")))
+    if old.get("seed") != new.get("seed"):
+        changes.append(KeyChange("seed", None, "changed", old.get("seed"), new.get("seed")))
+    return changes
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What `--dry-run` says about one node: cached, new or stale, and why."""
+
+    status: str  # cached | new | stale
+    digest: str
+    reasons: list[str] = field(default_factory=list)
+    changes: list[KeyChange] = field(default_factory=list)
+    previous: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.status}: {'; '.join(self.reasons)}" if self.reasons else self.status
+
+
+# ----- reports -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    entries: dict[str, int]  # digest -> bytes on disk
+    other: int  # temp dirs, locks, indexes, the digest memo
+    total: int
+
+
+@dataclass
+class GcReport:
+    removed_entries: list[str] = field(default_factory=list)
+    removed_temp: list[str] = field(default_factory=list)
+    removed_locks: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+class LockTimeout(TimeoutError):
+    """The per-key lock stayed busy for longer than the caller was willing to wait."""
+
+
+# ----- process liveness --------------------------------------------------------------
+
+
+def _host() -> str:
+    return os.uname().nodename
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (zombies count as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed child that was not yet reaped still answers kill(0); /proc tells the truth on Linux."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return False
+    fields = text.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] in ("Z", "X")
+
+
+def _temp_owner(name: str) -> int | None:
+    match = _TEMP_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes under `path`; files vanishing while we count (a concurrent gc) are skipped."""
+    try:
+        if not path.is_dir() or path.is_symlink():
+            return path.lstat().st_size
+    except OSError:
+        return 0
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----- locks -------------------------------------------------------------------------
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether the locked file is still the one at `path` (a releaser may have unlinked it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+
+
+def _try_lock(path: Path) -> int | None:
+    """Take the lock without waiting: the locked fd, or None when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _is_current(fd, path):
+            return fd
+        os.close(fd)  # we locked a file its holder had already unlinked: try the new one
+
+
+def _write_holder(fd: int) -> None:
+    holder = {"pid": os.getpid(), "host": _host(), "since": time.time()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode("utf-8"), 0)
+
+
+def _release(fd: int, path: Path) -> None:
+    """Unlink the lock file while still holding it, then close: waiters re-check `_is_current`."""
+    try:
+        if _is_current(fd, path):
+            os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _holder_dead(path: Path) -> bool:
+    """True only when the lock file names a process of this machine that no longer exists."""
+    holder = read_json(path)
+    if not isinstance(holder, dict) or holder.get("host") != _host():
+        return False
+    pid = holder.get("pid")
+    return isinstance(pid, int) and not isinstance(pid, bool) and not pid_alive(pid)
+
+
+# ----- the cache ---------------------------------------------------------------------
+
+
+class Cache:
+    """A content-addressed store of node results, safe for several processes at once."""
+
+    def __init__(self, root: StrPath | None = None, durable: bool = False) -> None:
+        """`durable=True` also fsyncs outputs and directories, to survive power loss, not just process death."""
+        self.root = Path(root) if root is not None else default_cache_root()
+        self.durable = durable
+
+    # --- paths ---
+
+    def entry_path(self, key: CacheKey | str) -> Path:
+        digest = _digest_of(key)
+        return self.root / digest[:2] / digest
+
+    def lock_path(self, key: CacheKey | str) -> Path:
+        return self.root / LOCKS_DIR / f"{_digest_of(key)}.lock"
+
+    def _index_path(self, op: str, node_id: str) -> Path:
+        return self.root / INDEX_DIR / f"{sha256_json([op, node_id])}.json"
+
+    def digest_memo(self) -> DigestMemo:
+        """The source-file digest memo kept in this cache's root."""
+        return DigestMemo(self.root)
+
+    # --- reading ---
+
+    def lookup(self, key: CacheKey | str, verify: bool = False) -> Entry | None:
+        """The complete entry for `key`, or None.
+
+        Complete means: a manifest for this digest, and every listed output present with
+        its recorded size; with `verify=True` also with its recorded sha256.
+        """
+        digest = _digest_of(key)
+        path = self.entry_path(digest)
+        entry = _entry_from(digest, path, read_json(path / MANIFEST_NAME))
+        if entry is None:
+            return None
+        if not all(_output_intact(path / o.name, o, verify) for o in entry.outputs.values()):
+            return None
+        return entry
+
+    def entries(self) -> list[Entry]:
+        """Every entry with a readable manifest, oldest first (outputs are not checked)."""
+        found = []
+        for path in self._entry_dirs():
+            entry = _entry_from(path.name, path, read_json(path / MANIFEST_NAME))
+            if entry is not None:
+                found.append(entry)
+        return sorted(found, key=lambda e: (e.created, e.digest))
+
+    def _entry_dirs(self) -> list[Path]:
+        """`<root>/<xx>/<digest>` directories; anything else in the root is not an entry."""
+        dirs: list[Path] = []
+        for shard in self._scan(self.root):
+            if shard.is_dir() and _SHARD_RE.fullmatch(shard.name):
+                dirs += [p for p in self._scan(shard) if _DIGEST_RE.fullmatch(p.name) and p.name[:2] == shard.name]
+        return sorted(dirs)
+
+    @staticmethod
+    def _scan(folder: Path) -> list[Path]:
+        try:
+            return sorted(folder.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def du(self) -> DiskUsage:
+        """Bytes per entry, bytes of everything else in the root, and the total."""
+        per_entry = {path.name: _tree_size(path) for path in self._entry_dirs()}
+        everything = _tree_size(self.root) if self.root.exists() else 0
+        other = max(everything - sum(per_entry.values()), 0)
+        return DiskUsage(per_entry, other, everything)
+
+    # --- writing ---
+
+    @contextlib.contextmanager
+    def write(self, key: CacheKey, node_id: str | None = None) -> Iterator[PendingEntry]:
+        """Hand out a private temp dir for the outputs; commit it atomically if the block succeeds.
+
+        On an exception the temp dir is removed and nothing is committed. With `node_id`
+        the node's index is updated, so that a later `explain` can say what changed.
+        """
+        pending = PendingEntry(self._make_temp_dir())
+        started, clock = time.time(), time.perf_counter()
+        try:
+            yield pending
+            timing = {"started": started, "seconds": time.perf_counter() - clock}
+            manifest = self._seal(pending, key, node_id, timing)
+            pending.entry = self._commit(pending.path, key.digest(), manifest)
+        finally:
+            if pending.path.exists():  # failed, or lost a race to an identical entry
+                shutil.rmtree(pending.path, ignore_errors=True)
+        if node_id is not None:
+            self.record(node_id, key)
+
+    def ensure(
+        self,
+        key: CacheKey,
+        produce: Callable[[PendingEntry], None],
+        node_id: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Entry, bool]:
+        """The entry for `key`, computing it with `produce` unless cached: (entry, computed).
+
+        The lock makes a second process asking for the same key wait and then find the
+        first one's entry instead of computing it again.
+        """
+        entry = self.lookup(key)
+        if entry is None:
+            with self.lock(key, timeout=timeout):
+                entry = self.lookup(key)
+                if entry is None:
+                    with self.write(key, node_id) as pending:
+                        produce(pending)
+                    assert pending.entry is not None
+                    return pending.entry, True
+        if node_id is not None:
+            self.record(node_id, key)
+        return entry, False
+
+    def _make_temp_dir(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / temp_name()
+        path.mkdir()
+        return path
+
+    def _seal(
+        self, pending: PendingEntry, key: CacheKey, node_id: str | None, timing: dict[str, float]
+    ) -> dict[str, object]:
+        """Digest the outputs and write the manifest into the temp dir (still invisible to readers)."""
+        outputs = {o.name: {"size": o.size, "sha256": o.sha256} for o in self._scan_outputs(pending.path)}
+        manifest: dict[str, object] = {
+            "format": MANIFEST_FORMAT,
+            "digest": key.digest(),
+            "key": key.parts(),
+            "node_id": node_id,
+            "outputs": outputs,
+            "timing": timing,
+            "created": time.time(),
+            "medasl_version": __version__,
+            "info": canonical(pending.info, "info"),
+        }
+        manifest_path = pending.path / MANIFEST_NAME
+        manifest_path.write_text(json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False), encoding="utf-8")
+        if self.durable:
+            _fsync(manifest_path)
+            _fsync(pending.path)
+        return manifest
+
+    def _scan_outputs(self, folder: Path) -> list[OutputFile]:
+        outputs = []
+        for current, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in dirs:  # os.walk lists a link to a folder here, and would not follow it
+                if os.path.islink(os.path.join(current, name)):
+                    files.append(name)
+            for name in sorted(files):
+                path = Path(current, name)
+                rel = path.relative_to(folder).as_posix()
+                outputs.append(self._output_file(path, rel))
+        return outputs
+
+    def _output_file(self, path: Path, rel: str) -> OutputFile:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"cache output {rel!r} is not a regular file (links are not stored)")
+        if not _safe_output_name(rel):
+            raise ValueError(f"{rel!r} is reserved for the cache's manifest")
+        if self.durable:
+            _fsync(path)
+        return OutputFile(rel, st.st_size, sha256_file(path))
+
+    def _commit(self, tmp: Path, digest: str, manifest: dict[str, object]) -> Entry:
+        """Rename the finished temp dir into place; the one step that makes an entry visible."""
+        final = self.entry_path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(3):
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            else:
+                if self.durable:
+                    _fsync(final.parent)
+                entry = _entry_from(digest, final, manifest)
+                assert entry is not None
+                return entry
+            existing = self.lookup(digest)
+            if existing is not None:  # someone committed the same key first: keep theirs
+                return existing
+            self._discard(final)  # a damaged entry: move it out of the way, then retry
+        raise OSError(f"could not commit cache entry {digest[:12]}: the place stays occupied")
+
+    def _discard(self, path: Path) -> int:
+        """Make an entry disappear atomically (rename into a temp name), then delete it; returns bytes freed."""
+        aside = self.root / temp_name()
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return 0
+        size = _tree_size(aside)
+        _remove_tree(aside)
+        return size
+
+    # --- locks ---
+
+    @contextlib.contextmanager
+    def lock(self, key: CacheKey | str, timeout: float | None = None, poll_s: float = 0.05) -> Iterator[None]:
+        """An exclusive per-key lock across processes (and threads), released if the holder dies.
+
+        flock is released by the kernel when its holder dies, so an ordinary stale lock
+        file costs nothing. A lock still held while the pid written in it is dead (a
+        forked child inherited the descriptor) is broken after the holder is found dead.
+        """
+        path = self.lock_path(key)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (fd := _try_lock(path)) is None:
+            self._break_if_orphaned(path)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockTimeout(f"cache lock {path.name} is held by another process")
+            time.sleep(poll_s)
+        try:
+            _write_holder(fd)
+            yield
+        finally:
+            _release(fd, path)
+
+    def _break_if_orphaned(self, path: Path) -> bool:
+        """Unlink a lock file whose recorded holder is dead although its flock is still held.
+
+        Breakers are serialised by one permanent lock, and the holder is re-checked under
+        it, so two waiters cannot both break and then unlink each other's fresh lock.
+        """
+        if not _holder_dead(path):
+            return False
+        with flocked(self.root / LOCKS_DIR / ".break.lock"):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+            try:
+                if not _is_current(fd, path) or not _holder_dead(path):
+                    return False
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return False  # free after all: the next _try_lock takes it
+                except BlockingIOError:
+                    os.unlink(path)
+                    return True
+            finally:
+                os.close(fd)
+
+    # --- explanations ---
+
+    def record(self, node_id: str, key: CacheKey) -> None:
+        """Remember `key` as the latest of node (`key.op`, `node_id`); cheap when it already is."""
+        path = self._index_path(key.op, node_id)
+        current = read_json(path)
+        if isinstance(current, dict) and current.get("digest") == key.digest():
+            return
+        data = {
+            "format": INDEX_FORMAT,
+            "op": key.op,
+            "node_id": node_id,
+            "digest": key.digest(),
+            "key": key.parts(),
+            "updated": time.time(),
+        }
+        write_json_atomic(path, data)
+
+    def previous(self, op: str, node_id: str) -> tuple[str, dict[str, object]] | None:
+        """(digest, key parts) last recorded for this node, or None."""
+        data = read_json(self._index_path(op, node_id))
+        if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+            return None
+        digest, parts = data.get("digest"), data.get("key")
+        if not isinstance(digest, str) or not isinstance(parts, dict):
+            return None
+        return digest, parts
+
+    def explain(self, key: CacheKey, node_id: str | None = None) -> Explanation:
+        """cached, new or stale (with the key parts that changed since this node's last result).
+
+        Only reads: a dry run must not change the cache.
+        """
+        digest = key.digest()
+        if self.lookup(key) is not None:
+            return Explanation("cached", digest)
+        previous = self.previous(key.op, node_id) if node_id is not None else None
+        if previous is None:
+            return Explanation("new", digest, ["no earlier result for this node"])
+        old_digest, old_parts = previous
+        if old_digest == digest:
+            return Explanation("new", digest, ["the earlier result was removed or is damaged"], previous=old_digest)
+        changes = diff_parts(old_parts, key.parts())
+        reasons = [c.describe() for c in changes] or ["the key changed"]
+        return Explanation("stale", digest, reasons, changes, old_digest)
+
+    # --- garbage collection ---
+
+    def gc(self, keep_digests: Iterable[str] = frozenset(), older_than_s: float | None = None) -> GcReport:
+        """Remove temp dirs of dead processes, unused lock files, and entries not kept.
+
+        With `older_than_s`, only entries created longer ago than that are removed. Entries
+        whose key lock is held (being written or read under the lock) are left alone.
+        Safe while other processes use the cache: every removal is an atomic rename first.
+        """
+        report = GcReport()
+        self._gc_temp(report)
+        self._gc_entries(set(keep_digests), older_than_s, report)
+        self._gc_locks(report)
+        return report
+
+    def _gc_temp(self, report: GcReport) -> None:
+        for folder in (self.root, self.root / INDEX_DIR):
+            for path in self._scan(folder):
+                pid = _temp_owner(path.name)
+                if pid is None or pid_alive(pid):
+                    continue
+                report.freed_bytes += _tree_size(path)
+                _remove_tree(path)
+                report.removed_temp.append(path.name)
+
+    def _gc_entries(self, keep: set[str], older_than_s: float | None, report: GcReport) -> None:
+        now = time.time()
+        for path in self._entry_dirs():
+            digest = path.name
+            if digest in keep or (older_than_s is not None and now - self._created(path) < older_than_s):
+                continue
+            fd = _try_lock(self.lock_path(digest))
+            if fd is None:
+                continue  # in use
+            try:
+                report.freed_bytes += self._discard(path)
+                report.removed_entries.append(digest)
+            finally:
+                _release(fd, self.lock_path(digest))
+
+    @staticmethod
+    def _created(path: Path) -> float:
+        """When an entry was created; a damaged manifest makes it infinitely old."""
+        manifest = read_json(path / MANIFEST_NAME)
+        created = manifest.get("created") if isinstance(manifest, dict) else None
+        return float(created) if isinstance(created, int | float) else -math.inf
+
+    def _gc_locks(self, report: GcReport) -> None:
+        for path in self._scan(self.root / LOCKS_DIR):
+            if path.suffix != ".lock" or not _DIGEST_RE.fullmatch(path.stem):
+                continue
+            fd = _try_lock(path)
+            if fd is not None:
+                _release(fd, path)
+                report.removed_locks.append(path.name)
+            elif self._break_if_orphaned(path):
+                report.removed_locks.append(path.name)
