@@ -39,9 +39,6 @@ class _Unknown:
     def __repr__(self) -> str:
         return "?"
 
-    def __reduce__(self) -> str:
-        return "UNKNOWN"
-
 
 UNKNOWN = _Unknown()
 
@@ -203,10 +200,6 @@ def dataset(element: TyLike) -> Ty:
 
 def vec(element: TyLike, length: AttrValue) -> Ty:
     return Ty("Vec", (length,), (element,))
-
-
-def is_spatial(t: TyLike) -> bool:
-    return isinstance(t, Ty) and t.name in SPATIAL_KINDS
 
 
 def attr(t: Ty, name: str) -> AttrValue:

@@ -458,4 +458,4 @@ def _tuple_ints(value: object) -> object:
     return value
 
 
-__all__ = ["CallChecker", "UNKNOWN"]
+__all__ = ["CallChecker"]

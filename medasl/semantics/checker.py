@@ -23,7 +23,6 @@ from medasl.ir.types import (
     FIELDS,
     FLOAT,
     INT,
-    LABEL_KINDS,
     MM,
     SPATIAL_KINDS,
     STR,
@@ -40,13 +39,10 @@ from medasl.semantics import domain, search
 from medasl.semantics.matching import (
     ERROR,
     Mismatch,
-    Subst,
     finalize,
     fit,
     fit_attr,
-    has_vars,
     merge,
-    resolve,
 )
 from medasl.semantics.modules import FileScope, Loader, Module, stdlib
 from medasl.semantics.signatures import (
@@ -831,9 +827,4 @@ def _rename_value(value: Value, old: str, new: str) -> Value:
     return value
 
 
-def is_label(t: TyLike) -> bool:
-    return isinstance(t, Ty) and t.name in LABEL_KINDS
-
-
-__all__ = ["check_source", "check_module", "CheckResult", "PipelineChecker", "Val", "is_label",
-           "attr", "has_vars", "resolve", "Subst"]
+__all__ = ["check_source", "check_module", "CheckResult", "PipelineChecker", "Val"]

@@ -418,4 +418,5 @@ def module_used_by_types(module: str, graphs: list[Graph]) -> bool:
     return False
 
 
-__all__ = ["report_mismatch", "check_goal", "check_interpolation", "check_divisible", "resolve"]
+__all__ = ["report_mismatch", "check_goal", "check_interpolation", "check_divisible", "check_patterns",
+           "check_ranges"]
