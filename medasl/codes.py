@@ -316,6 +316,46 @@ CODES: dict[str, Code] = {
         "resources gpu=1",
         "resources gpus=1",
     ),
+    "E1001": Code(
+        "file or folder not found",
+        'A file the pipeline reads does not exist (or is a folder where a file is expected). The message names the nearest folder that does exist, so a typo in the path is easy to see.',
+    ),
+    "E1002": Code(
+        "unreadable, corrupt or truncated image",
+        'The file cannot be read as the format its operator expects, or it holds less voxel data than its header promises (an interrupted copy or download). SimpleITK itself would read a truncated NIfTI silently, filling the missing part with zeros; medasl checks the size. Copy the file again.',
+    ),
+    "E1003": Code(
+        "not a DICOM image",
+        'A file passed as DICOM is not one, or is a DICOM object without pixel data (a DICOMDIR, a report), or a folder holds no DICOM series, or none with the `uid=` given.',
+    ),
+    "E1004": Code(
+        "several DICOM series in one folder",
+        'A folder holds more than one series (a scout and an axial series, several reconstructions). The message lists each SeriesInstanceUID with its description and number of slices; choose one with `dicom_series(folder, uid="...")`.',
+    ),
+    "E1005": Code(
+        "nothing found",
+        'The folder is empty, or the file pattern matched no file.',
+    ),
+    "E1006": Code(
+        "unpaired images and labels",
+        'Images and labels are paired by the part of their names that `*` matches. The listed images have no label with the same identifier, or the labels no image: a missing file or a naming mismatch.',
+    ),
+    "E1007": Code(
+        "image and label grids disagree",
+        'An image and its label have a different size, spacing, origin or direction (the values are in the message). A label that is only stored with flipped or permuted axes is realigned exactly; anything else must be fixed at the source or resampled explicitly.',
+    ),
+    "E1008": Code(
+        "NaN or infinite values",
+        'The image holds non-finite values (their count and the first voxel are in the message). SimpleITK would silently turn them into 0 when reading NIfTI; medasl refuses them.',
+    ),
+    "E1009": Code(
+        "not a label map",
+        'A file read as labels holds fractional values or channels that differ: a probability map or a colour picture was given where a label map is expected.',
+    ),
+    "E1010": Code(
+        "uneven or non-parallel DICOM slices",
+        'The slices of a series are unevenly spaced (a missing or repeated slice), not parallel (mixed orientations) or shifted sideways (gantry tilt). A volume built from them would put voxels at wrong positions, so medasl stops instead of reading it with wrong geometry.',
+    ),
     "W0001": Code(
         "unused value",
         "A binding that nothing uses, shows or reports is computed for nothing.",

@@ -1,0 +1,1093 @@
+"""std.io: readers, folder datasets, the synthetic phantom and writers (stdlib/io.medas).
+
+Each public function implements the operator of the same name; the executor binds them
+by name (see `OPERATORS`) and calls them with keyword arguments named as in the
+signature, units already converted by the checker (lengths in mm as floats).
+
+Conventions every reader here keeps, and why:
+
+- All image I/O and geometry go through SimpleITK, so a volume read here has exactly
+  the values and geometry `sitk.ReadImage` gives (DICOM series via GDCM, sorted along
+  the slice normal, rescale slope/intercept applied, so CT is in HU). pydicom is used
+  only where SimpleITK cannot answer: telling a DICOM file without an image (DICOMDIR)
+  from a corrupt one.
+- Problems in the data raise `DataError` (medasl/runtime/errors.py) naming the file;
+  a raw SimpleITK exception never escapes, because the user did nothing wrong in Python.
+- Readers return the modality the file states (DICOM's Modality tag) or `Any`; the
+  executor replaces it with the modality the pipeline declares (`as Image[3, CT]`).
+- Some failures SimpleITK does not report are checked here: a truncated NIfTI reads
+  without error in SimpleITK 2.5 (the missing voxels come back as zeros), a truncated
+  DICOM slice silently drops out of its series, and a series with a missing slice or a
+  mix of orientations is read with wrong geometry and only a warning.
+- Every floating-point array is checked for NaN and infinite values (E1008) at load,
+  where the file can still be named, rather than in the first operator that trips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import os
+import re
+import secrets
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
+
+from medasl.runtime.errors import DataError
+from medasl.runtime.values import LABEL_KINDS, Case, DicomSeries, Pair, Volume
+
+PathLike = str | os.PathLike[str]
+
+# DICOM Modality (0008,0060) -> the language's modality names (medasl/ir/types.py).
+DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "PT": "PET", "CR": "XR", "DX": "XR", "DR": "XR", "RG": "XR",
+                    "MG": "XR", "US": "US", "SM": "Path"}
+
+_MAX_LISTED = 10  # files named in one message before "and N more"
+
+
+# ===== shared helpers =====================================================================
+
+
+def _existing_file(path: PathLike) -> Path:
+    """`path` as a Path, or E1001 when it does not exist or is a folder."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError("E1001", f"file not found: {p}", p, help=_missing_help(p))
+    if p.is_dir():
+        raise DataError("E1001", f"{p} is a folder, but a file is expected here", p)
+    return p
+
+
+def _existing_dir(path: PathLike) -> Path:
+    """`path` as a Path, or E1001 when it does not exist or is not a folder."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError("E1001", f"folder not found: {p}", p, help=_missing_help(p))
+    if not p.is_dir():
+        raise DataError("E1001", f"{p} is a file, but a folder is expected here", p)
+    return p
+
+
+def _missing_help(p: Path) -> str:
+    """Point at the nearest existing parent: usually the typo is in the part after it."""
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    where = f"`{parent}` exists" if str(parent) not in ("", ".") else "the path is relative"
+    return f"{where}; paths are relative to the directory medasc runs in ({Path.cwd()})"
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of an ITK exception (its last non-empty line, without the
+    source location prefix), so that messages say what failed and not where in ITK."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    text = re.sub(r"^(ITK ERROR|sitk::ERROR):\s*", "", text)
+    text = re.sub(r"^\w+\(0x[0-9a-f]+\):\s*", "", text)
+    return text
+
+
+@contextlib.contextmanager
+def _itk_quiet() -> Iterator[None]:
+    """Silence ITK warnings for a block whose warnings we turn into errors or that are
+    noise (GDCM says "No Series were found" for every folder without DICOM files)."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def _read_with(path: Path, io_name: str, what: str) -> sitk.Image:
+    """Read `path` with one ImageIO (never guessed from the content, so `nifti("x.png")`
+    is an error rather than a PNG), turning any failure into E1002."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO(io_name)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise DataError("E1002", f"cannot read {path} as {what}: {_reason(exc)}", path,
+                        help="the file may be corrupt, truncated, or in another format than its name says") from exc
+
+
+def _check_finite(vol: Volume) -> Volume:
+    """E1008 when a floating-point volume holds NaN or infinite values."""
+    a = vol.array
+    if a.dtype.kind not in "fc":
+        return vol
+    finite = np.isfinite(a)
+    if finite.all():
+        return vol
+    bad = int(a.size - np.count_nonzero(finite))
+    nan = int(np.count_nonzero(np.isnan(a)))
+    first = np.unravel_index(int(np.argmin(finite)), a.shape)
+    spatial = tuple(int(i) for i in reversed(first[: vol.dim]))
+    where = vol.source or "the image"
+    raise DataError("E1008", f"{where}: {bad} of {a.size} values are not finite ({nan} NaN, {bad - nan} infinite); "
+                    f"the first at voxel (x, y, z) = {spatial}", vol.source,
+                    help="fix or regenerate the file; a NaN would spread through every later operator")
+
+
+def _identity(dim: int) -> tuple[float, ...]:
+    return tuple(float(i == j) for i in range(dim) for j in range(dim))
+
+
+def _plain_geometry(array: np.ndarray, dim: int, kind: str, source: str) -> Volume:
+    """A Volume with 1 mm pixels at the origin: for formats without real geometry."""
+    return Volume(array, (1.0,) * dim, (0.0,) * dim, _identity(dim), kind, "Any", source)
+
+
+# ===== NIfTI completeness ===================================================================
+
+
+class _NiftiLayout(NamedTuple):
+    """Where a NIfTI file's voxels are and how they are stored."""
+
+    offset: int  # byte offset of the voxels in the data file
+    nbytes: int  # bytes of voxel data the header promises
+    single: bool  # one .nii file (else a .hdr/.img pair)
+    datatype: int  # NIfTI datatype code (16 float32, 64 float64, ...)
+    endian: str  # "<" or ">"
+    dims: tuple[int, ...]  # sizes, fastest axis first
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_layout(head: bytes) -> _NiftiLayout | None:
+    """The voxel layout from a NIfTI-1 or -2 header, or None when `head` is not one
+    (then SimpleITK reports what it is)."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            magic = head[344:348]
+            if magic not in (b"n+1\0", b"ni1\0"):
+                return None
+            dims: tuple[int, ...] = struct.unpack(endian + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            offset = struct.unpack(endian + "f", head[108:112])[0]
+            single = magic == b"n+1\0"
+        elif len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            magic = head[4:8]
+            if magic not in (b"n+2\0", b"ni2\0"):
+                return None
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+            dims = struct.unpack(endian + "8q", head[16:80])
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+            single = magic == b"n+2\0"
+        else:
+            continue
+        ndim = dims[0]
+        if not 1 <= ndim <= 7 or bitpix <= 0 or not math.isfinite(offset) or offset < 0:
+            return None
+        sizes = tuple(int(d) for d in dims[1 : ndim + 1])
+        if min(sizes) <= 0:
+            return None
+        return _NiftiLayout(int(offset), math.prod(sizes) * bitpix // 8, single, int(datatype), endian, sizes)
+    return None
+
+
+def _gzip_length(path: Path, expected: int) -> tuple[int, str | None]:
+    """How many bytes `path` decompresses to (at least `expected` when it is complete),
+    and the decompression error if there was one.
+
+    Fast path: a gzip stream ends with its length modulo 2**32, which a truncated file
+    does not have (its last four bytes are compressed data; a false match has
+    probability 2**-32). Only when that length disagrees is the stream decompressed.
+    """
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() >= 18:
+            f.seek(-4, os.SEEK_END)
+            if struct.unpack("<I", f.read(4))[0] == expected % (1 << 32):
+                return expected, None
+    return _gunzip_count(path)
+
+
+def _gunzip_count(path: Path) -> tuple[int, str | None]:
+    """Decompress `path` (one or more gzip members) counting the bytes, without keeping
+    them; returns the count and why decompression stopped early, if it did. zlib is
+    driven directly so that the count is exact up to the point of a truncation."""
+    total = 0
+    member = zlib.decompressobj(wbits=31)
+    started = False
+    try:
+        with open(path, "rb") as f:
+            pending = b""
+            while True:
+                if not pending:
+                    pending = f.read(1 << 20)
+                    if not pending:
+                        break
+                started = True
+                total += len(member.decompress(pending, 1 << 24))
+                pending = member.unconsumed_tail
+                if member.eof:
+                    rest = member.unused_data + pending + f.read()
+                    if not rest.strip(b"\0"):  # zero padding after the last member
+                        return total, None
+                    member, pending, started = zlib.decompressobj(wbits=31), rest, False
+    except zlib.error as exc:
+        return total, f"corrupt compressed data: {exc}"
+    if started and not member.eof:
+        return total, "the compressed data ends early"
+    return total, None
+
+
+def _open_maybe_gz(path: Path) -> BinaryIO:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # noqa: SIM115
+
+
+def _check_nifti(path: Path) -> None:
+    """What SimpleITK does not check in a NIfTI file: E1002 when it holds fewer voxel
+    bytes than its header promises, E1008 when a float file holds NaN or infinity.
+
+    SimpleITK (2.5) reads a truncated .nii or .nii.gz without complaint and fills the
+    missing voxels with zeros; and its NIfTI library replaces NaN and infinite values by
+    0 on reading, so a broken float image would come back looking clean. Both would
+    silently corrupt every result downstream, so the raw bytes are checked here.
+    """
+    try:
+        with _open_maybe_gz(path) as f:
+            head = f.read(540)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError("E1002", f"cannot read {path} as NIfTI: {exc}", path,
+                        help="the file may be corrupt or truncated") from exc
+    layout = _nifti_layout(head)
+    if layout is None:
+        return
+    data = path
+    if not layout.single:  # a .hdr/.img pair: the voxels are in the .img file
+        name = path.name
+        stem = name[: -len(".hdr.gz")] if name.lower().endswith(".hdr.gz") else name[: -len(".hdr")]
+        candidates = [path.with_name(stem + ".img"), path.with_name(stem + ".img.gz")]
+        data = next((c for c in candidates if c.exists()), candidates[0])
+        if not data.exists():
+            raise DataError("E1001", f"the voxel file of {path} is missing: {data}", data)
+    expected = layout.offset + layout.nbytes
+    if data.name.lower().endswith(".gz"):
+        got, error = _gzip_length(data, expected)
+    else:
+        got, error = data.stat().st_size, None
+    if got < expected:
+        detail = f" ({error})" if error else ""
+        raise DataError("E1002", f"{data} is truncated: it holds {max(got - layout.offset, 0)} of the "
+                        f"{layout.nbytes} bytes of voxel data its header promises{detail}", data,
+                        help="the file was cut short (an interrupted copy or download); copy it again")
+    if layout.datatype in _NIFTI_FLOATS:
+        _check_nifti_finite(data, layout)
+
+
+def _check_nifti_finite(data: Path, layout: _NiftiLayout) -> None:
+    """E1008 when the raw float voxels hold NaN or infinity (read in chunks, so memory
+    stays bounded whatever the image size)."""
+    dtype = np.dtype(layout.endian + _NIFTI_FLOATS[layout.datatype])
+    chunk_values = (1 << 24) // dtype.itemsize
+    bad = nan = 0
+    first = -1
+    seen = 0
+    with _open_maybe_gz(data) as f:
+        f.seek(layout.offset)
+        remaining = layout.nbytes // dtype.itemsize
+        while remaining > 0:
+            n = min(chunk_values, remaining)
+            values = np.frombuffer(f.read(n * dtype.itemsize), dtype=dtype)
+            finite = np.isfinite(values)
+            if not finite.all():
+                if first < 0:
+                    first = seen + int(np.argmin(finite))
+                bad += int(values.size - np.count_nonzero(finite))
+                nan += int(np.count_nonzero(np.isnan(values)))
+            seen += values.size
+            remaining -= n
+    if bad:
+        where = np.unravel_index(first, tuple(reversed(layout.dims)))
+        voxel = tuple(int(i) for i in reversed(where))[:3]
+        raise DataError("E1008", f"{data}: {bad} of {seen} values are not finite ({nan} NaN, {bad - nan} infinite); "
+                        f"the first at voxel (x, y, z) = {voxel}", data,
+                        help="fix or regenerate the file (SimpleITK would silently read these values as 0)")
+
+
+# ===== single images ========================================================================
+
+
+def _read_volume(path: PathLike, io_name: str, what: str, kind: str = "image") -> Volume:
+    """Read one file with `io_name` into a checked Volume."""
+    p = _existing_file(path)
+    if io_name == "NiftiImageIO":
+        _check_nifti(p)
+    elif io_name == "MetaImageIO":
+        _check_meta_data_file(p)
+    img = _read_with(p, io_name, what)
+    return _check_finite(Volume.from_sitk(img, kind, "Any", str(p)))
+
+
+def _check_meta_data_file(path: Path) -> None:
+    """E1001 naming the raw file when an .mhd header points to one that is missing
+    (SimpleITK's own message for this is "No such file or directory" without a name)."""
+    if not path.name.lower().endswith(".mhd"):
+        return
+    with open(path, "rb") as f:
+        for raw in f.read(65536).splitlines():
+            key, _, value = raw.decode("latin-1").partition("=")
+            if key.strip() == "ElementDataFile":
+                name = value.strip()
+                if name and name.upper() not in ("LOCAL", "LIST") and "%" not in name:
+                    data = path.parent / name
+                    if not data.exists():
+                        raise DataError("E1001", f"the voxel file of {path} is missing: {data}", data)
+                return
+
+
+def nifti(path: PathLike) -> Volume:
+    """Read a NIfTI image (.nii, .nii.gz, or a .hdr/.img pair), geometry as SimpleITK gives it."""
+    return _read_volume(path, "NiftiImageIO", "NIfTI")
+
+
+def nrrd(path: PathLike) -> Volume:
+    """Read an NRRD image (.nrrd, .nhdr)."""
+    return _read_volume(path, "NrrdImageIO", "NRRD")
+
+
+def mha(path: PathLike) -> Volume:
+    """Read a MetaImage (.mha, or an .mhd header with its raw file): the LUNA16 format."""
+    return _read_volume(path, "MetaImageIO", "MetaImage")
+
+
+def _flat_picture(path: PathLike, io_name: str, what: str, kind: str, drop_alpha: bool) -> Volume:
+    """A 2-D picture (PNG, JPEG): alpha dropped, 1 mm pixels at the origin.
+
+    The geometry is set rather than read because these formats' resolution fields
+    (PNG pHYs) hold screen DPI from image editors, which as millimetres would be
+    meaningless; the stdlib documents 1 mm per pixel.
+    """
+    p = _existing_file(path)
+    img = _read_with(p, io_name, what)
+    array = sitk.GetArrayFromImage(img)
+    if img.GetDimension() == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and drop_alpha and array.shape[-1] in (2, 4):
+        array = array[..., :-1]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return _check_finite(_plain_geometry(np.ascontiguousarray(array), 2, kind, str(p)))
+
+
+def png(path: PathLike) -> Volume:
+    """Read a PNG: grey (8 or 16 bit, dtype kept), RGB, or RGBA with alpha dropped.
+    Spacing 1 mm per pixel, origin 0, identity direction."""
+    return _flat_picture(path, "PNGImageIO", "PNG", "image", drop_alpha=True)
+
+
+def jpeg(path: PathLike) -> Volume:
+    """Read a JPEG (grey or RGB); spacing 1 mm per pixel."""
+    return _flat_picture(path, "JPEGImageIO", "JPEG", "image", drop_alpha=True)
+
+
+def tiff(path: PathLike) -> Volume:
+    """Read a 2-D TIFF (a pathology tile, a microscopy field).
+
+    Spacing comes from the resolution tags as SimpleITK reads them (1 mm without them);
+    a single-page file comes back 2-D, channels as stored (alpha kept: in microscopy a
+    fourth channel may be data).
+    """
+    p = _existing_file(path)
+    img = _read_with(p, "TIFFImageIO", "TIFF")
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:
+        img = img[:, :, 0]
+    return _check_finite(Volume.from_sitk(img, "image", "Any", str(p)))
+
+
+def numpy(path: PathLike) -> Volume:
+    """Read a NumPy array (.npy, or the first array of an .npz) as an image.
+
+    Spacing 1 mm, identity direction; a last axis of length 3 or 4 is channels. Loaded
+    with `allow_pickle=False`: an object array is refused, never unpickled.
+    """
+    p = _existing_file(path)
+    try:
+        loaded = np.load(p, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            array = loaded
+        else:  # an .npz archive, whatever the file is called
+            with loaded:
+                if not loaded.files:
+                    raise DataError("E1002", f"{p} holds no arrays", p)
+                array = loaded[loaded.files[0]]
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError("E1002", f"cannot read {p} as a NumPy array: {exc}", p,
+                        help="the file may be corrupt or truncated; object arrays are never loaded") from exc
+    if array.dtype.kind not in "biuf":
+        raise DataError("E1002", f"{p} holds {array.dtype} values, not numbers an image can hold", p)
+    channels = array.ndim >= 3 and array.shape[-1] in (3, 4)
+    dim = array.ndim - 1 if channels else array.ndim
+    if dim not in (2, 3):
+        raise DataError("E1002", f"{p} holds an array of shape {array.shape}, not a 2-D or 3-D image", p)
+    return _check_finite(_plain_geometry(np.ascontiguousarray(array), dim, "image", str(p)))
+
+
+# ===== DICOM ================================================================================
+
+
+def _has_dicm_prefix(path: Path) -> bool:
+    """Whether the file has the DICOM Part 10 preamble and `DICM` prefix."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _dicom_failure(path: Path) -> DataError:
+    """The error for a file GDCM could not read: E1003 when it is not a DICOM image (no
+    DICOM prefix, or a DICOM object without pixel data such as a DICOMDIR), E1002 when
+    it is a DICOM image that cannot be decoded (corrupt, truncated, unsupported coding).
+
+    GDCM reports all of these alike ("Unable to determine ImageIO reader"), so pydicom
+    reads the header to tell them apart.
+    """
+    if not _has_dicm_prefix(path):
+        return DataError("E1003", f"{path} is not a DICOM file", path,
+                         help="use `nifti`, `png`, ... for other formats; a DICOM file starts with a 128-byte "
+                              "preamble and `DICM`")
+    import pydicom  # only on this error path
+
+    try:
+        ds = pydicom.dcmread(path, defer_size=1024)
+        has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+        kind = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "")) if hasattr(ds, "file_meta") else ""
+        with contextlib.suppress(Exception):
+            kind = ds.file_meta.MediaStorageSOPClassUID.name
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        with contextlib.suppress(Exception):
+            syntax = ds.file_meta.TransferSyntaxUID.name
+    except Exception as exc:  # pydicom raises many types for damaged files
+        return DataError("E1002", f"{path} is a damaged DICOM file: {exc}", path,
+                         help="the file may be truncated or corrupt; copy it again from the source")
+    if not has_pixels:
+        return DataError("E1003", f"{path} is a DICOM file without an image ({kind or 'no pixel data'})", path,
+                         help="point the reader at the image files, not at a DICOMDIR or report")
+    detail = ""
+    with contextlib.suppress(Exception):
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        expected = rows * cols * frames * samples * int(ds.BitsAllocated) // 8
+        got = len(ds.PixelData)
+        if not ds.file_meta.TransferSyntaxUID.is_compressed and got < expected:
+            detail = f": truncated, {got} of {expected} bytes of pixel data"
+    return DataError("E1002", f"cannot decode the image in DICOM file {path}{detail or f' ({syntax})'}", path,
+                     help="the file may be truncated or corrupt, or use a compression GDCM cannot decode")
+
+
+def _meta(reader: sitk.ImageFileReader, key: str) -> str:
+    """A DICOM tag of a file as GDCM gives it (stripped), or '' when absent."""
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def _slice_meta(reader: sitk.ImageSeriesReader, index: int, key: str) -> str:
+    """A DICOM tag of slice `index` of a series, or '' when absent."""
+    return reader.GetMetaData(index, key).strip() if reader.HasMetaDataKey(index, key) else ""
+
+
+def dicom_file(path: PathLike) -> Volume:
+    """Read a single DICOM file (a radiograph, one slice, or a multi-frame object).
+
+    Values and geometry are exactly `sitk.ReadImage`'s: rescale slope and intercept are
+    applied (CT in HU, widened to a type that holds them), geometry from the Image Plane
+    module; a single frame comes back as a 3-D volume one slice thick, as SimpleITK
+    gives it, so its position along the slice normal is not lost.
+    """
+    p = _existing_file(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    reader.SetImageIO("GDCMImageIO")
+    try:
+        img = reader.Execute()
+    except RuntimeError:
+        raise _dicom_failure(p) from None
+    modality = DICOM_MODALITIES.get(_meta(reader, "0008|0060"), "Any")
+    return _check_finite(Volume.from_sitk(img, "image", modality, str(p)))
+
+
+def _find_series(root: Path) -> dict[str, list[str]]:
+    """Every DICOM series under `root` (recursively): SeriesInstanceUID -> files sorted
+    by GDCM (along the slice normal). A series spread over several folders is sorted
+    as a whole."""
+    found: dict[str, list[str]] = {}
+    spread: set[str] = set()
+    with _itk_quiet():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            if not filenames:
+                continue
+            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(dirpath):
+                files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(dirpath, uid, False, False, False))
+                if uid in found:
+                    spread.add(uid)
+                    found[uid].extend(files)
+                else:
+                    found[uid] = files
+        for uid in spread:
+            found[uid] = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(root), uid, False, True, False))
+    return found
+
+
+def _unreadable_dicom(root: Path, claimed: set[str]) -> list[Path]:
+    """DICOM image files under `root` that GDCM left out of every series.
+
+    A truncated slice is not recognised by GDCM and would silently be missing from its
+    series; files with the DICOM prefix that no series claims are checked, and those
+    that are images (not a DICOMDIR or header-only object) are returned.
+    """
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            f = Path(dirpath) / name
+            if str(f) in claimed or os.path.normpath(f) in claimed or not _has_dicm_prefix(f):
+                continue
+            if _dicom_failure(f).code == "E1002":
+                bad.append(f)
+    return bad
+
+
+def _series_info(uid: str, files: Sequence[str], root: Path) -> DicomSeries:
+    """A DicomSeries with the description and modality of its first file's header."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    reader.SetImageIO("GDCMImageIO")
+    description = modality = ""
+    with contextlib.suppress(RuntimeError):
+        reader.ReadImageInformation()
+        description = _meta(reader, "0008|103e")
+        modality = _meta(reader, "0008|0060")
+    return DicomSeries(uid, tuple(files), description, DICOM_MODALITIES.get(modality, "Any"), str(root))
+
+
+def _series_listing(series: Sequence[DicomSeries], root: Path) -> str:
+    lines = []
+    for s in series:
+        uid = s.uid or "(blank SeriesInstanceUID)"
+        desc = f'"{s.description}"' if s.description else "(no description)"
+        first = os.path.relpath(os.path.dirname(s.files[0]), root)
+        lines.append(f"  {uid}  {desc}, {len(s.files)} slice{'s' * (len(s.files) != 1)}, in {first}")
+    return "\n".join(lines)
+
+
+def dicom_series(path: PathLike, uid: str | None = None) -> DicomSeries:
+    """Find the DICOM series in a folder (searched recursively), from headers only.
+
+    One series must be there, or `uid` must name one: a folder holding several is E1004
+    listing each (UID, description, slice count), none is E1003, an empty folder E1005.
+    A DICOM image file that GDCM cannot read is E1002 rather than a series with a
+    silently missing slice.
+    """
+    p = Path(path)
+    if p.is_file():
+        raise DataError("E1003", f"{p} is a file; dicom_series reads a folder of DICOM files", p,
+                        help="give the folder that holds the series, or read one file with `dicom_file`")
+    root = _existing_dir(p)
+    found = _find_series(root)
+    claimed = {os.path.normpath(f) for files in found.values() for f in files}
+    broken = _unreadable_dicom(root, claimed)
+    if broken:
+        raise DataError("E1002", f"{len(broken)} DICOM file{'s' * (len(broken) != 1)} under {root} cannot be read "
+                        f"and would be missing from the series: {_name_list(broken, root)}", broken[0],
+                        help="the files may be truncated or corrupt; copy them again from the source")
+    if not found:
+        if not any(files for _, _, files in os.walk(root)):
+            raise DataError("E1005", f"folder {root} is empty", root)
+        raise DataError("E1003", f"no DICOM series in {root}: none of its files is a DICOM image", root,
+                        help="check the folder; DICOMDIR files and reports hold no images")
+    if uid is not None:
+        if uid not in found:
+            listing = _series_listing([_series_info(u, f, root) for u, f in sorted(found.items())], root)
+            raise DataError("E1003", f"no DICOM series with SeriesInstanceUID {uid} in {root}; it holds:\n{listing}",
+                            root, help="copy one of the UIDs above into `uid=`")
+        return _series_info(uid, found[uid], root)
+    if len(found) > 1:
+        series = [_series_info(u, f, root) for u, f in sorted(found.items())]
+        raise DataError("E1004", f"{root} holds {len(found)} DICOM series:\n{_series_listing(series, root)}", root,
+                        help=f'choose one with `uid=`, e.g. dicom_series("{p}", uid="{series[0].uid or "..."}")')
+    ((only, files),) = found.items()
+    return _series_info(only, files, root)
+
+
+def _floats(text: str) -> list[float] | None:
+    try:
+        values = [float(v) for v in text.split("\\")]
+    except ValueError:
+        return None
+    return values if all(math.isfinite(v) for v in values) else None
+
+
+def _check_slices(reader: sitk.ImageSeriesReader, files: Sequence[str]) -> None:
+    """E1010 when the slices of a series are not parallel, not evenly spaced (a missing
+    or repeated slice), or shifted sideways (gantry tilt): SimpleITK then builds the
+    volume from the first slices' geometry and only warns, so every voxel position
+    after the gap would be wrong. Series without Image Plane tags are not checked."""
+    n = len(files)
+    ipp = [_floats(_slice_meta(reader, i, "0020|0032")) for i in range(n)]
+    iop = [_floats(_slice_meta(reader, i, "0020|0037")) for i in range(n)]
+    if any(v is None or len(v) != 3 for v in ipp) or any(v is None or len(v) != 6 for v in iop):
+        return
+    orient = np.array(iop, dtype=float)
+    for i in range(1, n):
+        if np.max(np.abs(orient[i] - orient[0])) > 1e-3:
+            raise DataError("E1010", f"the slices of the DICOM series are not parallel: {files[i]} has orientation "
+                            f"{_vec(orient[i])}, {files[0]} has {_vec(orient[0])}", files[i],
+                            help="this is a localizer or a mix of acquisitions; choose another series")
+    normal = np.cross(orient[0][:3], orient[0][3:])
+    pos = np.array(ipp, dtype=float)
+    steps = np.diff(pos, axis=0)
+    along = steps @ normal
+    spacing = float(np.median(np.abs(along)))
+    side = np.linalg.norm(steps - np.outer(along, normal), axis=1)
+    tol = max(1e-3, 0.01 * spacing)
+    for i in range(n - 1):
+        if abs(abs(along[i]) - spacing) > tol or side[i] > tol:
+            what = ("two slices at the same position" if abs(along[i]) <= tol else
+                    f"{abs(along[i]):.4g} mm between slices where the series' spacing is {spacing:.4g} mm (a missing "
+                    f"slice?)" if side[i] <= tol else
+                    f"consecutive slices shifted sideways by {side[i]:.4g} mm (a tilted gantry?)")
+            raise DataError("E1010", f"the slices of the DICOM series are not evenly spaced: {what}, between "
+                            f"{files[i]} and {files[i + 1]}", files[i + 1],
+                            help="a volume built from these slices would put voxels at wrong positions; "
+                                 "check that no file is missing, or choose another series")
+
+
+def _vec(v: np.ndarray) -> str:
+    return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+
+
+def dicom_to_image(x: DicomSeries) -> Volume:
+    """Decode a DICOM series into a 3-D volume with SimpleITK's ImageSeriesReader (GDCM).
+
+    Values and geometry are exactly what SimpleITK gives for these files: slices in
+    GDCM's order along the normal, rescale slope/intercept applied (CT in HU), direction
+    from ImageOrientationPatient. Unevenly spaced or non-parallel slices are E1010.
+    """
+    if not x.files:
+        raise DataError("E1003", f"the DICOM series {x.uid or '(blank UID)'} has no files", x.source)
+    for f in x.files:
+        _existing_file(f)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(x.files))
+    reader.SetImageIO("GDCMImageIO")
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        with _itk_quiet():  # its only warning is non-uniform spacing, checked below as an error
+            img = reader.Execute()
+    except RuntimeError as exc:
+        for f in x.files:
+            one = sitk.ImageFileReader()
+            one.SetFileName(f)
+            one.SetImageIO("GDCMImageIO")
+            try:
+                one.ReadImageInformation()
+            except RuntimeError:
+                raise _dicom_failure(Path(f)) from exc
+        raise DataError("E1002", f"cannot read the DICOM series in {x.source}: {_reason(exc)}", x.source,
+                        help="the slices may differ in size or pixel type") from exc
+    if len(x.files) > 1:
+        _check_slices(reader, x.files)
+    modality = x.modality if x.modality != "Any" else DICOM_MODALITIES.get(_slice_meta(reader, 0, "0008|0060"), "Any")
+    return _check_finite(Volume.from_sitk(img, "image", modality, x.source or os.path.dirname(x.files[0])))
+
+
+def dicom_folder(root: PathLike) -> list[Case[DicomSeries]]:
+    """One case per DICOM series under `root`, keyed by SeriesInstanceUID (a series with
+    a blank UID is keyed by its folder)."""
+    base = _existing_dir(root)
+    found = _find_series(base)
+    claimed = {os.path.normpath(f) for files in found.values() for f in files}
+    broken = _unreadable_dicom(base, claimed)
+    if broken:
+        raise DataError("E1002", f"{len(broken)} DICOM file{'s' * (len(broken) != 1)} under {base} cannot be read: "
+                        f"{_name_list(broken, base)}", broken[0], help="the files may be truncated or corrupt")
+    if not found:
+        raise DataError("E1005", f"no DICOM series under {base}", base)
+    cases = []
+    for uid, files in sorted(found.items()):
+        key = uid or os.path.relpath(os.path.dirname(files[0]), base)
+        cases.append(Case(key, _series_info(uid, files, base)))
+    return cases
+
+
+# ===== reading by extension, labels =========================================================
+
+_BY_SUFFIX: dict[str, Callable[[PathLike], Volume]] = {
+    ".nii.gz": nifti, ".nii": nifti, ".hdr": nifti, ".nrrd": nrrd, ".nhdr": nrrd, ".mha": mha, ".mhd": mha,
+    ".png": png, ".tif": tiff, ".tiff": tiff, ".jpg": jpeg, ".jpeg": jpeg, ".npy": numpy, ".npz": numpy,
+    ".dcm": dicom_file,
+}
+
+
+def read_image(path: PathLike) -> Volume:
+    """Read one image file, choosing the reader by its extension (as `folder` does)."""
+    p = Path(path)
+    name = p.name.lower()
+    for suffix, reader in _BY_SUFFIX.items():
+        if name.endswith(suffix):
+            return reader(p)
+    _existing_file(p)
+    known = ", ".join(_BY_SUFFIX)
+    raise DataError("E1002", f"cannot tell the format of {p} from its name", p, help=f"known extensions: {known}")
+
+
+def as_labels(vol: Volume, kind: str = "labels") -> Volume:
+    """`vol` as a label map of `kind`: one integer per voxel.
+
+    Integer files keep their dtype; a float file whose values are all whole numbers
+    becomes the smallest unsigned type that holds them; a mask saved as RGB with equal
+    channels keeps one channel. Fractional values or differing channels are E1009: they
+    mean a probability map or a colour picture was given as labels, and rounding would
+    hide that.
+    """
+    a = vol.array
+    if vol.channels > 1 or a.ndim > vol.dim:
+        if all(np.array_equal(a[..., 0], a[..., c]) for c in range(1, a.shape[-1])):
+            a = a[..., 0]
+        else:
+            raise DataError("E1009", f"{vol.source}: a label file must hold one value per voxel, this one has "
+                            f"{a.shape[-1]} differing channels (a colour image?)", vol.source,
+                            help="save label maps as single-channel integer images")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8)
+    elif a.dtype.kind == "f":
+        whole = np.rint(a)
+        if not np.array_equal(whole, a):
+            frac = np.unravel_index(int(np.argmax(whole != a)), a.shape)
+            raise DataError("E1009", f"{vol.source}: a label file must hold whole numbers, this one holds "
+                            f"{a[frac]!r} at voxel (x, y, z) = {tuple(int(i) for i in reversed(frac))}",
+                            vol.source, help="this looks like a probability map; threshold it, or read it as an image")
+        lo, hi = (float(whole.min()), float(whole.max())) if whole.size else (0.0, 0.0)
+        dtype = (np.uint8 if hi <= 255 else np.uint16 if hi <= 65535 else np.uint32) if lo >= 0 else np.int32
+        a = whole.astype(dtype)
+    elif a.dtype.kind not in "iu":
+        raise DataError("E1009", f"{vol.source}: {a.dtype} values cannot be labels", vol.source)
+    return Volume(np.ascontiguousarray(a), vol.spacing, vol.origin, vol.direction, kind, vol.modality, vol.source)
+
+
+def _read_label(path: Path, kind: str) -> Volume:
+    return as_labels(read_image(path), kind)
+
+
+# ===== folder datasets ======================================================================
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A regex for a glob with `*`s that must all match the same (non-empty) id.
+
+    Only `*` is a wildcard, and it never crosses a `/`: the id names a case, so it
+    must be found the same way in the image and the label pattern.
+    """
+    if "*" not in pattern:
+        raise ValueError(f"pattern {pattern!r} has no `*` to match the case id")
+    if "**" in pattern or any(c in pattern for c in "?[]"):
+        raise ValueError(f"pattern {pattern!r}: only `*` (within one path part) is a wildcard")
+    parts = pattern.split("*")
+    out = [re.escape(parts[0])]
+    for k, part in enumerate(parts[1:]):
+        out.append("(?P<id>[^/]+?)" if k == 0 else "(?P=id)")
+        out.append(re.escape(part))
+    return re.compile("".join(out))
+
+
+def _match(root: Path, pattern: str) -> dict[str, Path]:
+    """Files under `root` matching `pattern`, by case id. Hidden files (`.name`, such as
+    macOS `._` resource forks) are skipped: they are never images and would read as
+    corrupt ones."""
+    regex = _pattern_regex(pattern)
+    found: dict[str, Path] = {}
+    for p in sorted(root.glob(pattern)):
+        rel = p.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in rel.split("/")) or not p.is_file():
+            continue
+        m = regex.fullmatch(rel)
+        if m is not None:
+            found[m.group("id")] = p
+    return found
+
+
+def _name_list(paths: Sequence[Path], root: Path) -> str:
+    names = [os.path.relpath(p, root) for p in paths]
+    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    return ", ".join(names[:_MAX_LISTED]) + more
+
+
+def _nothing_matched(root: Path, pattern: str, what: str) -> DataError:
+    if not any(root.iterdir()):
+        return DataError("E1005", f"folder {root} is empty", root)
+    return DataError("E1005", f"the {what} pattern {pattern!r} matched no file under {root}", root,
+                     help="patterns are relative to the folder; `*` matches within one file or folder name")
+
+
+def _split_shared(images: dict[str, Path], labels: dict[str, Path]) -> None:
+    """Give a file matched by both patterns to one side: the one whose `*` matched less,
+    i.e. the more specific pattern (`*_seg.nii.gz` over `*.nii.gz`), whichever of the
+    two it is. Equal ids leave the file on both sides (then pairing reports it)."""
+    by_path_img = {p: k for k, p in images.items()}
+    for lab_id, p in list(labels.items()):
+        img_id = by_path_img.get(p)
+        if img_id is None:
+            continue
+        if len(lab_id) < len(img_id):
+            del images[img_id]
+        elif len(img_id) < len(lab_id):
+            del labels[lab_id]
+
+
+def _paired(root: PathLike, image: str, label: str | None, label_kind: str) -> list[Case[Pair[Volume, Volume]]]:
+    base = _existing_dir(root)
+    images_found = _match(base, image)
+    if label is not None:
+        labels_found = _match(base, label)
+        _split_shared(images_found, labels_found)
+        if not labels_found:
+            raise _nothing_matched(base, label, "label")
+    if not images_found:
+        raise _nothing_matched(base, image, "image")
+    if label is None:
+        cases = []
+        for cid, path in sorted(images_found.items()):
+            img = read_image(path)
+            empty = np.zeros(img.array.shape[: img.dim], dtype=np.uint8)
+            cases.append(Case(cid, Pair(img, Volume(empty, img.spacing, img.origin, img.direction, label_kind))))
+        return cases
+    lonely_images = sorted(images_found[k] for k in images_found.keys() - labels_found.keys())
+    lonely_labels = sorted(labels_found[k] for k in labels_found.keys() - images_found.keys())
+    if lonely_images or lonely_labels:
+        parts = []
+        if lonely_images:
+            parts.append(f"{len(lonely_images)} image{'s' * (len(lonely_images) != 1)} without a label: "
+                         f"{_name_list(lonely_images, base)}")
+        if lonely_labels:
+            parts.append(f"{len(lonely_labels)} label{'s' * (len(lonely_labels) != 1)} without an image: "
+                         f"{_name_list(lonely_labels, base)}")
+        raise DataError("E1006", f"unpaired files under {base}: " + "; ".join(parts),
+                        (lonely_images or lonely_labels)[0],
+                        help=f"an image and its label are paired by the part matched by `*` in {image!r} and "
+                             f"{label!r}; add the missing files or remove the extra ones")
+    cases = []
+    for cid in sorted(images_found):
+        img = read_image(images_found[cid])
+        lab = _read_label(labels_found[cid], label_kind)
+        aligned = lab.aligned_to(img)
+        if aligned is None:
+            how = "; ".join(img.grid_differences(lab))
+            raise DataError("E1007", f"case {cid}: the image {images_found[cid]} and the label {labels_found[cid]} "
+                            f"are on different voxel grids: {how} (image vs label)", labels_found[cid],
+                            help="the label must cover the image voxel for voxel; resample it onto the image "
+                                 "(nearest neighbour) or check that the right files are paired")
+        cases.append(Case(cid, Pair(img, aligned)))
+    return cases
+
+
+def folder(root: PathLike, image: str, label: str | None = None) -> list[Case[Pair[Volume, Volume]]]:
+    """Cases of (image, label map) found under `root`, paired by the id `*` matches.
+
+    Unpaired files are E1006 (named), no match E1005, a label whose grid differs from
+    its image's E1007. A label stored in another axis order on the same physical grid
+    (e.g. with a flipped y axis) is re-stored on the image's grid, which is exact.
+    Without `label`, each case gets an all-background label map.
+    """
+    return _paired(root, image, label, "labels")
+
+
+def instance_folder(root: PathLike, image: str, label: str) -> list[Case[Pair[Volume, Volume]]]:
+    """Like `folder`, with label files holding one integer id per object (kind `instances`)."""
+    return _paired(root, image, label, "instances")
+
+
+def images(root: PathLike, pattern: str) -> list[Case[Volume]]:
+    """Every image under `root` matching `pattern`, keyed by the part matched by `*`."""
+    base = _existing_dir(root)
+    found = _match(base, pattern)
+    if not found:
+        raise _nothing_matched(base, pattern, "image")
+    return [Case(cid, read_image(path)) for cid, path in sorted(found.items())]
+
+
+def pair_input(x: Pair[Volume, Volume]) -> Volume:
+    """The input of an (input, target) pair."""
+    return x.input
+
+
+# ===== the synthetic phantom =================================================================
+
+
+def phantom(cases: int = 8, size: Sequence[int] = (64, 64, 48), spacing: Sequence[float] = (2.0, 2.0, 3.0),
+            seed: int = 0) -> list[Case[Pair[Volume, Volume]]]:
+    """A synthetic abdominal CT phantom dataset, generated with NumPy from `seed`.
+
+    Each case: air at -1000 HU around an elliptic body of soft tissue (~40 HU) with a
+    bright spine (~400 HU), an organ-like rotated ellipsoid at ~60 HU (label 1) holding a
+    few darker lesions (still label 1), and Gaussian noise (sigma 12 HU); int16 HU,
+    labels uint8 in {0, 1}. Shapes and positions vary per case. Case `i` depends only on
+    (`seed`, `i`), so `cases=4` gives the first four cases of `cases=8`, and the quickstart
+    and tests need no download. The grid is centred on the world origin.
+    """
+    nx, ny, nz = (int(v) for v in size)
+    sx, sy, sz = (float(v) for v in spacing)
+    if min(nx, ny, nz) < 1 or min(sx, sy, sz) <= 0 or cases < 0:
+        raise ValueError("phantom needs positive cases, size and spacing")
+    origin = (-(nx - 1) * sx / 2, -(ny - 1) * sy / 2, -(nz - 1) * sz / 2)
+    ex, ey, ez = nx * sx, ny * sy, nz * sz  # extents in mm
+    x = (np.arange(nx) * sx + origin[0])[None, None, :]
+    y = (np.arange(ny) * sy + origin[1])[None, :, None]
+    z = (np.arange(nz) * sz + origin[2])[:, None, None]
+    out = []
+    for i in range(cases):
+        rng = np.random.default_rng([seed % (1 << 64), i])
+        body = ((x / (ex * rng.uniform(0.40, 0.47))) ** 2 + (y / (ey * rng.uniform(0.32, 0.40))) ** 2
+                + (z / (ez * 0.8)) ** 2) <= 1.0
+        spine_r = min(ex, ey) * rng.uniform(0.05, 0.07)
+        spine = ((x / spine_r) ** 2 + ((y - ey * 0.2) / spine_r) ** 2 <= 1.0) & body
+        cx, cy, cz = ex * rng.uniform(-0.12, 0.12), ey * rng.uniform(-0.10, 0.05), ez * rng.uniform(-0.1, 0.1)
+        ax, ay, az = ex * rng.uniform(0.12, 0.20), ey * rng.uniform(0.10, 0.16), ez * rng.uniform(0.15, 0.25)
+        theta = rng.uniform(-math.pi / 6, math.pi / 6)
+        dx, dy = x - cx, y - cy
+        xr, yr = math.cos(theta) * dx + math.sin(theta) * dy, -math.sin(theta) * dx + math.cos(theta) * dy
+        organ = ((xr / ax) ** 2 + (yr / ay) ** 2 + ((z - cz) / az) ** 2 <= 1.0) & body & ~spine
+        hu = np.full((nz, ny, nx), -1000.0)
+        hu[body] = rng.normal(40.0, 3.0)
+        hu[spine] = rng.normal(400.0, 30.0)
+        hu[organ] = rng.normal(60.0, 4.0)
+        for _ in range(int(rng.integers(1, 4))):
+            r = min(ax, ay, az) * rng.uniform(0.2, 0.4)
+            lx, ly, lz = (c + a * rng.uniform(-0.5, 0.5) for c, a in ((cx, ax), (cy, ay), (cz, az)))
+            lesion = (((x - lx) ** 2 + (y - ly) ** 2 + (z - lz) ** 2) <= r * r) & organ
+            hu[lesion] = rng.normal(20.0, 5.0)
+        hu += rng.normal(0.0, 12.0, hu.shape)
+        image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+        geometry = ((sx, sy, sz), origin, _identity(3))
+        img = Volume(image, *geometry, kind="image", modality="CT")
+        lab = Volume(organ.astype(np.uint8), *geometry, kind="labels")
+        out.append(Case(f"case{i:03d}", Pair(img, lab)))
+    return out
+
+
+# ===== writers ================================================================================
+
+
+def _targets(x: object, path: PathLike) -> list[tuple[Path, Volume]]:
+    """(file, volume) pairs to write: one volume, or a dataset whose case ids replace
+    the `*` in `path`."""
+    if isinstance(x, Volume):
+        return [(Path(path), x)]
+    if isinstance(x, Sequence) and all(isinstance(c, Case) for c in x):
+        if "*" not in str(path):
+            raise ValueError(f"writing a dataset needs a `*` in the path for the case id: {path}")
+        out = []
+        for case in x:
+            if not isinstance(case.value, Volume):
+                raise TypeError(f"case {case.id}: cannot write a {type(case.value).__name__} as an image")
+            out.append((Path(str(path).replace("*", case.id)), case.value))
+        return out
+    raise TypeError(f"cannot write a {type(x).__name__} as an image")
+
+
+def _with_suffix(path: Path, suffixes: tuple[str, ...]) -> Path:
+    """`path`, with the format's default extension added when it has none of its own."""
+    return path if path.name.lower().endswith(suffixes) else path.with_name(path.name + suffixes[0])
+
+
+def _write_atomic(img: sitk.Image, target: Path, compress: bool) -> None:
+    """Write through a temporary file in the same folder and rename it into place, so a
+    killed run never leaves a half-written image that looks complete. Two-file formats
+    (.mhd, .nhdr, whose header names its data file) are written in place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.name.lower().endswith((".mhd", ".nhdr", ".hdr")):
+        sitk.WriteImage(img, str(target), useCompression=compress)
+        return
+    tmp = target.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
+    try:
+        sitk.WriteImage(img, str(tmp), useCompression=compress)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _write(x: object, path: PathLike, suffixes: tuple[str, ...], compress: bool) -> list[Path]:
+    written = []
+    for target, vol in _targets(x, path):
+        target = _with_suffix(target, suffixes)
+        _write_atomic(vol.to_sitk(), target, compress)
+        written.append(target)
+    return written
+
+
+def write_nifti(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
+    """Write as NIfTI (.nii.gz unless the name says .nii), geometry kept (NIfTI stores it
+    as float32, so to about 1e-7 relative). Returns the files written."""
+    return _write(x, path, (".nii.gz", ".nii"), compress=True)
+
+
+def write_nrrd(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
+    """Write as NRRD (.nrrd), geometry kept exactly; voxels gzip-compressed."""
+    return _write(x, path, (".nrrd", ".nhdr"), compress=True)
+
+
+def write_mha(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
+    """Write as MetaImage (.mha, or .mhd with a raw file), geometry kept exactly."""
+    return _write(x, path, (".mha", ".mhd"), compress=True)
+
+
+def _png_array(vol: Volume) -> np.ndarray:
+    """The pixels a PNG can hold: labels as their integer values (8-bit, or 16-bit when a
+    value exceeds 255, so instance ids are not lost); uint8 images unchanged; other
+    images rescaled from their range to 0..255."""
+    a = vol.array
+    if vol.dim == 3 and a.shape[0] == 1:
+        a = a[0]
+    elif vol.dim != 2:
+        raise ValueError(f"write_png writes 2-D images, not a {vol.dim}-D volume of size {vol.shape}")
+    if vol.kind in LABEL_KINDS:
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"label values {a.min()}..{a.max()} do not fit a PNG")
+        return a.astype(np.uint8 if not a.size or a.max() <= 255 else np.uint16)
+    if a.dtype == np.uint8:
+        return a
+    f = a.astype(np.float64)
+    lo, hi = (float(f.min()), float(f.max())) if f.size else (0.0, 0.0)
+    scaled = np.zeros_like(f) if hi <= lo else (f - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def write_png(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
+    """Write a 2-D image or label map as PNG (see `_png_array` for the values). PNG holds
+    no origin or direction; pixel spacing is written as SimpleITK does."""
+    written = []
+    for target, vol in _targets(x, path):
+        target = _with_suffix(target, (".png",))
+        array = _png_array(vol)
+        img = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=array.ndim == 3)
+        img.SetSpacing(vol.spacing[:2])
+        _write_atomic(img, target, compress=False)
+        written.append(target)
+    return written
+
+
+OPERATORS: dict[str, Callable[..., object]] = {
+    "nifti": nifti, "nrrd": nrrd, "mha": mha, "png": png, "tiff": tiff, "jpeg": jpeg, "numpy": numpy,
+    "dicom_file": dicom_file, "dicom_series": dicom_series, "dicom_to_image": dicom_to_image,
+    "dicom_folder": dicom_folder, "folder": folder, "instance_folder": instance_folder, "images": images,
+    "pair_input": pair_input, "phantom": phantom,
+    "write_nifti": write_nifti, "write_nrrd": write_nrrd, "write_mha": write_mha, "write_png": write_png,
+}
+"""The std.io operators implemented here, by the name of their stdlib signature."""

@@ -1,0 +1,250 @@
+"""The Python values that flow between operators at run time (see docs/runtime.md).
+
+A `Volume` carries its geometry in SimpleITK's conventions (spacing and origin in
+`(x, y, z)` order, LPS millimetres, row-major direction cosines) next to a NumPy array in
+`sitk.GetArrayFromImage` order `(z, y, x)`. Keeping both conventions exactly as SimpleITK
+has them means a SimpleITK operator converts with `to_sitk()` / `from_sitk()` and never
+copies geometry by hand, which is where geometry usually gets lost.
+
+This module imports NumPy (and SimpleITK, lazily, inside the conversions), so the front
+end (`medasc check`, `graph`, `compile`) must never import it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
+
+KINDS = ("image", "labels", "probs", "onehot", "instances")
+LABEL_KINDS = ("labels", "instances")
+
+A = TypeVar("A")
+B = TypeVar("B")
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Volume:
+    """An image (or label, probability, one-hot, instance map) with its geometry.
+
+    `array` is in `sitk.GetArrayFromImage` order: `(z, y, x)` for 3D, `(y, x)` for 2D,
+    with one more trailing axis for multi-channel images (RGB pathology). `spacing` and
+    `origin` are `(x, y, z)` tuples in millimetres, LPS world coordinates; `direction`
+    is the row-major direction cosine matrix, flattened. `kind` says how the values may
+    be treated (label kinds are never interpolated linearly), `modality` is the checked
+    modality (`CT`, `MR`, ... or `Any`), `source` the file it came from, for diagnostics.
+
+    Equality is not defined (`eq=False`): comparing arrays element-wise is rarely what
+    is meant; compare `array` with NumPy and the grid with `same_grid`.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    kind: str = "image"
+    modality: str = "Any"
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        """Normalise the geometry to float tuples and refuse shapes that cannot be an image,
+        so that a mistake shows where the Volume is made and not in a later operator."""
+        self.spacing = tuple(float(v) for v in self.spacing)
+        self.origin = tuple(float(v) for v in self.origin)
+        self.direction = tuple(float(v) for v in self.direction)
+        dim = len(self.spacing)
+        if dim not in (2, 3, 4):
+            raise ValueError(f"a Volume has 2, 3 or 4 spatial axes, not {dim}")
+        if len(self.origin) != dim or len(self.direction) != dim * dim:
+            raise ValueError(f"geometry of a {dim}-D Volume needs {dim} origin values and {dim * dim} "
+                             f"direction values, got {len(self.origin)} and {len(self.direction)}")
+        if self.array.ndim not in (dim, dim + 1):
+            raise ValueError(f"array of shape {self.array.shape} does not fit a {dim}-D Volume")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+
+    # ----- shape ------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        """The number of spatial axes (2 or 3), from the geometry rather than the array,
+        because a trailing channel axis makes the array one longer."""
+        return len(self.spacing)
+
+    @property
+    def channels(self) -> int:
+        """The number of values per voxel: 1, or the length of the trailing channel axis."""
+        return 1 if self.array.ndim == self.dim else int(self.array.shape[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The spatial size in `(x, y, z)` order, as `sitk.Image.GetSize()` and the
+        language's `shape=` attribute give it (the reverse of `array.shape`, channels
+        left out). Kept in the same order as `spacing` so the two zip together."""
+        return tuple(int(n) for n in reversed(self.array.shape[: self.dim]))
+
+    # ----- SimpleITK ----------------------------------------------------------------------
+
+    def to_sitk(self) -> sitk.Image:
+        """This volume as a SimpleITK image with the same geometry.
+
+        Types SimpleITK has no pixel type for are widened without loss (bool to uint8,
+        float16 to float32); the array is copied, so the image may be changed freely.
+        """
+        import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
+
+        array = self.array
+        if array.dtype == np.bool_:
+            array = array.astype(np.uint8)
+        elif array.dtype == np.float16:
+            array = array.astype(np.float32)
+        img = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=self.channels > 1 or array.ndim > self.dim)
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(self.direction)
+        return img
+
+    @classmethod
+    def from_sitk(cls, img: sitk.Image, kind: str, modality: str, source: str | None = None) -> Volume:
+        """A Volume holding `img`'s pixels (copied) and geometry, unchanged."""
+        import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
+
+        return cls(sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(), img.GetDirection(),
+                   kind=kind, modality=modality, source=source)
+
+    def with_array(self, array: np.ndarray, kind: str | None = None) -> Volume:
+        """A Volume on the same grid holding `array` (for NumPy operators that keep the grid)."""
+        return Volume(array, self.spacing, self.origin, self.direction, kind or self.kind, self.modality, self.source)
+
+    # ----- geometry -------------------------------------------------------------------------
+
+    def grid_differences(self, other: Volume, tol: float = 1e-4) -> list[str]:
+        """How the voxel grid of `other` differs from this one, one phrase per property
+        (`size`, `spacing`, `origin`, `direction`) with both values; empty when they agree.
+
+        Direction cosines may differ by `tol`; spacing and origin by `tol` times the
+        larger of 1 mm and the largest voxel size. The tolerance exists because NIfTI
+        stores geometry as float32 (about 1e-7 relative) and DICOM as decimal strings, so
+        the same grid written by two tools rarely matches bit for bit; 1e-4 of a voxel
+        is far below anything that moves a voxel.
+        """
+        diffs: list[str] = []
+        if self.dim != other.dim:
+            return [f"dimension {self.dim} vs {other.dim}"]
+        if self.shape != other.shape:
+            diffs.append(f"size {self.shape} vs {other.shape}")
+        mm_tol = tol * max(1.0, *self.spacing, *other.spacing)
+        if not _close(self.spacing, other.spacing, mm_tol):
+            diffs.append(f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)} mm")
+        if not _close(self.origin, other.origin, mm_tol):
+            diffs.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)} mm")
+        if not _close(self.direction, other.direction, tol):
+            diffs.append(f"direction {_fmt(self.direction)} vs {_fmt(other.direction)}")
+        return diffs
+
+    def same_grid(self, other: Volume, tol: float = 1e-4) -> bool:
+        """Whether `other` lies on this volume's voxel grid (size, spacing, origin and
+        direction agree within `tol`, see `grid_differences`), so that the two arrays
+        can be compared voxel by voxel."""
+        return not self.grid_differences(other, tol)
+
+    def aligned_to(self, other: Volume, tol: float = 1e-4) -> Volume | None:
+        """This volume re-stored on `other`'s grid, when that needs no interpolation.
+
+        Two files may hold the same physical voxels in a different storage order (a
+        label NIfTI stored with a flipped y axis next to its DICOM series, or RAS- vs
+        LPS-ordered files). Then every voxel centre of one is a voxel centre of the
+        other, and the arrays differ only by axis flips and permutations, which are
+        exact. Returns the re-stored volume (geometry copied from `other`), or None when
+        the grids are physically different and resampling would be needed.
+        """
+        if self.dim != other.dim:
+            return None
+        if self.same_grid(other, tol):
+            return self
+        dim = self.dim
+        d_self = np.array(self.direction).reshape(dim, dim) * np.array(self.spacing)
+        d_other = np.array(other.direction).reshape(dim, dim) * np.array(other.spacing)
+        try:
+            inv_other = np.linalg.inv(d_other)
+        except np.linalg.LinAlgError:
+            return None
+        # index_other = m @ index_self + b  (indices in (x, y, z) order)
+        m = inv_other @ d_self
+        b = inv_other @ (np.array(self.origin) - np.array(other.origin))
+        perm = np.rint(m)
+        if np.max(np.abs(m - perm)) > tol or np.max(np.abs(b - np.rint(b))) > tol:
+            return None
+        if sorted(np.abs(perm).sum(axis=0).tolist()) != [1.0] * dim or sorted(np.abs(perm).sum(axis=1).tolist()) != [1.0] * dim:
+            return None
+        # Axis j of self maps to axis i of other with sign perm[i, j].
+        src_axis_for = [int(np.flatnonzero(perm[i])[0]) for i in range(dim)]
+        signs = [int(perm[i, src_axis_for[i]]) for i in range(dim)]
+        offsets = [int(np.rint(b[i])) for i in range(dim)]
+        size_self = self.shape
+        for i in range(dim):
+            j = src_axis_for[i]
+            if size_self[j] != other.shape[i]:
+                return None
+            # the other index range 0..n-1 must be exactly the image of self's 0..n-1
+            lo = offsets[i] if signs[i] > 0 else offsets[i] - (size_self[j] - 1)
+            if lo != 0:
+                return None
+        # Array axes are reversed (x is the last spatial axis); channels stay last.
+        array = self.array
+        for j in range(dim):
+            i = next(k for k in range(dim) if src_axis_for[k] == j)
+            if signs[i] < 0:
+                array = np.flip(array, axis=dim - 1 - j)
+        order = [dim - 1 - src_axis_for[dim - 1 - a] for a in range(dim)]
+        order += list(range(dim, array.ndim))
+        array = np.ascontiguousarray(np.transpose(array, order))
+        return Volume(array, other.spacing, other.origin, other.direction, self.kind, self.modality, self.source)
+
+
+@dataclass(frozen=True)
+class Pair(Generic[A, B]):
+    """A `Pair<A, B>` value: a model's `input` and its `target` (image and label map)."""
+
+    input: A
+    target: B
+
+
+@dataclass(frozen=True)
+class Case(Generic[T]):
+    """One element of a `Dataset<T>`: the case id (the part of a file name matched by
+    `*`, a SeriesInstanceUID, ...) and its value. The id names the case in diagnostics,
+    in written file names and in split assignments, so it must be stable across runs."""
+
+    id: str
+    value: T
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """A `DicomSeries[M]` value: a series found on disk, not yet decoded.
+
+    `files` are in the order SimpleITK's GDCM series reader sorts them (by position along
+    the slice normal); decoding them (`dicom_to_image`) is a separate step so that a
+    folder can be searched, and a series chosen, from headers alone.
+    """
+
+    uid: str
+    files: tuple[str, ...]
+    description: str = ""
+    modality: str = "Any"
+    source: str | None = None
+
+
+def _close(a: tuple[float, ...], b: tuple[float, ...], tol: float) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=0.0, abs_tol=tol) for x, y in zip(a, b))
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
