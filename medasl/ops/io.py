@@ -35,6 +35,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -1083,11 +1084,204 @@ def write_png(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
     return written
 
 
+
+
+# ===== conversions: one-hot, instances, boxes =============================================
+
+
+@dataclass(eq=False)
+class Boxes:
+    """A `Boxes[D, K]` value: axis-aligned boxes in world coordinates.
+
+    `lo` and `hi` are `(n, D)` arrays of the minimum and maximum corners in `(x, y, z)`
+    order, LPS millimetres (the Volume's world frame); the boxes are aligned with the
+    world axes, not with a volume's voxel axes. A box covers whole voxels: for a box made
+    from a mask its corners are those of the outermost voxels' footprints, not their
+    centres. `classes` is `(n,)` integer (1 .. K-1), `scores` `(n,)` float (1 for boxes
+    from a mask); `source` the file it came from, for diagnostics.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        self.lo = np.asarray(self.lo, dtype=np.float64)
+        self.hi = np.asarray(self.hi, dtype=np.float64)
+        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        n = self.classes.shape[0]
+        if self.lo.ndim != 2 or self.lo.shape != self.hi.shape or self.lo.shape[0] != n or self.scores.shape[0] != n:
+            raise ValueError(f"boxes need lo and hi of shape (n, D) and n classes and scores, got "
+                             f"{self.lo.shape}, {self.hi.shape}, {self.classes.shape}, {self.scores.shape}")
+        if self.lo.shape[1] not in (2, 3):
+            raise ValueError(f"boxes have 2 or 3 axes, not {self.lo.shape[1]}")
+        if np.any(self.hi < self.lo):
+            raise ValueError("a box has a maximum corner below its minimum corner")
+
+    @property
+    def dim(self) -> int:
+        """The number of spatial axes (2 or 3)."""
+        return int(self.lo.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.classes.shape[0])
+
+
+def _label_array(x: Volume, what: str) -> np.ndarray:
+    """The integer class array of a label map (a trailing channel axis of length 1 dropped);
+    ValueError for several channels, fractional or negative values."""
+    a = x.array
+    if a.ndim > x.dim:
+        if a.shape[-1] != 1:
+            raise ValueError(f"{what} needs a single-channel label map, got {a.shape[-1]} channels")
+        a = a[..., 0]
+    if a.dtype.kind == "b":
+        return a.astype(np.uint8)
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or np.any(a != np.rint(a)):
+            raise ValueError(f"{what} needs integer class values, got fractional or non-finite values")
+        a = a.astype(np.int64)
+    elif a.dtype.kind not in "iu":
+        raise ValueError(f"{what} needs an integer label map, not {a.dtype}")
+    if a.size and a.dtype.kind == "i" and a.min() < 0:
+        raise ValueError(f"{what} needs class values >= 0, got {int(a.min())}")
+    return a
+
+
+def _class_dtype(top: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned type that holds the values 0 .. top."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return dtype
+    return np.uint64
+
+
+def one_hot(x: Volume, classes: int | None = None) -> Volume:
+    """One uint8 channel per class, channels last (the Volume convention): channel k is 1
+    where the label is k. `classes` (the checked K, when the executor knows it) sets the
+    number of channels; without it, max label + 1 (at least 2). NumPy, not MONAI: the
+    result is the same and no torch is needed."""
+    a = _label_array(x, "one_hot")
+    top = int(a.max()) if a.size else 0
+    k = max(2, top + 1) if classes is None else int(classes)
+    if top >= k:
+        raise ValueError(f"one_hot: label {top} does not fit {k} classes")
+    out = (a[..., None] == np.arange(k, dtype=a.dtype)).astype(np.uint8)
+    return x.with_array(out, kind="onehot")
+
+
+def onehot_to_labels(x: Volume) -> Volume:
+    """The class of each voxel, the argmax over the trailing channel axis (the first
+    channel wins ties); lossless for a one-hot map. The smallest unsigned integer type
+    that holds the classes (uint8 up to 256 classes)."""
+    if x.array.ndim != x.dim + 1:
+        raise ValueError(f"onehot_to_labels needs a channel axis, got an array of shape {x.array.shape}")
+    k = int(x.array.shape[-1])
+    labels = np.argmax(x.array, axis=-1).astype(_class_dtype(max(k - 1, 0)))
+    return x.with_array(labels, kind="labels")
+
+
+def instances_to_labels(x: Volume) -> Volume:
+    """1 (uint8) where any instance is, 0 elsewhere."""
+    a = _label_array(x, "instances_to_labels")
+    return x.with_array((a > 0).astype(np.uint8), kind="labels")
+
+
+def labels_to_instances(x: Volume) -> Volume:
+    """Number the face-connected components of the foreground (any class > 0) 1, 2, ...
+    (scikit-image's measure.label, connectivity 1); uint16, or uint32 past 65535 objects."""
+    from skimage.measure import label
+
+    fg = _label_array(x, "labels_to_instances") > 0
+    ids, n = label(fg, connectivity=1, return_num=True)
+    return x.with_array(ids.astype(np.uint16 if n < 2**16 else np.uint32), kind="instances")
+
+
+def _index_matrix(x: Volume) -> np.ndarray:
+    """The matrix taking a voxel index offset ((x, y, z) order) to a world offset in mm."""
+    return np.array(x.direction).reshape(x.dim, x.dim) * np.array(x.spacing)
+
+
+def _half_footprint(x: Volume) -> np.ndarray:
+    """Half the world-axis extent of one voxel's footprint (a parallelepiped on an
+    oblique grid), per world axis."""
+    return 0.5 * np.abs(_index_matrix(x)).sum(axis=1)
+
+
+def mask_to_boxes(x: Volume) -> Boxes:
+    """One box per face-connected component of each foreground class (scikit-image's
+    measure.label and regionprops), in world mm: the world-axis-aligned bounding box of
+    the component's voxel footprints (centres +- half a voxel), score 1. Ordered by
+    class, then by the components' order in the array. On an oblique grid the box holds
+    the component's voxels but also some voxels around it."""
+    from skimage.measure import label, regionprops
+
+    a = _label_array(x, "mask_to_boxes")
+    m = _index_matrix(x)
+    half = _half_footprint(x)
+    origin = np.array(x.origin)
+    lo: list[np.ndarray] = []
+    hi: list[np.ndarray] = []
+    classes: list[int] = []
+    for k in (int(v) for v in np.unique(a) if v > 0):
+        for region in regionprops(label(a == k, connectivity=1)):
+            idx = region.coords[:, ::-1].astype(np.float64)  # (z, y, x) -> (x, y, z)
+            centres = origin + idx @ m.T
+            lo.append(centres.min(axis=0) - half)
+            hi.append(centres.max(axis=0) + half)
+            classes.append(k)
+    n = len(classes)
+    shape = (n, x.dim)
+    return Boxes(np.array(lo).reshape(shape), np.array(hi).reshape(shape), np.array(classes, dtype=np.int64),
+                 np.ones(n), source=x.source)
+
+
+def boxes_to_mask(x: Boxes, like: Volume) -> Volume:
+    """A label map on `like`'s grid: every voxel whose centre lies in a box (bounds
+    included, to 1e-6 of a voxel) gets the box's class; where boxes overlap the higher
+    score wins (the later box on equal scores). Exactly inverts `mask_to_boxes` on a grid
+    aligned with the world axes when the boxes do not overlap. uint8 (uint16 past 255
+    classes)."""
+    if x.dim != like.dim:
+        raise ValueError(f"cannot paint {x.dim}-D boxes on a {like.dim}-D image")
+    if len(x) and int(x.classes.min()) < 0:
+        raise ValueError("box classes must be >= 0")
+    top = int(x.classes.max()) if len(x) else 0
+    size = np.array(like.shape)  # (x, y, z)
+    out = np.zeros(like.array.shape[: like.dim], dtype=_class_dtype(top))
+    m = _index_matrix(like)
+    inv = np.linalg.inv(m)
+    origin = np.array(like.origin)
+    tol = 1e-6 * np.abs(m).sum(axis=1)
+    corners = np.array(np.meshgrid(*[[0, 1]] * like.dim, indexing="ij")).reshape(like.dim, -1).T
+    for i in np.argsort(x.scores, kind="stable"):
+        lo, hi = x.lo[i], x.hi[i]
+        world = lo + corners * (hi - lo)
+        idx = (world - origin) @ inv.T
+        start = np.clip(np.floor(idx.min(axis=0)).astype(int), 0, size)
+        stop = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 1, 0, size)
+        if np.any(stop <= start):
+            continue
+        axes = [np.arange(a, b) for a, b in zip(start, stop)]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).astype(np.float64)  # (x, y, z, D)
+        centres = origin + grid @ m.T
+        inside = np.all((centres >= lo - tol) & (centres <= hi + tol), axis=-1)
+        inside = np.transpose(inside)  # (x, y, z) -> (z, y, x)
+        region = tuple(slice(a, b) for a, b in zip(reversed(start), reversed(stop)))
+        out[region][inside] = x.classes[i]
+    return Volume(out, like.spacing, like.origin, like.direction, "labels", like.modality, like.source)
+
+
 OPERATORS: dict[str, Callable[..., object]] = {
     "nifti": nifti, "nrrd": nrrd, "mha": mha, "png": png, "tiff": tiff, "jpeg": jpeg, "numpy": numpy,
     "dicom_file": dicom_file, "dicom_series": dicom_series, "dicom_to_image": dicom_to_image,
     "dicom_folder": dicom_folder, "folder": folder, "instance_folder": instance_folder, "images": images,
     "pair_input": pair_input, "phantom": phantom,
     "write_nifti": write_nifti, "write_nrrd": write_nrrd, "write_mha": write_mha, "write_png": write_png,
+    "one_hot": one_hot, "onehot_to_labels": onehot_to_labels, "instances_to_labels": instances_to_labels,
+    "labels_to_instances": labels_to_instances, "boxes_to_mask": boxes_to_mask, "mask_to_boxes": mask_to_boxes,
 }
 """The std.io operators implemented here, by the name of their stdlib signature."""

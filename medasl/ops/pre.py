@@ -585,6 +585,114 @@ def connected_components(x: Volume, connectivity: int = 1) -> Volume:
     return x.with_array(labels.astype(dtype), kind="instances")
 
 
+# ===== lungs and histogram matching ========================================================
+
+
+_LUNG_AIR_HU = -320.0
+_AIRWAY_MAX_MM2 = 700.0  # a trachea or main bronchus cross-section is at most ~ 25 mm across
+
+
+def _superior_first(x: Volume) -> tuple[int, bool]:
+    """The array axis across axial slices and whether index 0 is the most superior slice
+    (LPS: world +z is superior)."""
+    axis = _axial_axis(x)
+    d = np.array(x.direction).reshape(3, 3)
+    k = x.dim - 1 - axis  # the (x, y, z) index axis
+    return axis, bool(d[2, k] < 0)
+
+
+def _airways(x: Volume, air: np.ndarray) -> np.ndarray:
+    """The trachea and main bronchi in `air` (axial slices first, top slice first),
+    tracked slice by slice from the top: the seed is the top-most small (below
+    `_AIRWAY_MAX_MM2`) air region near the body's left-right middle; in each next slice
+    the airway is the regions overlapping the previous slice's airway that are still
+    small. A region that has grown above that size has joined a lung (the bronchus has
+    entered the hilum) and ends that branch. Empty when no slice has such a seed (the
+    scan starts below the carina)."""
+    from skimage.measure import label
+
+    pixel_mm2 = float(np.prod(x.spacing[:2]))
+    width = air.shape[2]
+    out = np.zeros_like(air)
+    prev: np.ndarray | None = None
+    for i in range(air.shape[0]):
+        ids, n = label(air[i], connectivity=1, return_num=True)
+        if n == 0:
+            if prev is not None:
+                break
+            continue
+        areas = np.bincount(ids.ravel(), minlength=n + 1) * pixel_mm2
+        small = areas <= _AIRWAY_MAX_MM2
+        small[0] = False
+        if prev is None:
+            keep = np.zeros(n + 1, dtype=bool)
+            for j in np.flatnonzero(small):
+                cx = np.nonzero(ids == j)[1].mean()
+                keep[j] = abs(cx - width / 2) < 0.1 * width and areas[j] >= 20.0
+            if not keep.any():
+                continue
+        else:
+            touched = np.zeros(n + 1, dtype=bool)
+            touched[np.unique(ids[prev])] = True
+            keep = touched & small
+            keep[0] = False
+            if not keep.any():
+                break
+        prev = keep[ids]
+        out[i] = prev
+    return out
+
+
+def lung_mask(x: Volume) -> Volume:
+    """Both lungs in a chest CT (HU): 1 for lung, 0 elsewhere (uint8).
+
+    Air (below -320 HU) inside the body (`body_mask`, so the air around the patient and
+    in the table is left out), minus the trachea and main bronchi (`_airways`: tracked
+    down from the top slice while their cross-section stays below 700 mm2), then the two
+    largest face-connected components (the lungs; one when they touch), closed with a
+    binary closing of radius ~ 5 mm in-plane and one slice across (SimpleITK) and holes
+    filled in 3D and in every axial slice, so that vessels and juxta-pleural nodules are
+    inside. The airway tracking is a heuristic: bronchi inside the lungs stay in."""
+    _single(x, "lung_mask")
+    if x.dim != 3:
+        raise ValueError("lung_mask needs a 3-D CT volume")
+    body = body_mask(x).array > 0
+    air = (x.array < _LUNG_AIR_HU) & body
+    if not air.any():
+        return _mask(x, air)
+    axis, top_first = _superior_first(x)
+    a = np.moveaxis(air, axis, 0)
+    if not top_first:
+        a = a[::-1]
+    airway = _airways(x, np.ascontiguousarray(a))
+    if not top_first:
+        airway = airway[::-1]
+    airway = np.moveaxis(airway, 0, axis)
+    lungs = _largest_components(air & ~airway, 2)
+    img = sitk.GetImageFromArray(lungs.astype(np.uint8))
+    img.SetSpacing(x.spacing)
+    radius = [max(1, round(5.0 / s)) for s in x.spacing]
+    radius[2 - axis] = 1
+    closed = sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(img, radius, sitk.sitkBall)) > 0
+    lungs = _fill_holes(x, lungs | (closed & body & ~airway))
+    return _mask(x, lungs)
+
+
+def histogram_match(x: Volume, reference: Volume, levels: int = 256, points: int = 7) -> Volume:
+    """Match `x`'s intensity histogram to `reference`'s (SimpleITK
+    HistogramMatchingImageFilter: `levels` histogram bins, `points` match points,
+    threshold at mean intensity on, its default, so background below the mean is left
+    out of the histograms). float32 on `x`'s grid."""
+    _single(x, "histogram_match")
+    _single(reference, "histogram_match")
+    f = sitk.HistogramMatchingImageFilter()
+    f.SetNumberOfHistogramLevels(int(levels))
+    f.SetNumberOfMatchPoints(int(points))
+    f.ThresholdAtMeanIntensityOn()
+    out = f.Execute(sitk.Cast(x.to_sitk(), sitk.sitkFloat32), sitk.Cast(reference.to_sitk(), sitk.sitkFloat32))
+    return x.with_array(sitk.GetArrayFromImage(out).astype(np.float32))
+
+
 OPERATORS: dict[str, Callable[..., object]] = {
     "resample": resample, "resample_to": resample_to, "reorient": reorient, "crop_or_pad": crop_or_pad,
     "resize": resize, "crop_foreground": crop_foreground,
@@ -593,6 +701,6 @@ OPERATORS: dict[str, Callable[..., object]] = {
     "stain_deconvolve_hed": stain_deconvolve_hed, "stain_normalize_macenko": stain_normalize_macenko,
     "stain_normalize_reinhard": stain_normalize_reinhard,
     "threshold_mask": threshold_mask, "otsu_mask": otsu_mask, "body_mask": body_mask,
-    "connected_components": connected_components,
+    "connected_components": connected_components, "lung_mask": lung_mask, "histogram_match": histogram_match,
 }
 """The std.pre operators implemented here, by the name of their stdlib signature."""
