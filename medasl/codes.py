@@ -356,6 +356,14 @@ CODES: dict[str, Code] = {
         "uneven or non-parallel DICOM slices",
         'The slices of a series are unevenly spaced (a missing or repeated slice), not parallel (mixed orientations) or shifted sideways (gantry tilt). A volume built from them would put voxels at wrong positions, so medasl stops instead of reading it with wrong geometry.',
     ),
+    "E1011": Code(
+        "a split part would be empty",
+        'A split would leave one of its parts with no cases. `split` gives test floor(test x n) cases and val the cases up to floor((test + val) x n); train gets the rest, so `val=0.2` with 3 cases leaves val empty. `kfold` needs 2 <= k <= the number of cases. With `stratify=true` the rounding happens within each class. Use more cases, a larger fraction or a smaller `k`, or set the fraction to 0 when the part is not wanted.',
+    ),
+    "E1012": Code(
+        "a case id occurs more than once",
+        'Case ids name cases in splits, written files and diagnostics, so they must be unique within a dataset; otherwise one case could land in both train and test. Usually a file pattern matched the same case twice (`.nii` and `.nii.gz` copies), or `concat` joined datasets that share cases.',
+    ),
     "W0001": Code(
         "unused value",
         "A binding that nothing uses, shows or reports is computed for nothing.",

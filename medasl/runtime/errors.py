@@ -6,25 +6,17 @@ NaN values) raises `DataError`. The executor turns it into a diagnostic that nam
 file and the `.medas` line of the node that asked for it, never a traceback; anything
 else that escapes an operator is a bug and keeps its traceback.
 
-Codes are in the E1xxx range (the front end's codes are E0xxx):
-
-    E1001  missing file or folder
-    E1002  unreadable, corrupt or truncated image
-    E1003  not a DICOM file, or no DICOM series in a folder
-    E1004  several DICOM series in a folder, none chosen with `uid=`
-    E1005  an empty folder, or a pattern that matched nothing
-    E1006  images without labels or labels without images
-    E1007  image and label geometry disagree
-    E1008  NaN or infinite values
-    E1009  a label file that is not a label map (fractional values, several channels)
-    E1010  DICOM slices not evenly spaced or not parallel (missing or mixed slices)
+Codes are in the E1xxx range (the front end's codes are E0xxx); each is explained in
+medasl/codes.py (`medasc explain E1004`), which is the one list of them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-DATA_CODES = ("E1001", "E1002", "E1003", "E1004", "E1005", "E1006", "E1007", "E1008", "E1009", "E1010")
+from medasl.codes import CODES
+
+DATA_CODES = tuple(code for code in CODES if code.startswith("E1"))
 
 
 class DataError(Exception):
