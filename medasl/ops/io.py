@@ -601,13 +601,7 @@ def dicom_series(path: PathLike, uid: str | None = None) -> DicomSeries:
         raise DataError("E1003", f"{p} is a file; dicom_series reads a folder of DICOM files", p,
                         help="give the folder that holds the series, or read one file with `dicom_file`")
     root = _existing_dir(p)
-    found = _find_series(root)
-    claimed = {os.path.normpath(f) for files in found.values() for f in files}
-    broken = _unreadable_dicom(root, claimed)
-    if broken:
-        raise DataError("E1002", f"{len(broken)} DICOM file{'s' * (len(broken) != 1)} under {root} cannot be read "
-                        f"and would be missing from the series: {_name_list(broken, root)}", broken[0],
-                        help="the files may be truncated or corrupt; copy them again from the source")
+    found = _readable_series(root)
     if not found:
         if not any(files for _, _, files in os.walk(root)):
             raise DataError("E1005", f"folder {root} is empty", root)
@@ -709,16 +703,24 @@ def dicom_to_image(x: DicomSeries) -> Volume:
     return _check_finite(Volume.from_sitk(img, "image", modality, x.source or os.path.dirname(x.files[0])))
 
 
+def _readable_series(root: Path) -> dict[str, list[str]]:
+    """The DICOM series under `root`; a file that looks like DICOM but cannot be read
+    is an error (E1002), because it would silently be missing from its series."""
+    found = _find_series(root)
+    claimed = {os.path.normpath(f) for files in found.values() for f in files}
+    broken = _unreadable_dicom(root, claimed)
+    if broken:
+        raise DataError("E1002", f"{len(broken)} DICOM file{'s' * (len(broken) != 1)} under {root} cannot be read "
+                        f"and would be missing from the series: {_name_list(broken, root)}", broken[0],
+                        help="the files may be truncated or corrupt; copy them again from the source")
+    return found
+
+
 def dicom_folder(root: PathLike) -> list[Case[DicomSeries]]:
     """One case per DICOM series under `root`, keyed by SeriesInstanceUID (a series with
     a blank UID is keyed by its folder)."""
     base = _existing_dir(root)
-    found = _find_series(base)
-    claimed = {os.path.normpath(f) for files in found.values() for f in files}
-    broken = _unreadable_dicom(base, claimed)
-    if broken:
-        raise DataError("E1002", f"{len(broken)} DICOM file{'s' * (len(broken) != 1)} under {base} cannot be read: "
-                        f"{_name_list(broken, base)}", broken[0], help="the files may be truncated or corrupt")
+    found = _readable_series(base)
     if not found:
         raise DataError("E1005", f"no DICOM series under {base}", base)
     cases = []
