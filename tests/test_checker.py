@@ -186,3 +186,17 @@ def test_the_same_computation_twice_is_on_the_same_grid_but_random_ones_are_not(
 }
 """))
     assert [d.code for d in result.diagnostics] == ["E0250"]
+
+
+def test_a_transform_outside_the_pipeline_does_not_see_its_values() -> None:
+    text = """import std.io, std.pre
+norm(x) = x |> window(level=level, width=400)
+pipeline p {
+  level = 40
+  ct = nifti("a.nii.gz") as Image[3, CT]
+  report write_nifti(ct |> norm, "b.nii.gz")
+}
+"""
+    result = check_source(SourceFile("scope.medas", text))
+    (diag,) = [d for d in result.diagnostics if d.severity.value == "error"]
+    assert diag.code == "E0101" and diag.message == "`level` is not visible in transform `norm`"

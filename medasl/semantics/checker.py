@@ -156,6 +156,7 @@ class _Frame:
     name: str
     params: dict[str, Val]
     use_span: Span
+    in_pipeline: bool  # defined in the pipeline, so it sees the pipeline's values (lexical scope)
 
 
 @dataclass
@@ -312,6 +313,11 @@ class PipelineChecker:
     def describe_grid(self, token: str) -> str:
         made_by, span = self.grids[token]
         return f"{made_by} (line {span.line})"
+
+    def _sees_pipeline(self) -> bool:
+        """Whether the code being checked may name the pipeline's values: a transform
+        written outside the pipeline sees only its parameters and its module's imports."""
+        return not self.frames or self.frames[-1].in_pipeline
 
     def _cycle(self, name: str, span: Span) -> Val:
         cycle = self.in_progress[self.in_progress.index(name):] + [name]
@@ -483,11 +489,11 @@ class PipelineChecker:
             if name in frame.params:
                 v = frame.params[name]
                 return Val(v.value, v.type, e.span, v.origin, v.origin_name)
-        if name in self.params:
+        if name in self.params and self._sees_pipeline():
             self.used.add(name)
             v = self._param(name)
             return Val(v.value, v.type, e.span, v.origin, name)
-        if name in self.bindings:
+        if name in self.bindings and self._sees_pipeline():
             self.used.add(name)
             v = self._binding(name)
             return Val(v.value, v.type, e.span, v.origin, name)
@@ -517,8 +523,14 @@ class PipelineChecker:
             self.error("E0101", f"`{name}` is not imported", label(e.span, f"`{name}` is in {std_op.module}"),
                        help=f"add `import {std_op.module}` at the top of the file")
             return Val(Const(None), ERROR, e.span)
-        candidates = [*self.params, *self.bindings, *self.transforms, *self.file_scope.ops,
-                      *self.file_scope.transforms]
+        if not self._sees_pipeline() and (name in self.params or name in self.bindings or name in self.transforms):
+            self.error("E0101", f"`{name}` is not visible in transform `{self.frames[-1].name}`",
+                       label(e.span, "defined in the pipeline, not here"),
+                       help="a transform written outside a pipeline sees only its own inputs and its file's"
+                       f" imports: pass `{name}` to it as an input")
+            return Val(Const(None), ERROR, e.span)
+        pipeline_names = [*self.params, *self.bindings, *self.transforms] if self._sees_pipeline() else []
+        candidates = [*pipeline_names, *self.file_scope.ops, *self.file_scope.transforms]
         if self.frames:
             candidates.extend(self.frames[-1].params)
         hint = did_you_mean(name, candidates)
@@ -667,7 +679,7 @@ class PipelineChecker:
             self.error("E0108", "only operators and transforms can be called", label(func.span, "not callable"))
             return None
         name = func.id
-        if name in self.transforms:
+        if name in self.transforms and self._sees_pipeline():
             self.used.add(name)
             return self.transforms[name]
         if name in self.file_scope.transforms:
@@ -675,7 +687,8 @@ class PipelineChecker:
             return self.file_scope.transforms[name]
         if name in self.file_scope.ops:
             return self.file_scope.ops[name]
-        if name in self.bindings or name in self.params or (self.frames and name in self.frames[-1].params):
+        if (self._sees_pipeline() and (name in self.bindings or name in self.params)) or (
+                self.frames and name in self.frames[-1].params):
             self.used.add(name)
             self.error("E0108", f"`{name}` is a value, not an operator", label(func.span, "cannot be called"))
             return None
@@ -716,7 +729,7 @@ class PipelineChecker:
                 declared = self._type(p.type)
                 if declared is not None:
                     self._fit_value(bound[p.name], declared, f"`{p.name}` of transform `{t.name}`")
-        self.frames.append(_Frame(t.name, bound, span))
+        self.frames.append(_Frame(t.name, bound, span, in_pipeline=self.transforms.get(t.name) is t))
         outer, self.file_scope = self.file_scope, self.file_scope.home_of(t)
         try:
             result = self.expr(t.body)
