@@ -33,3 +33,10 @@ def test_error_example_is_what_check_prints() -> None:
     block = next(b for b in _code_blocks(README) if b.startswith("$ medasc check"))
     expected = (ROOT / "tests/golden/diagnostics/001_window_on_mr.expected").read_text(encoding="utf-8")
     assert block.split("\n", 1)[1].strip() == expected.strip()
+
+
+def test_language_reference_example_checks_clean() -> None:
+    text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    block = next(b for b in _code_blocks(text) if b.startswith("import std.io, std.pre, std.data"))
+    result = check_source(SourceFile("docs/language.md", block))
+    assert [d.code for d in result.diagnostics] == []
