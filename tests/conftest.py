@@ -9,6 +9,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 UPDATE_GOLDEN = os.environ.get("MEDASL_UPDATE_GOLDEN") == "1"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def shared_data(module: bool = False) -> Path:
+    """The real sample images; they live beside the checkout, never inside it. Without
+    them the test (or, with `module`, the whole test file) is skipped."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"the shared sample data is not at {SHARED_DATA} (it lives beside the checkout, "
+                    "never inside it)", allow_module_level=module)
+    return SHARED_DATA
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ plus the small TotalSegmentator CT and its label from ../shared/data when presen
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +15,9 @@ import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
 
 from medasl.ops import aug
 from medasl.runtime.values import Pair, Volume
+from tests.conftest import SHARED_DATA, shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_abdomen_totalsegmentator"
+DATA = SHARED_DATA / "ct_abdomen_totalsegmentator"
 
 THRESHOLD = 50.0
 # A pair's label is the image thresholded at THRESHOLD. After the same transform, the
@@ -90,8 +90,7 @@ def _rgb() -> Volume:
 
 
 def _real_pair() -> Pair[Volume, Volume]:
-    if not DATA.is_dir():
-        pytest.skip(f"the shared sample data is not at {DATA} (it lives beside the checkout, never inside it)")
+    shared_data()
     ct = Volume.from_sitk(sitk.ReadImage(str(DATA / "example_ct_sm.nii.gz")), "image", "CT")
     seg = Volume.from_sitk(sitk.ReadImage(str(DATA / "example_seg.nii.gz")), "labels", "Any")
     return Pair(ct, seg)

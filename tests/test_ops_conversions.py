@@ -5,7 +5,6 @@ coordinates of boxes on an oblique anisotropic grid, and the lung mask on a real
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,9 @@ pytest.importorskip("scipy", reason="std.pre needs scipy (pip install -e '.[run]
 from medasl.ops import io, pre  # noqa: E402 (after the skips)
 from medasl.ops.io import Boxes  # noqa: E402
 from medasl.runtime.values import Volume  # noqa: E402
+from tests.conftest import SHARED_DATA, shared_data  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 CHEST = DATA / "lung_ct_tumor_lungpetctdx" / "dicom"
 
 
@@ -175,8 +175,7 @@ def test_histogram_match_equals_simpleitk() -> None:
 
 @pytest.fixture(scope="module")
 def chest() -> Volume:
-    if not CHEST.is_dir():
-        pytest.skip(f"the chest CT sample is not at {CHEST} (shared data lives beside the checkout)")
+    shared_data()
     return io.dicom_to_image(io.dicom_series(CHEST))
 
 

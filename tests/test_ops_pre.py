@@ -16,11 +16,9 @@ pytest.importorskip("scipy", reason="std.pre needs scipy (pip install -e '.[run]
 from medasl.ops import io, pre  # noqa: E402 (after the skips)
 from medasl.runtime.errors import DataError  # noqa: E402
 from medasl.runtime.values import Pair, Volume  # noqa: E402
+from tests.conftest import shared_data  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    pytest.skip(f"the shared sample data is not at {DATA} (it lives beside the checkout, never inside it)",
-                allow_module_level=True)
+DATA = shared_data(module=True)
 
 CT = DATA / "ct_abdomen_totalsegmentator" / "example_ct_sm.nii.gz"
 SEG = DATA / "ct_abdomen_totalsegmentator" / "example_seg.nii.gz"

@@ -16,11 +16,9 @@ sitk = pytest.importorskip("SimpleITK", reason="the runtime needs SimpleITK (pip
 from medasl.ops import io  # noqa: E402 (after the skips, so a front-end-only install skips cleanly)
 from medasl.runtime.errors import DataError  # noqa: E402
 from medasl.runtime.values import Case, Pair, Volume  # noqa: E402
+from tests.conftest import shared_data  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    pytest.skip(f"the shared sample data is not at {DATA} (it lives beside the checkout, never inside it)",
-                allow_module_level=True)
+DATA = shared_data(module=True)
 
 TS_DICOM = DATA / "ct_dicom_series_totalsegmentator" / "dicom"
 TS_LABEL = DATA / "ct_dicom_series_totalsegmentator" / "example_seg_dicom.nii.gz"
