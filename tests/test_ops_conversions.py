@@ -14,8 +14,7 @@ pytest.importorskip("skimage", reason="the conversions need scikit-image (pip in
 pytest.importorskip("scipy", reason="std.pre needs scipy (pip install -e '.[run]')")
 
 from medasl.ops import io, pre  # noqa: E402 (after the skips)
-from medasl.ops.io import Boxes  # noqa: E402
-from medasl.runtime.values import Volume  # noqa: E402
+from medasl.runtime.values import Boxes, Volume  # noqa: E402
 from tests.conftest import SHARED_DATA, shared_data  # noqa: E402
 
 DATA = SHARED_DATA

@@ -35,7 +35,6 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -43,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
 
 from medasl.runtime.errors import DataError
-from medasl.runtime.values import LABEL_KINDS, Case, DicomSeries, Pair, Volume
+from medasl.runtime.values import LABEL_KINDS, Boxes, Case, DicomSeries, Pair, Volume
 
 PathLike = str | os.PathLike[str]
 
@@ -1089,47 +1088,6 @@ def write_png(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
 
 
 # ===== conversions: one-hot, instances, boxes =============================================
-
-
-@dataclass(eq=False)
-class Boxes:
-    """A `Boxes[D, K]` value: axis-aligned boxes in world coordinates.
-
-    `lo` and `hi` are `(n, D)` arrays of the minimum and maximum corners in `(x, y, z)`
-    order, LPS millimetres (the Volume's world frame); the boxes are aligned with the
-    world axes, not with a volume's voxel axes. A box covers whole voxels: for a box made
-    from a mask its corners are those of the outermost voxels' footprints, not their
-    centres. `classes` is `(n,)` integer (1 .. K-1), `scores` `(n,)` float (1 for boxes
-    from a mask); `source` the file it came from, for diagnostics.
-    """
-
-    lo: np.ndarray
-    hi: np.ndarray
-    classes: np.ndarray
-    scores: np.ndarray
-    source: str | None = None
-
-    def __post_init__(self) -> None:
-        self.lo = np.asarray(self.lo, dtype=np.float64)
-        self.hi = np.asarray(self.hi, dtype=np.float64)
-        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
-        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        n = self.classes.shape[0]
-        if self.lo.ndim != 2 or self.lo.shape != self.hi.shape or self.lo.shape[0] != n or self.scores.shape[0] != n:
-            raise ValueError(f"boxes need lo and hi of shape (n, D) and n classes and scores, got "
-                             f"{self.lo.shape}, {self.hi.shape}, {self.classes.shape}, {self.scores.shape}")
-        if self.lo.shape[1] not in (2, 3):
-            raise ValueError(f"boxes have 2 or 3 axes, not {self.lo.shape[1]}")
-        if np.any(self.hi < self.lo):
-            raise ValueError("a box has a maximum corner below its minimum corner")
-
-    @property
-    def dim(self) -> int:
-        """The number of spatial axes (2 or 3)."""
-        return int(self.lo.shape[1])
-
-    def __len__(self) -> int:
-        return int(self.classes.shape[0])
 
 
 def _label_array(x: Volume, what: str) -> np.ndarray:

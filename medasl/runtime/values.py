@@ -13,7 +13,7 @@ end (`medasc check`, `graph`, `compile`) must never import it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
@@ -240,6 +240,63 @@ class DicomSeries:
     description: str = ""
     modality: str = "Any"
     source: str | None = None
+
+
+@dataclass(eq=False)
+class Boxes:
+    """A `Boxes[D, K]` value: axis-aligned boxes in world coordinates.
+
+    `lo` and `hi` are `(n, D)` arrays of the minimum and maximum corners in `(x, y, z)`
+    order, LPS millimetres (the Volume's world frame); the boxes are aligned with the
+    world axes, not with a volume's voxel axes. A box covers whole voxels: for a box made
+    from a mask its corners are those of the outermost voxels' footprints, not their
+    centres. `classes` is `(n,)` integer (1 .. K-1), `scores` `(n,)` float (1 for boxes
+    from a mask); `source` the file it came from, for diagnostics.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        self.lo = np.asarray(self.lo, dtype=np.float64)
+        self.hi = np.asarray(self.hi, dtype=np.float64)
+        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        n = self.classes.shape[0]
+        if self.lo.ndim != 2 or self.lo.shape != self.hi.shape or self.lo.shape[0] != n or self.scores.shape[0] != n:
+            raise ValueError(f"boxes need lo and hi of shape (n, D) and n classes and scores, got "
+                             f"{self.lo.shape}, {self.hi.shape}, {self.classes.shape}, {self.scores.shape}")
+        if self.lo.shape[1] not in (2, 3):
+            raise ValueError(f"boxes have 2 or 3 axes, not {self.lo.shape[1]}")
+        if np.any(self.hi < self.lo):
+            raise ValueError("a box has a maximum corner below its minimum corner")
+
+    @property
+    def dim(self) -> int:
+        """The number of spatial axes (2 or 3)."""
+        return int(self.lo.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.classes.shape[0])
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One case of a source dataset (`folder`, `phantom`, ...) before it is read.
+
+    Listing a dataset is cheap (file names, headers); reading a case is not. The
+    executor lists a source once, builds each case's cache key from `id`, `args` and
+    the content digests of `files`, and reads only the cases it has no cached result
+    for, possibly in a worker process: hence `args` is plain JSON (strings, numbers,
+    lists, dicts) that the source's loader turns back into the value.
+    """
+
+    id: str
+    files: tuple[str, ...] = ()
+    args: dict[str, object] = field(default_factory=dict)
 
 
 def _close(a: tuple[float, ...], b: tuple[float, ...], tol: float) -> bool:
