@@ -1,0 +1,324 @@
+"""How run-time values are written into a cache entry folder and read back, without pickle.
+
+`save_value(value, folder, name)` writes `<name>.json`, the value's structure and
+metadata, plus one `<name>.<i>.npy` file per array (`np.save(allow_pickle=False)`).
+`load_value(folder, name)` reads them back exactly: dtypes, shapes, geometry floats bit
+for bit, tuples as tuples and lists as lists.
+
+The JSON file is `{"format": 1, "value": <node>}`, where a node is
+
+- `null`, `true`/`false`, an integer, a string or a finite float: that Python scalar
+  (Python's `json` writes floats with their shortest round-trip repr, so they come back
+  bit-exact, and `1` and `1.0` stay distinct);
+- a JSON array: a Python `list` of nodes;
+- a JSON object with a `"$"` tag naming its codec, one per type (see `_CODECS`):
+  `float` (nan/inf, as `repr`), `tuple`, `dict` (string keys), `path`, `array`
+  (`{"index": i, "dtype": "<f4", "shape": [...]}`, stored in `<name>.<i>.npy`),
+  `npscalar`, `Volume`, `Pair`, `Case`, `Boxes`, `DicomSeries`.
+
+Nothing read is ever executed: unknown tags, malformed nodes, missing or damaged files
+raise `StoreError`, which the executor treats as a cache miss. Unknown Python types and
+object-dtype arrays are refused on saving with a `TypeError` naming the type.
+
+Arrays are memory-mapped read-only by default (`mmap=True`): a cached volume costs no
+memory until it is touched, and several workers share the page cache. Operators must
+therefore never write into their inputs' arrays (copy first, or build a new array);
+doing so raises `ValueError: assignment destination is read-only`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+
+import numpy as np
+
+from medasl.runtime.values import Boxes, Case, DicomSeries, Pair, Volume
+
+FORMAT = 1
+TAG = "$"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+Json = None | bool | int | float | str | list["Json"] | dict[str, "Json"]
+
+
+class StoreError(Exception):
+    """A stored value cannot be read: missing, damaged, or written by an unknown format."""
+
+
+# ----- contexts ----------------------------------------------------------------------
+
+
+@dataclass
+class _Writer:
+    folder: Path
+    name: str
+    arrays: list[np.ndarray] = field(default_factory=list)
+
+    def array(self, value: np.ndarray, where: str) -> dict[str, Json]:
+        if value.dtype.hasobject:
+            raise TypeError(f"{where}: a numpy array of dtype {value.dtype} (Python objects) cannot be stored; "
+                            "convert it to a numeric, boolean or string dtype")
+        index = len(self.arrays)
+        self.arrays.append(value)
+        return {"index": index, "dtype": value.dtype.str, "shape": list(value.shape)}
+
+
+@dataclass
+class _Reader:
+    folder: Path
+    name: str
+    mmap: bool
+
+    def array(self, node: dict[str, Json]) -> np.ndarray:
+        index, dtype, shape = node["index"], node["dtype"], node["shape"]
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise StoreError(f"bad array index {index!r}")
+        path = self.folder / f"{self.name}.{index}.npy"
+        try:
+            array = np.load(path, mmap_mode="r" if self.mmap else None, allow_pickle=False)
+        except FileNotFoundError as exc:
+            raise StoreError(f"missing array file {path}") from exc
+        except (OSError, ValueError, EOFError) as exc:
+            raise StoreError(f"damaged array file {path}: {exc}") from exc
+        if not isinstance(array, np.ndarray):
+            raise StoreError(f"{path} holds no array")
+        if array.dtype.str != dtype or list(array.shape) != shape:
+            raise StoreError(f"{path} holds a {array.dtype.str} array of shape {list(array.shape)}, "
+                             f"expected {dtype} of shape {shape}")
+        return array
+
+
+# ----- codecs: one per type ----------------------------------------------------------
+
+
+def _float_enc(value: float) -> Json:
+    return value if math.isfinite(value) else {TAG: "float", "repr": repr(value)}
+
+
+def _float_dec(node: Json) -> float:
+    if isinstance(node, dict):
+        text = node["repr"]
+        if text not in ("nan", "inf", "-inf"):
+            raise StoreError(f"bad float {text!r}")
+        return float(text)
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        raise StoreError(f"expected a number, got {node!r}")
+    return float(node)
+
+
+def _floats(values: tuple[float, ...]) -> list[Json]:
+    return [_float_enc(float(v)) for v in values]
+
+
+def _opt_str(node: Json) -> str | None:
+    if node is not None and not isinstance(node, str):
+        raise StoreError(f"expected a string or null, got {node!r}")
+    return node
+
+
+def _str(node: Json) -> str:
+    if not isinstance(node, str):
+        raise StoreError(f"expected a string, got {node!r}")
+    return node
+
+
+def _npscalar_enc(value: np.generic, w: _Writer, where: str) -> dict[str, Json]:
+    if value.dtype.kind in "biuf":
+        item = value.item()
+        return {"dtype": value.dtype.str, "value": _float_enc(item) if isinstance(item, float) else item}
+    return {"array": w.array(np.asarray(value), where)}  # complex, datetime, bytes...: as a 0-d array
+
+
+def _npscalar_dec(node: dict[str, Json], r: _Reader) -> np.generic:
+    if "array" in node:
+        return np.array(r.array(node["array"]))[()]
+    dtype = np.dtype(_str(node["dtype"]))
+    if dtype.kind not in "biuf":
+        raise StoreError(f"bad numpy scalar dtype {dtype}")
+    raw = node["value"]
+    return dtype.type(_float_dec(raw) if dtype.kind == "f" else raw)
+
+
+def _volume_enc(v: Volume, w: _Writer, where: str) -> dict[str, Json]:
+    return {"array": w.array(v.array, f"{where}.array"), "spacing": _floats(v.spacing), "origin": _floats(v.origin),
+            "direction": _floats(v.direction), "kind": v.kind, "modality": v.modality, "source": v.source}
+
+
+def _volume_dec(node: dict[str, Json], r: _Reader) -> Volume:
+    return Volume(r.array(node["array"]), tuple(map(_float_dec, node["spacing"])),
+                  tuple(map(_float_dec, node["origin"])), tuple(map(_float_dec, node["direction"])),
+                  kind=_str(node["kind"]), modality=_str(node["modality"]), source=_opt_str(node["source"]))
+
+
+def _boxes_enc(b: Boxes, w: _Writer, where: str) -> dict[str, Json]:
+    return {**{k: w.array(getattr(b, k), f"{where}.{k}") for k in ("lo", "hi", "classes", "scores")},
+            "source": b.source}
+
+
+def _boxes_dec(node: dict[str, Json], r: _Reader) -> Boxes:
+    return Boxes(*(r.array(node[k]) for k in ("lo", "hi", "classes", "scores")), source=_opt_str(node["source"]))
+
+
+def _series_enc(s: DicomSeries, w: _Writer, where: str) -> dict[str, Json]:
+    return {"uid": s.uid, "files": list(s.files), "description": s.description, "modality": s.modality,
+            "source": s.source}
+
+
+def _series_dec(node: dict[str, Json], r: _Reader) -> DicomSeries:
+    return DicomSeries(_str(node["uid"]), tuple(map(_str, node["files"])), _str(node["description"]),
+                       _str(node["modality"]), _opt_str(node["source"]))
+
+
+def _dict_enc(d: dict[object, object], w: _Writer, where: str) -> dict[str, Json]:
+    items: dict[str, Json] = {}
+    for key, item in d.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{where}: dict key {key!r} is a {type(key).__name__}; only str keys can be stored")
+        items[key] = _encode(item, w, f"{where}[{key!r}]")
+    return {"items": items}
+
+
+def _dict_dec(node: dict[str, Json], r: _Reader) -> dict[str, object]:
+    items = node["items"]
+    if not isinstance(items, dict):
+        raise StoreError("dict items must be a JSON object")
+    return {key: _decode(item, r) for key, item in items.items()}
+
+
+@dataclass(frozen=True)
+class _Codec:
+    tag: str
+    type: type
+    encode: Callable[[object, _Writer, str], dict[str, Json]]
+    decode: Callable[[dict[str, Json], _Reader], object]
+
+
+_CODECS: tuple[_Codec, ...] = (
+    _Codec("tuple", tuple,
+           lambda t, w, where: {"items": [_encode(x, w, f"{where}[{i}]") for i, x in enumerate(t)]},
+           lambda n, r: tuple(_decode(x, r) for x in _list(n["items"]))),
+    _Codec("dict", dict, _dict_enc, _dict_dec),
+    _Codec("path", PurePath, lambda p, w, where: {"value": str(p)}, lambda n, r: Path(_str(n["value"]))),
+    _Codec("array", np.ndarray, lambda a, w, where: w.array(a, where), lambda n, r: r.array(n)),
+    _Codec("npscalar", np.generic, _npscalar_enc, _npscalar_dec),
+    _Codec("Volume", Volume, _volume_enc, _volume_dec),
+    _Codec("Pair", Pair,
+           lambda p, w, where: {"input": _encode(p.input, w, f"{where}.input"),
+                                "target": _encode(p.target, w, f"{where}.target")},
+           lambda n, r: Pair(_decode(n["input"], r), _decode(n["target"], r))),
+    _Codec("Case", Case,
+           lambda c, w, where: {"id": c.id, "value": _encode(c.value, w, f"{where}.value")},
+           lambda n, r: Case(_str(n["id"]), _decode(n["value"], r))),
+    _Codec("Boxes", Boxes, _boxes_enc, _boxes_dec),
+    _Codec("DicomSeries", DicomSeries, _series_enc, _series_dec),
+)
+_BY_TAG = {c.tag: c for c in _CODECS}
+_EXACT = {c.type: c for c in _CODECS if c.type in (tuple, dict)}  # tuple/dict subclasses are refused
+
+
+def _list(node: Json) -> list[Json]:
+    if not isinstance(node, list):
+        raise StoreError(f"expected a JSON array, got {node!r}")
+    return node
+
+
+def _codec_for(value: object) -> _Codec | None:
+    kind = type(value)
+    if kind in _EXACT:
+        return _EXACT[kind]
+    for codec in _CODECS:
+        if codec.type not in (tuple, dict) and isinstance(value, codec.type):
+            return codec
+    return None
+
+
+def _encode(value: object, w: _Writer, where: str) -> Json:
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value  # type: ignore[return-value]
+    if kind is float:
+        return _float_enc(value)  # type: ignore[arg-type]
+    if kind is list:
+        return [_encode(x, w, f"{where}[{i}]") for i, x in enumerate(value)]  # type: ignore[attr-defined]
+    codec = _codec_for(value)
+    if codec is None:
+        raise TypeError(f"{where}: a value of type {kind.__module__}.{kind.__qualname__} cannot be stored in the "
+                        "cache; use Volume, Pair, Boxes, DicomSeries, numpy arrays, scalars, str, Path, "
+                        "or tuples, lists and str-keyed dicts of them")
+    return {TAG: codec.tag, **codec.encode(value, w, where)}
+
+
+def _decode(node: Json, r: _Reader) -> object:
+    if node is None or isinstance(node, bool | int | float | str):
+        return node
+    if isinstance(node, list):
+        return [_decode(x, r) for x in node]
+    if not isinstance(node, dict):
+        raise StoreError(f"unexpected JSON value {node!r}")
+    tag = node.get(TAG)
+    if tag == "float":
+        return _float_dec(node)
+    codec = _BY_TAG.get(tag) if isinstance(tag, str) else None
+    if codec is None:
+        raise StoreError(f"unknown value tag {tag!r}")
+    return codec.decode(node, r)
+
+
+# ----- the API -----------------------------------------------------------------------
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"bad value name {name!r}: use letters, digits, '_', '-' and '.', not starting with '.'")
+
+
+def save_value(value: object, folder: Path, name: str = "value") -> None:
+    """Write `value` as `<folder>/<name>.json` plus `<folder>/<name>.<i>.npy` arrays.
+
+    The JSON file is written last, so a save interrupted half-way reads as missing.
+    Raises TypeError (naming the type and where in the value it is) for anything that
+    cannot be stored exactly, before any file is written.
+    """
+    _check_name(name)
+    folder = Path(folder)
+    writer = _Writer(folder, name)
+    doc = {"format": FORMAT, "value": _encode(value, writer, name)}
+    text = json.dumps(doc, allow_nan=False, ensure_ascii=False, indent=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, array in enumerate(writer.arrays):
+        with open(folder / f"{name}.{index}.npy", "wb") as f:
+            np.save(f, array, allow_pickle=False)
+    (folder / f"{name}.json").write_text(text, encoding="utf-8")
+
+
+def load_value(folder: Path, name: str = "value", mmap: bool = True) -> object:
+    """The value `save_value` wrote under `name` in `folder`.
+
+    With `mmap` (the default) arrays are read-only memory maps of the `.npy` files;
+    operators must not write into them. Without it they are ordinary (writable) arrays.
+    Raises StoreError when the files are missing, damaged or of an unknown format.
+    """
+    _check_name(name)
+    folder = Path(folder)
+    path = folder / f"{name}.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise StoreError(f"no stored value {name!r} in {folder}") from exc
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"damaged value file {path}: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "value" not in doc:
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise StoreError(f"{path} is not a stored value of format {FORMAT} (format {found!r})")
+    try:
+        return _decode(doc["value"], _Reader(folder, name, mmap))
+    except StoreError as exc:
+        raise StoreError(f"{path}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise StoreError(f"{path}: malformed value ({type(exc).__name__}: {exc})") from exc
