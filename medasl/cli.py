@@ -18,6 +18,7 @@ from typing import TypeVar
 import click
 
 from medasl import __version__
+from medasl.cache_cli import cache_group
 from medasl.diagnostics import Diagnostics, render_json, render_text, summary
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -241,6 +242,9 @@ def ops(name: str | None) -> None:
     click.echo("")
     for line in op.docs:
         click.echo(line)
+
+
+main.add_command(cache_group)
 
 
 if __name__ == "__main__":  # pragma: no cover
