@@ -63,7 +63,8 @@ def _when(created: float) -> str:
     return datetime.datetime.fromtimestamp(created).strftime("%Y-%m-%dT%H:%M")
 
 
-def _root(cache_dir: Path | None) -> Path:
+def cache_root(cache_dir: Path | None) -> Path:
+    """Where results are cached: `DIR/results` for `--cache-dir DIR`, else the default."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser() / "results"
     from medasl.runtime.digests import default_cache_root
@@ -76,7 +77,7 @@ def _open(ctx: click.Context, cache_dir: Path | None) -> Cache:
 
     if cache_dir is None:
         cache_dir = (ctx.obj or {}).get("cache_dir")
-    return Cache(_root(cache_dir))
+    return Cache(cache_root(cache_dir))
 
 
 def _empty(cache: Cache) -> None:

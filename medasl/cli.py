@@ -247,5 +247,89 @@ def ops(name: str | None) -> None:
 main.add_command(cache_group)
 
 
+
+def _sets(values: tuple[str, ...]) -> dict[str, str]:
+    found = {}
+    for item in values:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise click.UsageError(f"--set {item}: write --set NAME=VALUE, e.g. --set lr=0.001")
+        found[name.strip()] = value
+    return found
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise click.BadParameter(f"`{value}`: use cpu, cuda or cuda:N")
+    return "cuda:0" if value == "cuda" else value
+
+
+@main.command()
+@click.argument("file")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+              help="Give a parameter another value for this run (repeatable), e.g. --set lr=0.001.")
+@click.option("--device", default="cpu", show_default=True, callback=_device, help="cpu, cuda or cuda:N.")
+@click.option("--dry-run", is_flag=True, help="Show each step as cached, stale (and why) or new; run nothing.")
+@click.option("--force", multiple=True, metavar="STEP",
+              help="Recompute this step and everything after it, even if cached (repeatable).")
+@click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for written files and run logs (one sub-folder per pipeline).")
+@click.option("--pipeline", "pipeline_name", default=None, help="Run only this pipeline of the file.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random step.")
+@click.option("--workers", default=0, type=click.IntRange(0, 256),
+              help="Worker processes for per-case work (default: from the number of cores).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The cache directory (results in DIR/results); default $MEDASL_CACHE_DIR or ~/.cache/medasl.")
+@_guard
+def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tuple[str, ...], out: Path,
+        pipeline_name: str | None, seed: int, workers: int, cache_dir: Path | None) -> None:
+    """Run the pipelines in FILE; results are cached, so running again resumes."""
+    overrides = _sets(sets)
+    result, diags, sources = _load(file)
+    _print_diagnostics(diags, sources, "text")
+    if diags.has_errors:
+        _finish(diags)
+    chosen = _pick_pipelines(result, pipeline_name)
+
+    from rich.console import Console
+
+    from medasl.cache_cli import cache_root
+    from medasl.runtime import session
+    from medasl.runtime.cache import Cache
+    from medasl.runtime.executor import RunFailure
+
+    request = session.RunRequest(overrides, out, Cache(cache_root(cache_dir)), seed, device, workers, force, dry_run)
+    try:
+        plans = session.plans(chosen, overrides)
+        session.check_force(plans, force)
+    except session.UsageProblem as exc:
+        raise click.UsageError(str(exc)) from None
+    refusals = Diagnostics()
+    for plan in plans:
+        refusals.extend(session.unimplemented(plan))
+    if not dry_run:
+        refusals.extend(session.check_device(device))
+    if refusals.has_errors:
+        _print_diagnostics(refusals, sources, "text")
+        _finish(refusals)
+    console = Console(stderr=True)
+    for plan in plans:
+        if dry_run:
+            session.show_preview(plan, request, console)
+            continue
+        try:
+            session.execute(plan, request, file, console)
+        except RunFailure as failure:
+            failed = Diagnostics()
+            failed.items.append(session.failure_diagnostic(failure))
+            _print_diagnostics(failed, sources, "text")
+            _finish(failed)
+        except KeyboardInterrupt:
+            click.echo("interrupted: every result computed so far is kept; run the same command again to resume",
+                       err=True)
+            sys.exit(130)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -364,6 +364,22 @@ CODES: dict[str, Code] = {
         "a case id occurs more than once",
         'Case ids name cases in splits, written files and diagnostics, so they must be unique within a dataset; otherwise one case could land in both train and test. Usually a file pattern matched the same case twice (`.nii` and `.nii.gz` copies), or `concat` joined datasets that share cases.',
     ),
+    "E1013": Code(
+        "datasets with different cases",
+        'An operator applied case by case to two datasets pairs their cases by id (a prediction with its reference, an image with its mask). The message lists the ids found in one dataset and not in the other: usually the two come from different folders or different parts of a split.',
+    ),
+    "E2001": Code(
+        "operator not implemented yet",
+        'The pipeline is valid medas, but this version of medasl has no implementation of an operator it uses, so it cannot be run (it can still be checked and drawn). The README lists what is implemented; nothing is run when this is reported.',
+    ),
+    "E2002": Code(
+        "out of memory",
+        'An operator ran out of memory on one case. Every result computed before it is kept in the cache, so a rerun resumes there. Use fewer workers (`--workers 1`), smaller patches or crops, or a coarser resampling.',
+    ),
+    "E2003": Code(
+        "device not available",
+        '`--device cuda:N` asks for a GPU that this machine does not have, or PyTorch is not installed with CUDA support. `--device cpu` always works.',
+    ),
     "W0001": Code(
         "unused value",
         "A binding that nothing uses, shows or reports is computed for nothing.",

@@ -703,6 +703,11 @@ class Cache:
             self._discard(final)  # a damaged entry: move it out of the way, then retry
         raise OSError(f"could not commit cache entry {digest[:12]}: the place stays occupied")
 
+    def discard(self, key: CacheKey | str) -> int:
+        """Remove the entry of `key` (for `--force`, or a writer whose files were deleted);
+        returns the bytes freed. Atomic for readers: the entry vanishes with one rename."""
+        return self._discard(self.entry_path(key))
+
     def _discard(self, path: Path) -> int:
         """Make an entry disappear atomically (rename into a temp name), then delete it; returns bytes freed."""
         aside = self.root / temp_name()

@@ -1,0 +1,560 @@
+"""Running a plan: every step's cache key is known before it runs, results go to the
+cache, and a step whose key is already there is not run again.
+
+How a step becomes work (`prepare`):
+
+- a *source* (`folder`, `phantom`, ...) is listed in the main process, then each case
+  is one task, keyed by the operator, its parameters, the case and the content digests
+  of the files the case reads;
+- a *mapped* step (`resample[map]`) is one task per case, its dataset inputs zipped by
+  case id; the key holds the references of that case's inputs, so changing one
+  parameter re-runs exactly the cases downstream of it;
+- a *selection* (`field`, `split`, `take`, ...) only regroups references and runs in
+  the main process; it is never stored;
+- anything else is one task over whole values (datasets are handed over as sequences
+  read from the cache on demand).
+
+The `Executor` interface is what a multi-GPU or Ray executor implements later: it gets
+the plan and the options and reports through a `Reporter`. `LocalExecutor` runs steps
+whose inputs are ready concurrently (threads), and tasks either in the main process or
+in a pool of worker processes that read their inputs from the cache and commit their
+results themselves, so the main process never holds the images and memory stays
+bounded by the workers' current cases.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from medasl.lower.plan import Plan, Step, to_json
+from medasl.runtime import registry
+from medasl.runtime.cache import Cache, CacheKey, Explanation
+from medasl.runtime.digests import DigestMemo, file_digest, folder_digest, sha256_json
+from medasl.runtime.errors import DataError
+from medasl.runtime.tasks import (
+    MissingInput,
+    Task,
+    TaskResult,
+    case_number,
+    files_intact,
+    load_ref,
+    member,
+    run_task,
+)
+from medasl.runtime.values import Case, CaseSpec
+
+# ----- values in the executor: references, never images ---------------------------------
+
+
+@dataclass(frozen=True)
+class Single:
+    """One stored value."""
+
+    ref: str
+
+    def digest(self) -> str:
+        return self.ref
+
+
+@dataclass(frozen=True)
+class Cases:
+    """A dataset: (case id, reference) in order."""
+
+    items: tuple[tuple[str, str], ...]
+
+    def digest(self) -> str:
+        return sha256_json([list(item) for item in self.items])
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A `Split` (named parts) or `Folds` (numbered parts) of a dataset."""
+
+    parts: dict[str, Cases]
+
+    def digest(self) -> str:
+        return sha256_json({name: [list(i) for i in c.items] for name, c in self.parts.items()})
+
+
+RunValue = Single | Cases | Parts
+
+
+# ----- options, outcomes, failures -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    cache: Cache
+    out_dir: Path
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 1
+    force: frozenset[str] = frozenset()  # step ids to recompute, with everything downstream
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    tasks: int = 0
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0  # wall time of the step
+    busy: float = 0.0  # summed time of its tasks
+
+    @property
+    def status(self) -> str:
+        if self.tasks == 0:
+            return "selected"
+        if self.computed == 0:
+            return "cached"
+        return "ran" if self.cached == 0 else "partly cached"
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    values: dict[str, RunValue]
+    outcomes: dict[str, StepOutcome]
+    seconds: float
+
+
+class RunFailure(Exception):
+    """A step failed because of the user's data or resources; the run stops, results
+    computed so far stay in the cache. Rendered as a diagnostic at the step's span."""
+
+    def __init__(self, code: str, message: str, step: Step, case: str | None = None, path: str | None = None,
+                 help: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.step, self.case, self.path, self.help = code, message, step, case, path, help
+
+
+class Reporter(Protocol):
+    """What the executor tells the outside world (progress bars, the run log)."""
+
+    def step_started(self, step: Step, tasks: int) -> None: ...
+
+    def task_done(self, step: Step, result: TaskResult) -> None: ...
+
+    def step_finished(self, step: Step, outcome: StepOutcome) -> None: ...
+
+
+class Executor(Protocol):
+    def run(self, plan: Plan, options: RunOptions, reporter: Reporter) -> RunResult: ...
+
+
+# ----- from a step to tasks -------------------------------------------------------------
+
+
+def node_seed(run_seed: int, step_id: str) -> int:
+    """The seed of one random step: from the run's seed and the step's name, so that
+    editing another step does not change this one's draws."""
+    return int(sha256_json([int(run_seed), step_id])[:15], 16)
+
+
+def _modality(step: Step) -> str | None:
+    text = step.type
+    at = text.find("Image[")
+    if at < 0:
+        return None
+    parts = text[at + len("Image["):].split("]", 1)[0].split(",")
+    return parts[1].strip() if len(parts) > 1 else None
+
+
+@dataclass
+class Prepared:
+    tasks: list[Task]
+    value: RunValue
+
+
+class Preparer:
+    """Turns steps into tasks and result references; shared by runs and dry runs."""
+
+    def __init__(self, plan: Plan, options: RunOptions, memo: DigestMemo) -> None:
+        self.plan, self.options, self.memo = plan, options, memo
+
+    def _index_id(self, step: Step, case: str | None) -> str:
+        name = f"{self.plan.pipeline}/{step.id}"
+        return f"{name}#{case}" if case is not None else name
+
+    def _sources(self, step: Step, params: dict[str, object], writes: bool) -> dict[str, str]:
+        """Content digests of the files and folders named by path parameters (those a
+        writer writes are its output, not its input)."""
+        sources: dict[str, str] = {}
+        if writes:
+            return sources
+        for name in step.path_params:
+            value = params.get(name)
+            if not isinstance(value, str):
+                continue
+            path = Path(value)
+            if path.is_dir():
+                sources[name] = folder_digest(path, memo=self.memo)
+            elif path.is_file():
+                sources[name] = file_digest(path, self.memo)
+            else:
+                sources[name] = "missing"  # the operator reports E1001 when it runs
+        return sources
+
+    def _writer_path(self, step: Step, case: str | None) -> str:
+        path = str(step.params["path"])
+        if case is not None:
+            path = path.replace("*", case)
+        target = Path(path)
+        return str(target if target.is_absolute() else (self.options.out_dir / target).resolve())
+
+    def prepare(self, step: Step, values: dict[str, RunValue]) -> Prepared:
+        if step.op in registry.SELECTIONS:
+            return Prepared([], select(step, {k: values[v] for k, v in step.inputs.items()}, self.options.cache))
+        source = registry.source(step.op)
+        if source is not None and not step.inputs:
+            return self._source(step, source)
+        if step.mapped:
+            return self._mapped(step, values)
+        return self._whole(step, values)
+
+    def _key(self, step: Step, params: dict[str, object], inputs: dict[str, str], sources: dict[str, str],
+             case: str | None) -> tuple[CacheKey, tuple[int, int] | None]:
+        seed = node_seed(self.options.seed, step.id) if step.random else None
+        key_params = {"args": to_json(params), "lift": list(step.lift)}
+        if step.random and case is not None:
+            key_params["case"] = case
+        key = CacheKey(step.op, step.version, key_params, inputs, sources, seed)
+        rng = (seed, case_number(case or "")) if seed is not None else None
+        return key, rng
+
+    def _source(self, step: Step, source: object) -> Prepared:
+        specs: list[CaseSpec] = source.list(**step.params)  # type: ignore[attr-defined]
+        tasks, items = [], []
+        for spec in specs:
+            sources = {f: file_digest(f, self.memo) for f in spec.files}
+            key = CacheKey(step.op, step.version, {"args": to_json(step.params), "case": spec.id,
+                                                   "spec": to_json(spec.args)}, {}, sources)
+            tasks.append(Task(key, step.id, step.op, spec.id, dict(step.params), spec=spec, modality=_modality(step),
+                              index_id=self._index_id(step, spec.id)))
+            items.append((spec.id, key.digest()))
+        return Prepared(tasks, Cases(tuple(items)))
+
+    def _mapped(self, step: Step, values: dict[str, RunValue]) -> Prepared:
+        datasets = {arg: values[sid] for arg, sid in step.inputs.items() if arg in step.dataset_inputs}
+        singles = {arg: values[sid] for arg, sid in step.inputs.items() if arg not in step.dataset_inputs}
+        ids = _zip_ids(step, datasets)
+        lifted = next(iter(datasets), None)
+        tasks, items = [], []
+        expand = registry.EXPANDS.get(step.op)
+        for case in ids:
+            refs = {arg: dict(cases.items)[case] for arg, cases in datasets.items()}  # type: ignore[union-attr]
+            refs.update({arg: v.ref for arg, v in singles.items() if isinstance(v, Single)})
+            params = dict(step.params)
+            writes = step.stage == "output" and "path" in params
+            if writes:
+                params["path"] = self._writer_path(step, case)
+            key, rng = self._key(step, params, refs, self._sources(step, params, writes), case)
+            tasks.append(Task(key, step.id, step.op, case, params, refs=refs, lift=step.lift, lifted_arg=lifted,
+                              rng_seed=rng, writes=writes, index_id=self._index_id(step, case)))
+            if expand is not None:
+                items += [(f"{case}.{k}", f"{key.digest()}/{k}") for k in range(int(step.params[expand]))]  # type: ignore[arg-type]
+            else:
+                items.append((case, key.digest()))
+        return Prepared(tasks, Cases(tuple(items)))
+
+    def _whole(self, step: Step, values: dict[str, RunValue]) -> Prepared:
+        refs, datasets, inputs = {}, {}, {}
+        for arg, sid in step.inputs.items():
+            value = values[sid]
+            inputs[arg] = value.digest()
+            if isinstance(value, Single):
+                refs[arg] = value.ref
+            elif isinstance(value, Cases):
+                datasets[arg] = value.items
+            else:
+                raise RunFailure("E2001", f"`{step.op}` cannot take a split or folds as a whole yet", step)
+        params = dict(step.params)
+        writes = step.stage == "output" and "path" in params
+        if writes:
+            params["path"] = self._writer_path(step, None)
+        key, rng = self._key(step, params, inputs, self._sources(step, params, writes), None)
+        task = Task(key, step.id, step.op, None, params, refs=refs, datasets=datasets, lift=step.lift,
+                    lifted_arg=next(iter(step.inputs), None), rng_seed=rng, writes=writes,
+                    index_id=self._index_id(step, None))
+        return Prepared([task], Single(key.digest()))
+
+
+def _zip_ids(step: Step, datasets: dict[str, RunValue]) -> list[str]:
+    """The case ids a mapped step runs over: those of its first dataset input, which every
+    other dataset input must have too (E1013 otherwise)."""
+    lists = {}
+    for arg, value in datasets.items():
+        if not isinstance(value, Cases):
+            raise RunFailure("E2001", f"`{step.op}` over a split is not supported; select a part with `.train`", step)
+        lists[arg] = [case for case, _ in value.items]
+    if not lists:
+        return []
+    first_arg, first = next(iter(lists.items()))
+    for arg, ids in lists.items():
+        missing, extra = sorted(set(first) - set(ids)), sorted(set(ids) - set(first))
+        if missing or extra:
+            shown = ", ".join((missing or extra)[:5])
+            raise RunFailure("E1013", f"`{step.label}` pairs `{first_arg}` and `{arg}` case by case, but "
+                             f"{len(missing or extra)} case(s) are only in `{first_arg if missing else arg}`: {shown}",
+                             step, help="both datasets must come from the same cases (the same part of a split)")
+    return first
+
+
+# ----- selections --------------------------------------------------------------------
+
+
+def select(step: Step, inputs: dict[str, RunValue], cache: Cache) -> RunValue:
+    """Run a selection on references: the data operators only look at case ids (and, to
+    stratify, at class labels, which are read from the cache)."""
+    from medasl.ops import data  # NumPy-free, but only the runtime needs it
+
+    if step.op == "field":
+        base, name = inputs["_"], str(step.params["name"])
+        if isinstance(base, Parts):
+            return base.parts[name]
+        if isinstance(base, Cases):
+            return Cases(tuple((case, member(ref, name)) for case, ref in base.items))
+        assert isinstance(base, Single)
+        return Single(member(base.ref, name))
+
+    def cases(value: RunValue, load: bool = False) -> list[Case]:
+        assert isinstance(value, Cases)
+        return [Case(cid, load_ref(cache, ref) if load else ref) for cid, ref in value.items]
+
+    refs = {cid: ref for v in inputs.values() if isinstance(v, Cases) for cid, ref in v.items}
+
+    def back(found: Iterable[Case]) -> Cases:
+        return Cases(tuple((c.id, refs[c.id]) for c in found))
+
+    args = dict(step.params)
+    op = registry.function(step.op)
+    if step.op == "fold":
+        folds = inputs["folds"]
+        assert isinstance(folds, Parts)
+        refs.update({cid: ref for part in folds.parts.values() for cid, ref in part.items})
+        args["folds"] = data.Folds([cases(folds.parts[str(k)]) for k in range(len(folds.parts))])
+    for arg, value in inputs.items():
+        if arg != "folds":
+            args[arg] = cases(value, load=bool(step.params.get("stratify")))
+    result = op(**args)
+    if isinstance(result, data.Split):
+        return Parts({"train": back(result.train), "val": back(result.val), "test": back(result.test)})
+    if isinstance(result, data.Folds):
+        return Parts({str(k): back(f) for k, f in enumerate(result.folds)})
+    return back(result)  # type: ignore[arg-type]
+
+
+# ----- running -----------------------------------------------------------------------
+
+
+def _init_worker(threads: int) -> None:
+    import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+class LocalExecutor:
+    """This machine: steps concurrently when independent, tasks in `workers` processes
+    (or in this process when `workers` is 1)."""
+
+    def __init__(self) -> None:
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._cancel = threading.Event()  # set on Ctrl-C: step threads stop between tasks
+
+    def _workers(self, options: RunOptions) -> cf.ProcessPoolExecutor | None:
+        if options.workers <= 1:
+            return None
+        if self._pool is None:
+            threads = max(1, (os.cpu_count() or 1) // options.workers)
+            self._pool = cf.ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_worker, initargs=(threads,))
+        return self._pool
+
+    def run(self, plan: Plan, options: RunOptions, reporter: Reporter) -> RunResult:
+        clock = time.perf_counter()
+        values: dict[str, RunValue] = {}
+        outcomes: dict[str, StepOutcome] = {}
+        forced = plan.downstream(set(options.force))
+        with options.cache.digest_memo() as memo:
+            preparer = Preparer(plan, options, memo)
+            try:
+                self._schedule(plan, options, reporter, preparer, forced, values, outcomes)
+            finally:
+                if self._pool is not None:
+                    self._pool.shutdown(cancel_futures=True)
+                    self._pool = None
+        return RunResult(plan, values, outcomes, time.perf_counter() - clock)
+
+    def _schedule(self, plan: Plan, options: RunOptions, reporter: Reporter, preparer: Preparer, forced: set[str],
+                  values: dict[str, RunValue], outcomes: dict[str, StepOutcome]) -> None:
+        remaining = list(plan.steps.values())
+        running: dict[cf.Future[StepOutcome], Step] = {}
+        failure: BaseException | None = None
+        with cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="medasl-step") as threads:
+            while remaining or running:
+                if failure is None:
+                    for step in [s for s in remaining if all(i in outcomes for i in s.inputs.values())]:
+                        remaining.remove(step)
+                        running[threads.submit(self._step, step, options, reporter, preparer, step.id in forced,
+                                               values)] = step
+                if not running:
+                    break
+                try:
+                    done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    self._cancel.set()
+                    if self._pool is not None:
+                        self._pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                for future in done:
+                    step = running.pop(future)
+                    try:
+                        outcomes[step.id] = future.result()
+                    except BaseException as exc:  # noqa: BLE001 - re-raised once running steps stop
+                        failure = failure or exc
+                if failure is not None and remaining:
+                    remaining.clear()
+        if failure is not None:
+            raise failure
+
+    def _step(self, step: Step, options: RunOptions, reporter: Reporter, preparer: Preparer, force: bool,
+              values: dict[str, RunValue]) -> StepOutcome:
+        clock = time.perf_counter()
+        try:
+            prepared = preparer.prepare(step, values)
+        except DataError as exc:
+            raise _data_failure(exc, step, None) from None
+        values[step.id] = prepared.value
+        outcome = StepOutcome(step.id, tasks=len(prepared.tasks))
+        reporter.step_started(step, len(prepared.tasks))
+        if force:
+            for task in prepared.tasks:
+                options.cache.discard(task.key)
+        for result in self._run_tasks(step, prepared.tasks, options):
+            outcome.computed += result.computed
+            outcome.cached += not result.computed
+            outcome.busy += result.seconds
+            reporter.task_done(step, result)
+        outcome.seconds = time.perf_counter() - clock
+        reporter.step_finished(step, outcome)
+        return outcome
+
+    def _run_tasks(self, step: Step, tasks: Sequence[Task], options: RunOptions) -> Iterable[TaskResult]:
+        root = str(options.cache.root)
+        todo = []
+        for task in tasks:  # cached results are reported without a round trip to a worker
+            if task.writes or options.cache.lookup(task.key) is None:
+                todo.append(task)
+                continue
+            if task.index_id:
+                options.cache.record(task.index_id, task.key)
+            yield TaskResult(task.key.digest(), False, 0.0, task.step, task.case)
+        pool = self._workers(options) if len(todo) > 1 else None
+        if pool is None:
+            for task in todo:
+                if self._cancel.is_set():
+                    raise KeyboardInterrupt
+                yield _guarded(step, task, lambda t=task: run_task(root, t))
+            return
+        futures = {pool.submit(run_task, root, task): task for task in todo}
+        try:
+            for future in cf.as_completed(futures):
+                yield _guarded(step, futures[future], future.result)
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _guarded(step: Step, task: Task, call: Callable[[], TaskResult]) -> TaskResult:
+    """Run one task, turning the user's data problems into a `RunFailure` for this step."""
+    try:
+        return call()
+    except DataError as exc:
+        raise _data_failure(exc, step, task.case) from None
+    except MemoryError:
+        raise RunFailure("E2002", f"out of memory while running `{step.op}`" +
+                         (f" on case {task.case}" if task.case else ""), step, task.case,
+                         help="results computed so far are kept; rerun with `--workers 1` or smaller sizes") from None
+    except MissingInput as exc:
+        raise RunFailure("E2002", str(exc), step, task.case, help="run again: missing results are recomputed") from None
+
+
+def _data_failure(exc: DataError, step: Step, case: str | None) -> RunFailure:
+    return RunFailure(exc.code, exc.message, step, case, exc.path, exc.help)
+
+
+# ----- dry runs ------------------------------------------------------------------------
+
+
+@dataclass
+class StepPreview:
+    """What a run would do with one step: how many of its results are cached, new or
+    stale, and why."""
+
+    step: str
+    tasks: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    unknown: str | None = None  # why the step's work cannot be known before running
+
+    @property
+    def status(self) -> str:
+        if self.unknown:
+            return "unknown"
+        if self.tasks == 0:
+            return "selected"
+        for status in ("forced", "stale", "new"):
+            if self.counts.get(status):
+                return status
+        return "cached"
+
+
+def preview(plan: Plan, options: RunOptions) -> dict[str, StepPreview]:
+    """Each step as cached, stale (with what changed) or new, without running or
+    writing anything except the source-digest memo."""
+    values: dict[str, RunValue] = {}
+    previews: dict[str, StepPreview] = {}
+    forced = plan.downstream(set(options.force))
+    with options.cache.digest_memo() as memo:
+        preparer = Preparer(plan, options, memo)
+        for step in plan.steps.values():
+            found = StepPreview(step.id)
+            previews[step.id] = found
+            blocked = [i for i in step.inputs.values() if previews[i].unknown]
+            if blocked:
+                found.unknown = f"follows `{plan.steps[blocked[0]].label}`"
+                continue
+            try:
+                prepared = preparer.prepare(step, values)
+            except MissingInput:
+                found.unknown = "needs data that is not computed yet"
+                continue
+            except DataError as exc:
+                raise _data_failure(exc, step, None) from None
+            values[step.id] = prepared.value
+            found.tasks = len(prepared.tasks)
+            for task in prepared.tasks:
+                explanation = _explain(options.cache, task)
+                status = "forced" if step.id in forced else explanation.status
+                found.counts[status] = found.counts.get(status, 0) + 1
+                for reason in explanation.reasons:
+                    if reason not in found.reasons:
+                        found.reasons.append(reason)
+    return previews
+
+
+def _explain(cache: Cache, task: Task) -> Explanation:
+    explanation = cache.explain(task.key, task.index_id)
+    if explanation.status == "cached" and task.writes:
+        entry = cache.lookup(task.key)
+        if entry is not None and not files_intact(entry.manifest):
+            return Explanation("new", explanation.digest, ["a file it wrote was removed or changed"])
+    return explanation

@@ -1,0 +1,148 @@
+"""`medasc run`: check a file, lower its pipelines, and run them (or preview the run).
+
+This is the glue between the command line and the executor; it decides what the user
+sees: diagnostics for anything wrong in their file or data (exit 1), usage errors for
+a bad `--set` or `--force` (exit 2), and a timing table and the run log otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from medasl.diagnostics import Diagnostic, Diagnostics, Label, Severity
+from medasl.ir.graph import Graph
+from medasl.lower.plan import LoweringError, Plan, lower
+from medasl.runtime import registry
+from medasl.runtime.cache import Cache
+from medasl.runtime.executor import LocalExecutor, RunFailure, RunOptions, RunResult, preview
+from medasl.runtime.progress import ConsoleReporter, Reporters, RunLog, preview_table, timing_table
+
+
+class UsageProblem(Exception):
+    """A mistake on the command line (exit 2)."""
+
+
+@dataclass
+class RunRequest:
+    overrides: dict[str, str]
+    out: Path
+    cache: Cache
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0  # 0: decide from the machine
+    force: tuple[str, ...] = ()
+    dry_run: bool = False
+
+
+def default_workers() -> int:
+    """Worker processes when none are asked for: none on a small machine (ITK already
+    uses every core inside one process), else one per two cores, at most eight."""
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else min(cores // 2, 8)
+
+
+def plans(graphs: list[Graph], overrides: dict[str, str]) -> list[Plan]:
+    """Lower every pipeline; each `--set` must name a parameter of at least one of them."""
+    params = {n.id for g in graphs for n in g.nodes.values() if n.op == "param"}
+    for name in overrides:
+        if name not in params:
+            have = ", ".join(sorted(params)) or "none"
+            raise UsageProblem(f"--set {name}=…: no pipeline has a parameter `{name}` (parameters: {have})")
+    try:
+        return [lower(g, {k: v for k, v in overrides.items() if k in {n.id for n in g.nodes.values()}})
+                for g in graphs]
+    except LoweringError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def unimplemented(plan: Plan) -> Diagnostics:
+    """E2001 for each operator the pipeline uses that has no implementation yet."""
+    diags = Diagnostics()
+    seen: set[str] = set()
+    for step in plan.steps.values():
+        if registry.implemented(step.op) or step.op in seen:
+            continue
+        seen.add(step.op)
+        labels = (Label(step.span, f"`{step.op}` ({step.module or 'user module'}) cannot run yet"),) if step.span else ()
+        diags.error("E2001", f"pipeline `{plan.pipeline}` uses `{step.op}`, which this version of medasl cannot run",
+                    *labels, help="the README lists what runs today; `medasc check` and `medasc graph` work on "
+                                  "every pipeline")
+    return diags
+
+
+def check_device(device: str) -> Diagnostics:
+    """E2003 when `--device cuda:N` names a GPU this machine does not have."""
+    diags = Diagnostics()
+    if device == "cpu":
+        return diags
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    try:
+        import torch
+    except ImportError:
+        diags.error("E2003", f"--device {device}: PyTorch is not installed, so no GPU can be used",
+                    help="run with --device cpu, or install PyTorch with CUDA support")
+        return diags
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        diags.error("E2003", f"--device {device}: this machine has {count} CUDA device(s)",
+                    help="run with --device cpu" + (f" or one of cuda:0..cuda:{count - 1}" if count else ""))
+    return diags
+
+
+def failure_diagnostic(failure: RunFailure) -> Diagnostic:
+    """A step's failure as a diagnostic at the step's line, naming the case and file."""
+    step = failure.step
+    where = f" on case {failure.case}" if failure.case else ""
+    labels = (Label(step.span, f"`{step.op}` failed here{where}"),) if step.span else ()
+    notes = []
+    if failure.path:
+        notes.append(f"file: {failure.path}")
+    notes.append("every result computed before this is kept in the cache: the same command resumes from here")
+    return Diagnostic(failure.code, Severity.ERROR, failure.message, labels, failure.help, tuple(notes))
+
+
+def options_for(plan: Plan, request: RunRequest) -> RunOptions:
+    force = []
+    for name in request.force:
+        step = plan.find(name)
+        if step is not None:
+            force.append(step.id)
+    return RunOptions(cache=request.cache, out_dir=(request.out / plan.pipeline).resolve(), seed=request.seed,
+                      device=request.device, workers=request.workers or default_workers(),
+                      force=frozenset(force))
+
+
+def check_force(all_plans: list[Plan], names: tuple[str, ...]) -> None:
+    for name in names:
+        if not any(p.find(name) for p in all_plans):
+            steps = sorted({s.label for p in all_plans for s in p.steps.values()})
+            raise UsageProblem(f"--force {name}: no step of that name (steps: {', '.join(steps)})")
+
+
+def execute(plan: Plan, request: RunRequest, source: str, console: Console) -> RunResult:
+    """Run one plan with a progress display and a run log; print the timing table."""
+    options = options_for(plan, request)
+    log = RunLog(options.out_dir / "logs", plan, source,
+                 {"seed": options.seed, "device": options.device, "workers": options.workers,
+                  "cache": str(options.cache.root), "force": sorted(options.force)})
+    status = "failed"
+    try:
+        with ConsoleReporter(console) as progress:
+            result = LocalExecutor().run(plan, options, Reporters(progress, log))
+        status = "ok"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        log.close(status=status)
+    console.print(timing_table(plan, result.outcomes, result.seconds))
+    console.print(f"run log: {log.path}")
+    return result
+
+
+def show_preview(plan: Plan, request: RunRequest, console: Console) -> None:
+    console.print(preview_table(plan, preview(plan, options_for(plan, request))))

@@ -1,0 +1,203 @@
+"""One unit of work: an operator applied to one case (or to one whole value), its
+result committed to the cache. Tasks are plain data so that a worker process can run
+them; whatever runs a task needs only the cache root.
+
+A value in the cache is named by a *reference*: the digest of the entry that holds it,
+optionally followed by a path inside the stored value (`<digest>/input` is the image of
+a stored pair, `<digest>/2` the third patch of a case). Selections (`field`, `split`)
+and case-by-case datasets are lists of references, never copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medasl.runtime import registry
+from medasl.runtime.cache import Cache, CacheKey, PendingEntry
+from medasl.runtime.store import StoreError, load_value, save_value
+from medasl.runtime.values import Case, CaseSpec, Pair, Volume
+
+PAIR_MEMBERS = {"image": "input", "label": "target", "input": "input", "target": "target"}
+
+
+class MissingInput(RuntimeError):
+    """An input a task reads is not in the cache (removed by `cache gc` during the run)."""
+
+
+# ----- references --------------------------------------------------------------------
+
+
+def load_ref(cache: Cache, ref: str) -> object:
+    """The value a reference names, arrays memory-mapped from the cache."""
+    digest, *parts = ref.split("/")
+    entry = cache.lookup(digest)
+    if entry is None:
+        raise MissingInput(f"cache entry {digest[:12]} disappeared during the run")
+    try:
+        value = load_value(entry.path)
+    except StoreError as exc:
+        raise MissingInput(f"cache entry {digest[:12]} is damaged: {exc}") from exc
+    for part in parts:
+        value = getattr(value, part) if isinstance(value, Pair) else value[int(part)]  # type: ignore[index]
+    return value
+
+
+def member(ref: str, name: str) -> str:
+    """The reference of a pair's member (`image`/`label` as the language calls them)."""
+    return f"{ref}/{PAIR_MEMBERS[name]}"
+
+
+class CachedCases(Sequence[Case]):
+    """A dataset handed whole to an operator: cases read from the cache only when asked
+    for, so a long dataset never has to fit in memory."""
+
+    def __init__(self, cache_root: str, cases: Sequence[tuple[str, str]]) -> None:
+        self.cache_root = cache_root
+        self.cases = list(cases)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> Case:  # type: ignore[override]
+        case_id, ref = self.cases[index]
+        return Case(case_id, load_ref(Cache(self.cache_root), ref))
+
+    def __iter__(self) -> Iterator[Case]:
+        return (self[i] for i in range(len(self)))
+
+
+# ----- tasks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """Apply `op` once and commit the result under `key`.
+
+    `refs` are the arguments read from the cache (one reference each, or a whole
+    dataset as (id, reference) pairs); `params` the constants. `spec` is set for a case
+    of a source dataset, which is read rather than computed. `rng_seed` is set for a
+    random operator: the generator of this case is `default_rng(rng_seed)`.
+    """
+
+    key: CacheKey
+    step: str
+    op: str
+    case: str | None
+    params: dict[str, object]
+    refs: dict[str, str] = field(default_factory=dict)
+    datasets: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    lift: tuple[str, ...] = ()
+    lifted_arg: str | None = None
+    spec: CaseSpec | None = None
+    rng_seed: tuple[int, int] | None = None
+    modality: str | None = None
+    writes: bool = False
+    index_id: str | None = None  # the name this result is remembered under, for `--dry-run`
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    digest: str
+    computed: bool
+    seconds: float
+    step: str
+    case: str | None
+
+
+def case_number(case_id: str) -> int:
+    """A stable integer for a case id (for the case's random generator)."""
+    return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "little")
+
+
+def run_task(cache_root: str, task: Task) -> TaskResult:
+    """Run one task unless its result is cached (and, for a writer, its files still exist)."""
+    cache = Cache(cache_root)
+    clock = time.perf_counter()
+    entry = cache.lookup(task.key)
+    if entry is not None and task.writes and not files_intact(entry.manifest):
+        cache.discard(task.key)  # the user removed or changed a written file: write it again
+        entry = None
+    if entry is not None:
+        if task.index_id:
+            cache.record(task.index_id, task.key)
+        return TaskResult(task.key.digest(), False, time.perf_counter() - clock, task.step, task.case)
+    entry, computed = cache.ensure(task.key, lambda pending: _produce(cache, task, pending), node_id=task.index_id)
+    return TaskResult(entry.digest, computed, time.perf_counter() - clock, task.step, task.case)
+
+
+def files_intact(manifest: dict[str, object]) -> bool:
+    """Whether the files a writer's entry records are still there, with their sizes."""
+    info = manifest.get("info")
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict):
+        return False
+    for name, size in files.items():
+        path = Path(name)
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+def _produce(cache: Cache, task: Task, pending: PendingEntry) -> None:
+    value, info = compute(cache, task)
+    save_value(value, pending.path)
+    pending.info.update(info)
+
+
+def compute(cache: Cache, task: Task) -> tuple[object, dict[str, object]]:
+    """The task's value and what to record about it (drawn parameters, written files)."""
+    if task.spec is not None:
+        source = registry.source(task.op)
+        assert source is not None
+        value = source.load(task.spec)  # type: ignore[attr-defined]
+        return _declare_modality(value, task.modality), {}
+    args: dict[str, object] = dict(task.params)
+    for name, ref in task.refs.items():
+        args[name] = load_ref(cache, ref)
+    for name, cases in task.datasets.items():
+        args[name] = CachedCases(str(cache.root), cases)
+    function = registry.function(task.op)
+    info: dict[str, object] = {}
+    if task.rng_seed is not None:
+        args["rng"] = np.random.default_rng(list(task.rng_seed))
+        value, drawn = function(**args)  # random operators get the whole pair: one draw for both parts
+        info["drawn"] = drawn
+    elif task.lifted_arg is not None and task.op not in registry.TAKES_PAIRS and {"pair", "image"} & set(task.lift):
+        value = _apply_to_members(function, args, task.lifted_arg, image_only="image" in task.lift)
+    else:
+        value = function(**args)
+    if task.writes:
+        files = [Path(p) for p in value]  # type: ignore[union-attr]
+        info["files"] = {str(p): p.stat().st_size for p in files}
+        value = [str(p) for p in files]
+    return value, info
+
+
+def _apply_to_members(function: Callable[..., object], args: dict[str, object], name: str,
+                      image_only: bool) -> object:
+    """A deterministic operator lifted over a pair: applied to the image, and to the label
+    too unless it changes intensities only (`[image]`)."""
+    pair = args[name]
+    if not isinstance(pair, Pair):
+        return function(**args)
+    image = function(**{**args, name: pair.input})
+    label = pair.target if image_only else function(**{**args, name: pair.target})
+    return Pair(image, label)
+
+
+def _declare_modality(value: object, modality: str | None) -> object:
+    """Readers give the modality a file states; the pipeline's declaration (`as Image[3,
+    CT]`) is what the checker verified, so images carry that one from here on."""
+    if modality is None or modality == "Any":
+        return value
+    if isinstance(value, Volume) and value.kind == "image":
+        value.modality = modality
+    elif isinstance(value, Pair):
+        _declare_modality(value.input, modality)
+    return value
