@@ -548,6 +548,74 @@ def _apply_stain_jitter(x: Value, drawn: Drawn) -> Value:
     return _intensity(x, one)
 
 
+def motion(x: Value, degrees: float = 10.0, translation: float = 10.0, p: float = 0.1, *,
+           rng: np.random.Generator) -> tuple[Value, Drawn]:
+    """Simulate an MR motion artefact, following TorchIO's RandomMotion (Shaw et al.
+    2019), reimplemented with NumPy FFTs and SimpleITK resampling.
+
+    Two motion events are drawn, each a rotation about x, y and z of up to `degrees` and
+    a translation along each axis of up to `translation` mm (uniform), at times spread
+    evenly over the acquisition (1/3 and 2/3, each moved by up to a twelfth). The image
+    is resampled through each rigid transform (about the image centre, linear), the
+    centred 3-D FFT is taken of the still image and of each moved copy, and k-space is
+    composed of consecutive segments along the z axis of k-space, segment i taken from
+    the i-th copy; as in TorchIO the still image's spectrum is swapped into the segment
+    that holds the centre of k-space, so the image stays recognisable. The result is the
+    magnitude of the inverse FFT (what an MR scanner reconstructs), or its real part
+    when the input holds negative values (a z-scored image), whose signs the magnitude
+    would lose. With no motion the image is returned up to rounding. Float32 (float64
+    for float64 input); a pair's target is untouched."""
+    vol, _ = _volumes(x)
+    if vol.dim != 3:
+        raise ValueError(f"motion simulates 3-D MR acquisitions, not a {vol.dim}-D image")
+    if not _applies(rng, p):
+        return x, {"applied": False}
+    n = 2
+    step = 1.0 / (n + 1)
+    times = np.arange(1, n + 1) * step + rng.uniform(-step / 4, step / 4, size=n)
+    drawn = {"applied": True,
+             "degrees": [_floats(r) for r in rng.uniform(-degrees, degrees, size=(n, 3))],
+             "translation": [_floats(t) for t in rng.uniform(-translation, translation, size=(n, 3))],
+             "times": _floats(times)}
+    return _apply_motion(x, drawn), drawn
+
+
+def _apply_motion(x: Value, drawn: Drawn) -> Value:
+    vol, _ = _volumes(x)
+    times = np.asarray(drawn["times"], dtype=np.float64)
+    centre = _centre(vol)
+
+    def one(v: Volume) -> Volume:
+        dtype = _float_dtype(v.array)
+        still = v.with_array(_as_float(v))
+        copies = [still]
+        for angles, shift in zip(drawn["degrees"], drawn["translation"]):
+            transform = sitk.Euler3DTransform(centre, *(math.radians(a) for a in angles), tuple(shift))
+            copies.append(_resample(still, transform))
+        channels = v.array.ndim > v.dim
+        out = np.empty(v.array.shape, dtype=dtype)
+        for c in range(v.channels):
+            spectra = [np.fft.fftshift(np.fft.fftn(m.array[..., c] if channels else m.array)) for m in copies]
+            # TorchIO's sort_spectra: the still image fills the segment at the k-space centre
+            later = np.flatnonzero(times > 0.5)
+            index = int(later.min()) if later.size else len(spectra) - 1
+            spectra[0], spectra[index] = spectra[index], spectra[0]
+            length = spectra[0].shape[0]  # the z axis of k-space (array order z, y, x)
+            bounds = [0, *(int(t * length) for t in times), length]
+            composed = np.empty_like(spectra[0])
+            for spectrum, lo, hi in zip(spectra, bounds[:-1], bounds[1:]):
+                composed[lo:hi] = spectrum[lo:hi]
+            image = np.fft.ifftn(np.fft.ifftshift(composed))
+            signal = image.real if np.min(v.array) < 0 else np.abs(image)
+            if channels:
+                out[..., c] = signal
+            else:
+                out[...] = signal
+        return v.with_array(out)
+
+    return _intensity(x, one)
+
+
 # ===== replay =================================================================================
 
 _APPLY: dict[str, Callable[[Value, Drawn], Any]] = {
@@ -555,7 +623,7 @@ _APPLY: dict[str, Callable[[Value, Drawn], Any]] = {
     "random_rescale": _apply_random_rescale, "random_crop": _apply_random_crop, "patches": _apply_patches,
     "gaussian_noise": _apply_gaussian_noise, "gaussian_blur": _apply_gaussian_blur, "gamma": _apply_gamma,
     "contrast": _apply_contrast, "brightness": _apply_brightness, "bias_field": _apply_bias_field,
-    "stain_jitter": _apply_stain_jitter,
+    "stain_jitter": _apply_stain_jitter, "motion": _apply_motion,
 }
 
 
@@ -575,7 +643,7 @@ OPERATORS: dict[str, Callable[..., object]] = {
     "flip": flip, "rotate": rotate, "affine": affine, "elastic": elastic, "random_rescale": random_rescale,
     "random_crop": random_crop, "patches": patches,
     "gaussian_noise": gaussian_noise, "gaussian_blur": gaussian_blur, "gamma": gamma, "contrast": contrast,
-    "brightness": brightness, "bias_field": bias_field, "stain_jitter": stain_jitter,
+    "brightness": brightness, "bias_field": bias_field, "stain_jitter": stain_jitter, "motion": motion,
 }
 """The std.aug operators implemented here, by the name of their stdlib signature. Each
 also takes `rng` and returns `(result, drawn)`; see `replay`."""

@@ -26,6 +26,8 @@ Conventions every reader here keeps, and why:
 from __future__ import annotations
 
 import contextlib
+import csv
+import functools
 import gzip
 import math
 import os
@@ -35,6 +37,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -42,7 +45,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
 
 from medasl.runtime.errors import DataError
-from medasl.runtime.values import LABEL_KINDS, Boxes, Case, DicomSeries, Pair, Volume
+from medasl.runtime.values import LABEL_KINDS, Boxes, Case, CaseSpec, DicomSeries, Pair, Volume
 
 PathLike = str | os.PathLike[str]
 
@@ -718,15 +721,28 @@ def _readable_series(root: Path) -> dict[str, list[str]]:
 def dicom_folder(root: PathLike) -> list[Case[DicomSeries]]:
     """One case per DICOM series under `root`, keyed by SeriesInstanceUID (a series with
     a blank UID is keyed by its folder)."""
+    return _eager("dicom_folder", root=root)
+
+
+def _list_dicom_folder(root: PathLike) -> list[CaseSpec]:
+    """The series under `root`, from headers only; each case's files are its slices."""
     base = _existing_dir(root)
     found = _readable_series(base)
     if not found:
         raise DataError("E1005", f"no DICOM series under {base}", base)
-    cases = []
-    for uid, files in sorted(found.items()):
+    specs = []
+    for uid, files in found.items():
         key = uid or os.path.relpath(os.path.dirname(files[0]), base)
-        cases.append(Case(key, _series_info(uid, files, base)))
-    return cases
+        info = _series_info(uid, files, base)
+        specs.append(CaseSpec(key, tuple(files), {"uid": uid, "files": list(files), "description": info.description,
+                                                  "modality": info.modality, "source": info.source}))
+    return sorted(specs, key=lambda c: c.id)
+
+
+def _load_dicom_series(spec: CaseSpec) -> DicomSeries:
+    a = spec.args
+    return DicomSeries(str(a["uid"]), tuple(str(f) for f in a["files"]), str(a["description"]),
+                       str(a["modality"]), None if a["source"] is None else str(a["source"]))
 
 
 # ===== reading by extension, labels =========================================================
@@ -853,7 +869,9 @@ def _split_shared(images: dict[str, Path], labels: dict[str, Path]) -> None:
             del labels[lab_id]
 
 
-def _paired(root: PathLike, image: str, label: str | None, label_kind: str) -> list[Case[Pair[Volume, Volume]]]:
+def _list_paired(root: PathLike, image: str, label: str | None, label_kind: str) -> list[CaseSpec]:
+    """The cases of a folder dataset from file names alone: E1005 when a pattern matches
+    nothing, E1006 naming the unpaired files. No image is opened."""
     base = _existing_dir(root)
     images_found = _match(base, image)
     if label is not None:
@@ -864,12 +882,8 @@ def _paired(root: PathLike, image: str, label: str | None, label_kind: str) -> l
     if not images_found:
         raise _nothing_matched(base, image, "image")
     if label is None:
-        cases = []
-        for cid, path in sorted(images_found.items()):
-            img = read_image(path)
-            empty = np.zeros(img.array.shape[: img.dim], dtype=np.uint8)
-            cases.append(Case(cid, Pair(img, Volume(empty, img.spacing, img.origin, img.direction, label_kind))))
-        return cases
+        return [CaseSpec(cid, (str(path),), {"image": str(path), "label": None, "kind": label_kind})
+                for cid, path in sorted(images_found.items())]
     lonely_images = sorted(images_found[k] for k in images_found.keys() - labels_found.keys())
     lonely_labels = sorted(labels_found[k] for k in labels_found.keys() - images_found.keys())
     if lonely_images or lonely_labels:
@@ -884,19 +898,36 @@ def _paired(root: PathLike, image: str, label: str | None, label_kind: str) -> l
                         (lonely_images or lonely_labels)[0],
                         help=f"an image and its label are paired by the part matched by `*` in {image!r} and "
                              f"{label!r}; add the missing files or remove the extra ones")
-    cases = []
-    for cid in sorted(images_found):
-        img = read_image(images_found[cid])
-        lab = _read_label(labels_found[cid], label_kind)
-        aligned = lab.aligned_to(img)
-        if aligned is None:
-            how = "; ".join(img.grid_differences(lab))
-            raise DataError("E1007", f"case {cid}: the image {images_found[cid]} and the label {labels_found[cid]} "
-                            f"are on different voxel grids: {how} (image vs label)", labels_found[cid],
-                            help="the label must cover the image voxel for voxel; resample it onto the image "
-                                 "(nearest neighbour) or check that the right files are paired")
-        cases.append(Case(cid, Pair(img, aligned)))
-    return cases
+    return [CaseSpec(cid, (str(images_found[cid]), str(labels_found[cid])),
+                     {"image": str(images_found[cid]), "label": str(labels_found[cid]), "kind": label_kind})
+            for cid in sorted(images_found)]
+
+
+def _load_paired(spec: CaseSpec) -> Pair[Volume, Volume]:
+    """Read one (image, label) case listed by `_list_paired`; E1007 when the label's
+    grid differs from the image's (and is not the same grid stored in another order)."""
+    args = spec.args
+    img = read_image(str(args["image"]))
+    kind = str(args["kind"])
+    if args.get("label") is None:
+        empty = np.zeros(img.array.shape[: img.dim], dtype=np.uint8)
+        return Pair(img, Volume(empty, img.spacing, img.origin, img.direction, kind))
+    label_path = str(args["label"])
+    lab = _read_label(Path(label_path), kind)
+    aligned = lab.aligned_to(img)
+    if aligned is None:
+        how = "; ".join(img.grid_differences(lab))
+        raise DataError("E1007", f"case {spec.id}: the image {args['image']} and the label {label_path} "
+                        f"are on different voxel grids: {how} (image vs label)", label_path,
+                        help="the label must cover the image voxel for voxel; resample it onto the image "
+                             "(nearest neighbour) or check that the right files are paired")
+    return Pair(img, aligned)
+
+
+def _eager(name: str, **params: object) -> list[Case]:
+    """A source read at once: every listed case loaded, in order."""
+    source = SOURCES[name]
+    return [Case(spec.id, source.load(spec)) for spec in source.list(**params)]
 
 
 def folder(root: PathLike, image: str, label: str | None = None) -> list[Case[Pair[Volume, Volume]]]:
@@ -907,21 +938,29 @@ def folder(root: PathLike, image: str, label: str | None = None) -> list[Case[Pa
     (e.g. with a flipped y axis) is re-stored on the image's grid, which is exact.
     Without `label`, each case gets an all-background label map.
     """
-    return _paired(root, image, label, "labels")
+    return _eager("folder", root=root, image=image, label=label)
 
 
 def instance_folder(root: PathLike, image: str, label: str) -> list[Case[Pair[Volume, Volume]]]:
     """Like `folder`, with label files holding one integer id per object (kind `instances`)."""
-    return _paired(root, image, label, "instances")
+    return _eager("instance_folder", root=root, image=image, label=label)
 
 
 def images(root: PathLike, pattern: str) -> list[Case[Volume]]:
     """Every image under `root` matching `pattern`, keyed by the part matched by `*`."""
+    return _eager("images", root=root, pattern=pattern)
+
+
+def _list_images(root: PathLike, pattern: str) -> list[CaseSpec]:
     base = _existing_dir(root)
     found = _match(base, pattern)
     if not found:
         raise _nothing_matched(base, pattern, "image")
-    return [Case(cid, read_image(path)) for cid, path in sorted(found.items())]
+    return [CaseSpec(cid, (str(path),), {"path": str(path)}) for cid, path in sorted(found.items())]
+
+
+def _load_image(spec: CaseSpec) -> Volume:
+    return read_image(str(spec.args["path"]))
 
 
 def pair_input(x: Pair[Volume, Volume]) -> Volume:
@@ -943,44 +982,57 @@ def phantom(cases: int = 8, size: Sequence[int] = (64, 64, 48), spacing: Sequenc
     (`seed`, `i`), so `cases=4` gives the first four cases of `cases=8`, and the quickstart
     and tests need no download. The grid is centred on the world origin.
     """
+    return _eager("phantom", cases=cases, size=size, spacing=spacing, seed=seed)
+
+
+def _list_phantom(cases: int = 8, size: Sequence[int] = (64, 64, 48),
+                  spacing: Sequence[float] = (2.0, 2.0, 3.0), seed: int = 0) -> list[CaseSpec]:
+    """The phantom's cases: nothing to read, each generated from (`seed`, index)."""
     nx, ny, nz = (int(v) for v in size)
     sx, sy, sz = (float(v) for v in spacing)
     if min(nx, ny, nz) < 1 or min(sx, sy, sz) <= 0 or cases < 0:
         raise ValueError("phantom needs positive cases, size and spacing")
+    return [CaseSpec(f"case{i:03d}", (), {"index": i, "size": [nx, ny, nz], "spacing": [sx, sy, sz], "seed": int(seed)})
+            for i in range(int(cases))]
+
+
+def _load_phantom(spec: CaseSpec) -> Pair[Volume, Volume]:
+    """Generate phantom case `index` (see `phantom`)."""
+    a = spec.args
+    nx, ny, nz = (int(v) for v in a["size"])
+    sx, sy, sz = (float(v) for v in a["spacing"])
+    i, seed = int(a["index"]), int(a["seed"])
     origin = (-(nx - 1) * sx / 2, -(ny - 1) * sy / 2, -(nz - 1) * sz / 2)
     ex, ey, ez = nx * sx, ny * sy, nz * sz  # extents in mm
     x = (np.arange(nx) * sx + origin[0])[None, None, :]
     y = (np.arange(ny) * sy + origin[1])[None, :, None]
     z = (np.arange(nz) * sz + origin[2])[:, None, None]
-    out = []
-    for i in range(cases):
-        rng = np.random.default_rng([seed % (1 << 64), i])
-        body = ((x / (ex * rng.uniform(0.40, 0.47))) ** 2 + (y / (ey * rng.uniform(0.32, 0.40))) ** 2
-                + (z / (ez * 0.8)) ** 2) <= 1.0
-        spine_r = min(ex, ey) * rng.uniform(0.05, 0.07)
-        spine = ((x / spine_r) ** 2 + ((y - ey * 0.2) / spine_r) ** 2 <= 1.0) & body
-        cx, cy, cz = ex * rng.uniform(-0.12, 0.12), ey * rng.uniform(-0.10, 0.05), ez * rng.uniform(-0.1, 0.1)
-        ax, ay, az = ex * rng.uniform(0.12, 0.20), ey * rng.uniform(0.10, 0.16), ez * rng.uniform(0.15, 0.25)
-        theta = rng.uniform(-math.pi / 6, math.pi / 6)
-        dx, dy = x - cx, y - cy
-        xr, yr = math.cos(theta) * dx + math.sin(theta) * dy, -math.sin(theta) * dx + math.cos(theta) * dy
-        organ = ((xr / ax) ** 2 + (yr / ay) ** 2 + ((z - cz) / az) ** 2 <= 1.0) & body & ~spine
-        hu = np.full((nz, ny, nx), -1000.0)
-        hu[body] = rng.normal(40.0, 3.0)
-        hu[spine] = rng.normal(400.0, 30.0)
-        hu[organ] = rng.normal(60.0, 4.0)
-        for _ in range(int(rng.integers(1, 4))):
-            r = min(ax, ay, az) * rng.uniform(0.2, 0.4)
-            lx, ly, lz = (c + a * rng.uniform(-0.5, 0.5) for c, a in ((cx, ax), (cy, ay), (cz, az)))
-            lesion = (((x - lx) ** 2 + (y - ly) ** 2 + (z - lz) ** 2) <= r * r) & organ
-            hu[lesion] = rng.normal(20.0, 5.0)
-        hu += rng.normal(0.0, 12.0, hu.shape)
-        image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-        geometry = ((sx, sy, sz), origin, _identity(3))
-        img = Volume(image, *geometry, kind="image", modality="CT")
-        lab = Volume(organ.astype(np.uint8), *geometry, kind="labels")
-        out.append(Case(f"case{i:03d}", Pair(img, lab)))
-    return out
+    rng = np.random.default_rng([seed % (1 << 64), i])
+    body = ((x / (ex * rng.uniform(0.40, 0.47))) ** 2 + (y / (ey * rng.uniform(0.32, 0.40))) ** 2
+            + (z / (ez * 0.8)) ** 2) <= 1.0
+    spine_r = min(ex, ey) * rng.uniform(0.05, 0.07)
+    spine = ((x / spine_r) ** 2 + ((y - ey * 0.2) / spine_r) ** 2 <= 1.0) & body
+    cx, cy, cz = ex * rng.uniform(-0.12, 0.12), ey * rng.uniform(-0.10, 0.05), ez * rng.uniform(-0.1, 0.1)
+    ax, ay, az = ex * rng.uniform(0.12, 0.20), ey * rng.uniform(0.10, 0.16), ez * rng.uniform(0.15, 0.25)
+    theta = rng.uniform(-math.pi / 6, math.pi / 6)
+    dx, dy = x - cx, y - cy
+    xr, yr = math.cos(theta) * dx + math.sin(theta) * dy, -math.sin(theta) * dx + math.cos(theta) * dy
+    organ = ((xr / ax) ** 2 + (yr / ay) ** 2 + ((z - cz) / az) ** 2 <= 1.0) & body & ~spine
+    hu = np.full((nz, ny, nx), -1000.0)
+    hu[body] = rng.normal(40.0, 3.0)
+    hu[spine] = rng.normal(400.0, 30.0)
+    hu[organ] = rng.normal(60.0, 4.0)
+    for _ in range(int(rng.integers(1, 4))):
+        r = min(ax, ay, az) * rng.uniform(0.2, 0.4)
+        lx, ly, lz = (c + a * rng.uniform(-0.5, 0.5) for c, a in ((cx, ax), (cy, ay), (cz, az)))
+        lesion = (((x - lx) ** 2 + (y - ly) ** 2 + (z - lz) ** 2) <= r * r) & organ
+        hu[lesion] = rng.normal(20.0, 5.0)
+    hu += rng.normal(0.0, 12.0, hu.shape)
+    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    geometry = ((sx, sy, sz), origin, _identity(3))
+    img = Volume(image, *geometry, kind="image", modality="CT")
+    lab = Volume(organ.astype(np.uint8), *geometry, kind="labels")
+    return Pair(img, lab)
 
 
 # ===== writers ================================================================================
@@ -1235,6 +1287,422 @@ def boxes_to_mask(x: Boxes, like: Volume) -> Volume:
     return Volume(out, like.spacing, like.origin, like.direction, "labels", like.modality, like.source)
 
 
+# ===== CSV tables: classes, annotations, boxes ===============================================
+
+
+def _csv_rows(path: PathLike, required: Sequence[str]) -> tuple[Path, list[str], list[tuple[int, dict[str, str]]]]:
+    """A CSV table's header and its rows as (line number, {column: value}), read with the
+    `csv` module (a UTF-8 byte-order mark is allowed). E1001 when the file is missing,
+    E1002 naming the file and line when it is not a table: no header, a row with another
+    number of fields than the header, a required column missing. Blank lines are skipped."""
+    p = _existing_file(path)
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header: list[str] | None = None
+            rows: list[tuple[int, dict[str, str]]] = []
+            for fields in reader:
+                line = reader.line_num
+                if not fields or all(not v.strip() for v in fields):
+                    continue
+                if header is None:
+                    header = [v.strip() for v in fields]
+                    continue
+                if len(fields) != len(header):
+                    raise DataError("E1002", f"{p}, line {line}: {len(fields)} fields where the header has "
+                                    f"{len(header)}", p, help="every row of the table needs one value per column")
+                rows.append((line, {k: v.strip() for k, v in zip(header, fields)}))
+    except UnicodeDecodeError as exc:
+        raise DataError("E1002", f"cannot read {p} as a UTF-8 CSV table: {exc}", p) from exc
+    except csv.Error as exc:
+        raise DataError("E1002", f"{p}, line {reader.line_num}: not a valid CSV table: {exc}", p) from exc
+    if header is None:
+        raise DataError("E1002", f"{p} is empty: a CSV table needs a header line naming its columns", p)
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError("E1002", f"{p}, line 1: no column {', '.join(repr(c) for c in missing)}; the columns are "
+                        f"{', '.join(header)}", p, help="column names are matched exactly (case matters)")
+    return p, header, rows
+
+
+def _class_order(values: set[str]) -> list[str]:
+    """Class values in index order: numerically when they are all numbers (so 2 < 10),
+    else as strings."""
+    try:
+        return sorted(values, key=lambda v: (float(v), v))
+    except ValueError:
+        return sorted(values)
+
+
+class ClassifiedCases(list):
+    """The cases of `classified` (a list of `Case(id, Pair(image, class index))`) with
+    `classes`: the class values of the table, the value of class k at index k."""
+
+    classes: tuple[str, ...] = ()
+
+
+def classified(root: PathLike, pattern: str, labels: PathLike, column: str,
+               id_column: str = "id") -> ClassifiedCases:
+    """(image, class) cases: the images under `root` matching `pattern`, each with the
+    value of `column` in the row of the CSV table `labels` whose `id_column` equals the
+    part of the file name matched by `*`.
+
+    The class values of the whole table (not only of the images found) are mapped to
+    0..K-1 in sorted order (numerically when all are numbers), so the mapping does not
+    depend on which images are on disk; the class of a case is that index, a Python int.
+    The mapping is the result's `classes` attribute (value of class k at index k) and each
+    listed case's `args["classes"]`. An image without a row is E1006 naming it; an id
+    with two rows of different classes E1012; rows without an image are ignored. Read
+    with the `csv` module.
+    """
+    specs = _list_classified(root, pattern, labels, column, id_column)
+    out = ClassifiedCases(Case(s.id, _load_classified(s)) for s in specs)
+    out.classes = tuple(specs[0].args["classes"]) if specs else ()
+    return out
+
+
+def _list_classified(root: PathLike, pattern: str, labels: PathLike, column: str,
+                     id_column: str = "id") -> list[CaseSpec]:
+    base = _existing_dir(root)
+    found = _match(base, pattern)
+    if not found:
+        raise _nothing_matched(base, pattern, "image")
+    table, _, rows = _csv_rows(labels, (id_column, column))
+    values: dict[str, tuple[str, int]] = {}
+    for line, row in rows:
+        key, value = row[id_column], row[column]
+        if not key or not value:
+            what = id_column if not key else column
+            raise DataError("E1002", f"{table}, line {line}: the {what!r} value is empty", table)
+        if key in values and values[key][0] != value:
+            raise DataError("E1012", f"{table}: id {key!r} has class {values[key][0]!r} on line {values[key][1]} and "
+                            f"{value!r} on line {line}", table, help="give each id one row (or rows that agree)")
+        values[key] = (value, line)
+    classes = _class_order({v for v, _ in values.values()})
+    index = {v: k for k, v in enumerate(classes)}
+    lonely = [found[k] for k in sorted(found) if k not in values]
+    if lonely:
+        raise DataError("E1006", f"{len(lonely)} image{'s' * (len(lonely) != 1)} under {base} without a row in "
+                        f"{table}: {_name_list(lonely, base)}", lonely[0],
+                        help=f"each image needs a row whose {id_column!r} is the part of its name matched by `*` "
+                             f"in {pattern!r}")
+    return [CaseSpec(cid, (str(path),), {"path": str(path), "class": index[values[cid][0]], "classes": classes})
+            for cid, path in sorted(found.items())]
+
+
+def _load_classified(spec: CaseSpec) -> Pair[Volume, int]:
+    return Pair(read_image(str(spec.args["path"])), int(spec.args["class"]))
+
+
+@dataclass(eq=False)
+class Annotations:
+    """An `Annotations[3]` value: objects from a table (LUNA16 `annotations.csv` layout),
+    not yet attached to images.
+
+    Row i is the object of case `ids[i]` centred at `centres[i]` (`(x, y, z)`: world LPS
+    mm when `coords` is `"world"`, voxel indices of the case's image when `"voxel"`)
+    with diameter `diameters[i]` mm and class `classes[i]` (1 without a `class`
+    column); `lines[i]` is its line in the file `source`, for diagnostics.
+    """
+
+    ids: tuple[str, ...]
+    centres: np.ndarray
+    diameters: np.ndarray
+    classes: np.ndarray
+    coords: str = "world"
+    source: str | None = None
+    lines: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, case_id: str) -> np.ndarray:
+        """The indices of the rows of case `case_id`, in file order."""
+        return np.array([i for i, c in enumerate(self.ids) if c == case_id], dtype=np.int64)
+
+
+_ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+
+
+def csv_annotations(path: PathLike, coords: str = "world") -> Annotations:
+    """Read a table of objects in the LUNA16 `annotations.csv` layout: `seriesuid`,
+    `coordX`, `coordY`, `coordZ`, `diameter_mm` and optionally `class` (an integer >= 0;
+    1 without the column); other columns are ignored. `coords` says whether the centres
+    are world mm (LPS, as LUNA16) or voxel indices (x, y, z) of the case's image; the
+    diameter is in mm either way. A value that is not a number, a negative diameter or
+    a non-integer class is E1002 naming the file and line. Read with the `csv` module.
+    """
+    mode = str(getattr(coords, "name", coords))
+    if mode not in ("world", "voxel"):
+        raise ValueError(f"coords must be world or voxel, not {mode!r}")
+    p, header, rows = _csv_rows(path, _ANNOTATION_COLUMNS)
+    has_class = "class" in header
+    ids: list[str] = []
+    centres: list[list[float]] = []
+    diameters: list[float] = []
+    classes: list[int] = []
+    lines: list[int] = []
+    for line, row in rows:
+        def number(col: str, line: int = line, row: dict[str, str] = row) -> float:
+            try:
+                v = float(row[col])
+            except ValueError:
+                v = math.nan
+            if not math.isfinite(v):
+                raise DataError("E1002", f"{p}, line {line}: {col} is {row[col]!r}, not a finite number", p)
+            return v
+
+        if not row["seriesuid"]:
+            raise DataError("E1002", f"{p}, line {line}: the seriesuid is empty", p)
+        diameter = number("diameter_mm")
+        if diameter < 0:
+            raise DataError("E1002", f"{p}, line {line}: diameter_mm is negative ({row['diameter_mm']})", p)
+        cls = 1
+        if has_class:
+            value = number("class")
+            if value != int(value) or value < 0:
+                raise DataError("E1002", f"{p}, line {line}: class is {row['class']!r}, not an integer >= 0", p)
+            cls = int(value)
+        ids.append(row["seriesuid"])
+        centres.append([number("coordX"), number("coordY"), number("coordZ")])
+        diameters.append(diameter)
+        classes.append(cls)
+        lines.append(line)
+    return Annotations(tuple(ids), np.array(centres, dtype=np.float64).reshape(-1, 3),
+                       np.array(diameters, dtype=np.float64), np.array(classes, dtype=np.int64), mode, str(p),
+                       tuple(lines))
+
+
+def boxed(images: Sequence[Case[Volume]], annotations: Annotations) -> list[Case[Pair[Volume, Boxes]]]:
+    """Each case's image with its annotation rows as `Boxes` in world mm: an object of
+    diameter d centred at c is the cube c +- d/2 (aligned with the world axes), score 1.
+    Rows are matched by case id (the SeriesInstanceUID of `dicom_folder`, the `*` part of
+    `folder`); voxel centres are converted with the image's geometry. A case without
+    rows gets zero boxes; rows of ids that are not cases are left out, but when no row
+    matches any case (and there are rows) that is E1006. A DICOM series is decoded.
+    """
+    out = []
+    matched = 0
+    for case in images:
+        vol = case.value
+        if isinstance(vol, DicomSeries):
+            vol = dicom_to_image(vol)
+        if not isinstance(vol, Volume) or vol.dim != 3:
+            raise ValueError(f"boxed: case {case.id} is not a 3-D image")
+        idx = annotations.rows(case.id)
+        matched += len(idx)
+        centres = annotations.centres[idx].reshape(-1, 3)
+        if annotations.coords == "voxel" and len(idx):
+            centres = np.array(vol.origin) + centres @ _index_matrix(vol).T
+        half = annotations.diameters[idx].reshape(-1, 1) / 2.0
+        boxes = Boxes(centres - half, centres + half, annotations.classes[idx], np.ones(len(idx)),
+                      source=annotations.source)
+        out.append(Case(case.id, Pair(vol, boxes)))
+    if len(annotations) and out and not matched:
+        ids = sorted(set(annotations.ids))
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        raise DataError("E1006", f"no annotation in {annotations.source} belongs to a case: the table's ids ({shown}) "
+                        f"are not case ids (such as {out[0].id})", annotations.source,
+                        help="rows are matched by the case id: the SeriesInstanceUID for DICOM, the part matched "
+                             "by `*` for a folder")
+    return out
+
+
+_BOX_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "sizeX", "sizeY", "sizeZ", "class",
+                "probability")
+
+
+def _boxes_of(value: object, what: str) -> Boxes:
+    if isinstance(value, Pair):
+        value = value.target
+    if not isinstance(value, Boxes):
+        raise TypeError(f"{what}: cannot write a {type(value).__name__} as boxes")
+    return value
+
+
+def _stem(source: str | None) -> str:
+    if not source:
+        return ""
+    name = Path(source).name
+    for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".csv"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def write_boxes(x: Boxes | Sequence[Case[Boxes]], path: PathLike) -> list[Path]:
+    """Write boxes as one CSV table in the LUNA16 submission layout, every case of a
+    dataset in the same file: `seriesuid` (the case id; for a single Boxes the stem of
+    its source file), `coordX`, `coordY`, `coordZ` (box centre, world mm), `diameter_mm`
+    (the mean of the box's extents: exact for the cubes of `boxed`), `sizeX`, `sizeY`,
+    `sizeZ` (the extents, so the box is kept exactly), `class`, `probability` (the
+    score). 2-D boxes leave the z columns empty. Numbers are written to round-trip
+    exactly; the file is written atomically (a temporary file renamed into place), with
+    `.csv` added when the name has no extension of its own. Written with the `csv`
+    module. Returns the file written."""
+    if isinstance(x, Sequence) and not isinstance(x, (str, bytes)) and all(isinstance(c, Case) for c in x):
+        items = [(c.id, _boxes_of(c.value, f"case {c.id}")) for c in x]
+    else:
+        b = _boxes_of(x, "write_boxes")
+        items = [(_stem(b.source), b)]
+    target = _with_suffix(Path(path), (".csv",)) if not Path(path).suffix else Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(_BOX_COLUMNS)
+            for cid, b in items:
+                for i in range(len(b)):
+                    centre = (b.lo[i] + b.hi[i]) / 2.0
+                    extent = b.hi[i] - b.lo[i]
+                    pad = [""] * (3 - b.dim)
+                    w.writerow([cid, *(float(v) for v in centre), *pad, float(np.mean(extent)),
+                                *(float(v) for v in extent), *pad, int(b.classes[i]), float(b.scores[i])])
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return [target]
+
+
+# ===== whole-slide images =====================================================================
+
+
+@functools.lru_cache(maxsize=4)
+def _slide(path: str, stamp: tuple[int, int]) -> object:
+    """An open OpenSlide handle, kept for the tiles of one slide (`stamp`, the file's size
+    and mtime, makes a changed file reopen)."""
+    import openslide
+
+    try:
+        return openslide.OpenSlide(path)
+    except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as exc:
+        raise DataError("E1002", f"cannot read {path} as a whole-slide image: {exc}", path,
+                        help="OpenSlide reads tiled pyramidal TIFF, SVS, NDPI, MRXS, ... files") from exc
+
+
+def _open_slide(path: PathLike) -> object:
+    p = _existing_file(path)
+    st = p.stat()
+    return _slide(str(p), (st.st_size, st.st_mtime_ns))
+
+
+def _saturation(rgba: np.ndarray) -> np.ndarray:
+    """HSV saturation in 0..1; transparent pixels (outside the scanned area) 0."""
+    rgb = rgba[..., :3].astype(np.float64)
+    hi, lo = rgb.max(axis=-1), rgb.min(axis=-1)
+    sat = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-12), 0.0)
+    if rgba.shape[-1] == 4:
+        sat[rgba[..., 3] == 0] = 0.0
+    return sat
+
+
+def _tissue_mask(slide: object) -> tuple[np.ndarray, float, float]:
+    """Tissue at the slide's lowest resolution (read whole when at most 2048 pixels on a
+    side, else a 2048-pixel thumbnail): saturation above its Otsu threshold. Returns the
+    mask and its downsample (x, y) from level 0."""
+    from skimage.filters import threshold_otsu
+
+    w0, h0 = slide.level_dimensions[0]
+    last = slide.level_count - 1
+    lw, lh = slide.level_dimensions[last]
+    if max(lw, lh) <= 2048:
+        rgba = np.asarray(slide.read_region((0, 0), last, (lw, lh)))
+    else:
+        rgba = np.asarray(slide.get_thumbnail((2048, 2048)).convert("RGB"))
+    sat = _saturation(rgba)
+    if float(sat.max() - sat.min()) < 1e-6:
+        mask = sat > 0.1  # one saturation everywhere: no threshold to find
+    else:
+        mask = sat > threshold_otsu(sat)
+    return mask, w0 / mask.shape[1], h0 / mask.shape[0]
+
+
+def slide_tiles(path: PathLike, size: Sequence[int] = (512, 512), level: int = 0,
+                tissue: float = 0.5) -> list[Case[Volume]]:
+    """A whole-slide image as a dataset of RGB tiles, read with OpenSlide.
+
+    The tiles of `size` pixels (x, y) on a grid over pyramid `level` (0 = full
+    resolution); case ids `r<row>_c<col>` (zero-padded, so in raster order). A tile is
+    kept when the fraction of its area that is tissue is at least `tissue`; tissue is
+    found at the lowest resolution of the pyramid, as the pixels whose HSV saturation
+    is above its Otsu threshold (glass is grey or white, stained tissue coloured). Edge
+    tiles are padded to `size` with white (255, glass); the padding counts as no tissue.
+    Each tile is a 2-D uint8 RGB Volume of modality `Path` with spacing from the
+    slide's microns per pixel (`openslide.mpp-x/y`) times the level's downsample, in mm,
+    or 1 mm per level-0 pixel without it; its origin is its top-left pixel centre.
+    E1005 when no tile has enough tissue or the slide has no such level.
+    """
+    return _eager("slide_tiles", path=path, size=size, level=level, tissue=tissue)
+
+
+def _list_slide_tiles(path: PathLike, size: Sequence[int] = (512, 512), level: int = 0,
+                      tissue: float = 0.5) -> list[CaseSpec]:
+    tw, th = (int(v) for v in size)
+    if tw < 1 or th < 1 or not 0.0 <= float(tissue) <= 1.0:
+        raise ValueError("slide_tiles needs a positive tile size and a tissue fraction in 0..1")
+    p = _existing_file(path)
+    slide = _open_slide(p)
+    levels = slide.level_count
+    if not 0 <= int(level) < levels:
+        sizes = ", ".join(f"{i}: {w}x{h}" for i, (w, h) in enumerate(slide.level_dimensions))
+        raise DataError("E1005", f"{p} has no pyramid level {level}; its levels are {sizes}", p)
+    level = int(level)
+    lw, lh = slide.level_dimensions[level]
+    ds = float(slide.level_downsamples[level])
+    mask, mx, my = _tissue_mask(slide)
+    specs = []
+    for row in range(math.ceil(lh / th)):
+        for col in range(math.ceil(lw / tw)):
+            x, y = col * tw, row * th
+            vw, vh = min(tw, lw - x), min(th, lh - y)
+            # the tile's area on the mask: pixels whose centres fall inside it
+            xa, xb = (int(math.floor(v * ds / mx + 0.5)) for v in (x, x + vw))
+            ya, yb = (int(math.floor(v * ds / my + 0.5)) for v in (y, y + vh))
+            xb, yb = max(xb, xa + 1), max(yb, ya + 1)
+            covered = mask[ya:yb, xa:xb]
+            fraction = float(covered.mean()) * (vw * vh) / (tw * th) if covered.size else 0.0
+            if fraction >= float(tissue):
+                specs.append(CaseSpec(f"r{row:05d}_c{col:05d}", (str(p),),
+                                      {"path": str(p), "level": level, "x": int(round(x * ds)),
+                                       "y": int(round(y * ds)), "size": [tw, th], "valid": [vw, vh]}))
+    if not specs:
+        raise DataError("E1005", f"no tile of {p} at level {level} is at least {float(tissue):.0%} tissue", p,
+                        help="lower `tissue` (0 keeps every tile), or check that this is a stained slide")
+    return specs
+
+
+def _load_slide_tile(spec: CaseSpec) -> Volume:
+    import openslide
+
+    a = spec.args
+    path, level = str(a["path"]), int(a["level"])
+    tw, th = (int(v) for v in a["size"])
+    vw, vh = (int(v) for v in a["valid"])
+    x, y = int(a["x"]), int(a["y"])
+    slide = _open_slide(path)
+    try:
+        rgba = np.asarray(slide.read_region((x, y), level, (vw, vh)))
+    except openslide.OpenSlideError as exc:
+        _slide.cache_clear()  # an OpenSlide handle is unusable after an error
+        raise DataError("E1002", f"cannot read tile {spec.id} of {path}: {exc}", path,
+                        help="the slide may be corrupt or truncated") from exc
+    tile = np.full((th, tw, 3), 255, dtype=np.uint8)
+    rgb = rgba[..., :3].copy()
+    rgb[rgba[..., 3] == 0] = 255  # outside the scanned area: glass
+    tile[:vh, :vw] = rgb
+    ds = float(slide.level_downsamples[level])
+    props = slide.properties
+    try:
+        mpp = (float(props["openslide.mpp-x"]) / 1000.0, float(props["openslide.mpp-y"]) / 1000.0)
+    except (KeyError, ValueError):
+        mpp = (1.0, 1.0)
+    spacing = (mpp[0] * ds, mpp[1] * ds)
+    origin = (x * mpp[0] + (spacing[0] - mpp[0]) / 2.0, y * mpp[1] + (spacing[1] - mpp[1]) / 2.0)
+    return Volume(tile, spacing, origin, _identity(2), "image", "Path", path)
+
+
 OPERATORS: dict[str, Callable[..., object]] = {
     "nifti": nifti, "nrrd": nrrd, "mha": mha, "png": png, "tiff": tiff, "jpeg": jpeg, "numpy": numpy,
     "dicom_file": dicom_file, "dicom_series": dicom_series, "dicom_to_image": dicom_to_image,
@@ -1243,5 +1711,39 @@ OPERATORS: dict[str, Callable[..., object]] = {
     "write_nifti": write_nifti, "write_nrrd": write_nrrd, "write_mha": write_mha, "write_png": write_png,
     "one_hot": one_hot, "onehot_to_labels": onehot_to_labels, "instances_to_labels": instances_to_labels,
     "labels_to_instances": labels_to_instances, "boxes_to_mask": boxes_to_mask, "mask_to_boxes": mask_to_boxes,
+    "classified": classified, "csv_annotations": csv_annotations, "boxed": boxed, "slide_tiles": slide_tiles,
+    "write_boxes": write_boxes,
 }
 """The std.io operators implemented here, by the name of their stdlib signature."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source operator in two phases, for an executor that reads cases lazily.
+
+    `list(**params)` takes the operator's keyword arguments and returns its cases as
+    `CaseSpec`s ordered by id, cheaply: file names, pairing, DICOM headers, a CSV table,
+    a slide's low-resolution level; it raises the operator's DataErrors about the
+    dataset as a whole (E1005 nothing found, E1006 unpaired, ...). `load(spec)` reads one
+    case and returns exactly the value the eager operator gives for it, raising a
+    DataError naming the file when that case's data is bad (E1002 corrupt, E1007 image
+    and label grids differ, ...). `spec.files` are the files `load` reads and
+    `spec.args` plain JSON, so a worker process can load a case from a spec alone.
+    """
+
+    list: Callable[..., list[CaseSpec]]
+    load: Callable[[CaseSpec], object]
+
+
+SOURCES: dict[str, Source] = {
+    "folder": Source(lambda root, image, label=None: _list_paired(root, image, label, "labels"), _load_paired),
+    "instance_folder": Source(lambda root, image, label: _list_paired(root, image, label, "instances"),
+                              _load_paired),
+    "images": Source(_list_images, _load_image),
+    "dicom_folder": Source(_list_dicom_folder, _load_dicom_series),
+    "phantom": Source(_list_phantom, _load_phantom),
+    "classified": Source(_list_classified, _load_classified),
+    "slide_tiles": Source(_list_slide_tiles, _load_slide_tile),
+}
+"""The source operators (those that make a `Dataset`) in two phases, by operator name;
+the eager operators of the same names are `[Case(s.id, load(s)) for s in list(...)]`."""
