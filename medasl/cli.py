@@ -315,6 +315,8 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
         _print_diagnostics(refusals, sources, "text")
         _finish(refusals)
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = 160  # logs and CI: no terminal to wrap the tables to
     for plan in plans:
         if dry_run:
             session.show_preview(plan, request, console)
@@ -323,7 +325,7 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
             session.execute(plan, request, file, console)
         except RunFailure as failure:
             failed = Diagnostics()
-            failed.items.append(session.failure_diagnostic(failure))
+            failed.items += [session.failure_diagnostic(f) for f in (failure, *failure.more)]
             _print_diagnostics(failed, sources, "text")
             _finish(failed)
         except KeyboardInterrupt:

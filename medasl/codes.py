@@ -380,6 +380,10 @@ CODES: dict[str, Code] = {
         "device not available",
         '`--device cuda:N` asks for a GPU that this machine does not have, or PyTorch is not installed with CUDA support. `--device cpu` always works.',
     ),
+    "E2004": Code(
+        "a cached result vanished during the run",
+        'A result this run had found in the cache, or had just computed, was gone when a later step needed it: the cache was cleaned (`medasc cache gc --all`) or its files were removed while the run went on. Run the same command again; whatever is missing is computed again.',
+    ),
     "W0001": Code(
         "unused value",
         "A binding that nothing uses, shows or reports is computed for nothing.",

@@ -27,6 +27,8 @@ def same(a: object, b: object) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, float):
+        if math.isnan(a):  # NaN is stored as "nan": its sign bit and payload mean nothing
+            return math.isnan(b)  # type: ignore[arg-type]
         return bits(a) == bits(b)  # type: ignore[arg-type]
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -134,6 +134,7 @@ class RunFailure(Exception):
                  help: str | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.step, self.case, self.path, self.help = code, message, step, case, path, help
+        self.more: list[RunFailure] = []  # other cases of the same step that failed too
 
 
 class Reporter(Protocol):
@@ -438,16 +439,23 @@ class LocalExecutor:
         if force:
             for task in prepared.tasks:
                 options.cache.discard(task.key)
+        failures: list[RunFailure] = []
         for result in self._run_tasks(step, prepared.tasks, options):
+            if isinstance(result, RunFailure):
+                failures.append(result)  # the other cases still run: all bad files are named at once
+                continue
             outcome.computed += result.computed
             outcome.cached += not result.computed
             outcome.busy += result.seconds
             reporter.task_done(step, result)
+        if failures:
+            failures[0].more = failures[1:]
+            raise failures[0]
         outcome.seconds = time.perf_counter() - clock
         reporter.step_finished(step, outcome)
         return outcome
 
-    def _run_tasks(self, step: Step, tasks: Sequence[Task], options: RunOptions) -> Iterable[TaskResult]:
+    def _run_tasks(self, step: Step, tasks: Sequence[Task], options: RunOptions) -> Iterable[TaskResult | RunFailure]:
         root = str(options.cache.root)
         todo = []
         for task in tasks:  # cached results are reported without a round trip to a worker
@@ -473,18 +481,19 @@ class LocalExecutor:
                 future.cancel()
 
 
-def _guarded(step: Step, task: Task, call: Callable[[], TaskResult]) -> TaskResult:
-    """Run one task, turning the user's data problems into a `RunFailure` for this step."""
+def _guarded(step: Step, task: Task, call: Callable[[], TaskResult]) -> TaskResult | RunFailure:
+    """Run one task; the user's data problems come back as a `RunFailure` for this step
+    and case (anything else is a bug and propagates with its traceback)."""
     try:
         return call()
     except DataError as exc:
-        raise _data_failure(exc, step, task.case) from None
+        return _data_failure(exc, step, task.case)
     except MemoryError:
-        raise RunFailure("E2002", f"out of memory while running `{step.op}`" +
-                         (f" on case {task.case}" if task.case else ""), step, task.case,
-                         help="results computed so far are kept; rerun with `--workers 1` or smaller sizes") from None
+        return RunFailure("E2002", f"out of memory while running `{step.op}`" +
+                          (f" on case {task.case}" if task.case else ""), step, task.case,
+                          help="results computed so far are kept; rerun with `--workers 1` or smaller sizes")
     except MissingInput as exc:
-        raise RunFailure("E2002", str(exc), step, task.case, help="run again: missing results are recomputed") from None
+        return RunFailure("E2004", str(exc), step, task.case, help="run again: missing results are recomputed")
 
 
 def _data_failure(exc: DataError, step: Step, case: str | None) -> RunFailure:
@@ -545,10 +554,30 @@ def preview(plan: Plan, options: RunOptions) -> dict[str, StepPreview]:
                 explanation = _explain(options.cache, task)
                 status = "forced" if step.id in forced else explanation.status
                 found.counts[status] = found.counts.get(status, 0) + 1
-                for reason in explanation.reasons:
+                for reason in _reasons(plan, step, explanation):
                     if reason not in found.reasons:
                         found.reasons.append(reason)
     return previews
+
+
+def _reasons(plan: Plan, step: Step, explanation: Explanation) -> list[str]:
+    """Why a result is stale, in the user's terms: a changed input names the step it
+    comes from (digests mean nothing to a reader), a changed seed is said once."""
+    if not explanation.changes:
+        return list(explanation.reasons)
+    reasons = []
+    for change in explanation.changes:
+        if change.part == "input" and change.name in step.inputs:
+            reasons.append(f"input `{change.name}` changed (from `{plan.steps[step.inputs[change.name]].label}`)")
+        elif change.part == "seed":
+            reasons.append("the seed changed")
+        elif change.part == "source":
+            reasons.append(f"the file behind `{change.name}` changed")
+        elif change.part == "param" and change.name and change.name.startswith("args."):
+            reasons.append(replace(change, name=change.name[len("args."):]).describe())
+        else:
+            reasons.append(change.describe())
+    return reasons
 
 
 def _explain(cache: Cache, task: Task) -> Explanation:

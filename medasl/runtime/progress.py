@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -60,12 +61,13 @@ class ConsoleReporter:
 
 
 class RunLog:
-    """Appends one JSON record per event to `<out>/logs/run-<time>-<pid>.jsonl`."""
+    """Appends one JSON record per event to `<out>/logs/run-<time>-<pid>-<random>.jsonl`."""
 
     def __init__(self, folder: Path, plan: Plan, source: str, settings: dict[str, object]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.path = folder / f"run-{stamp}-{os.getpid()}.jsonl"
+        now = time.time()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+        self.path = folder / f"run-{stamp}-{os.getpid()}-{secrets.token_hex(2)}.jsonl"
         self.lock = threading.Lock()
         self._file = self.path.open("a", encoding="utf-8")
         self.write("run", pipeline=plan.pipeline, file=source, params=_jsonable(plan.params), **settings)
@@ -116,6 +118,11 @@ class Reporters:
             r.step_finished(step, outcome)  # type: ignore[attr-defined]
 
 
+def _shown(plan: Plan) -> list[Step]:
+    """The steps a table lists: `.train`, `.image` and other field selections are left out."""
+    return [s for s in plan.steps.values() if s.op != "field"]
+
+
 def _line(step: Step) -> str:
     return str(step.span.line) if step.span else ""
 
@@ -129,7 +136,7 @@ def timing_table(plan: Plan, outcomes: dict[str, StepOutcome], total: float) -> 
     table = Table(title=f"pipeline {plan.pipeline}: {_seconds(total)}", title_justify="left")
     for column in ("step", "operator", "line", "status", "results", "time"):
         table.add_column(column, justify="right" if column in ("results", "time") else "left")
-    for step in plan.steps.values():
+    for step in _shown(plan):
         outcome = outcomes.get(step.id)
         if outcome is None:
             table.add_row(step.label, step.op, _line(step), "not run", "", "")
@@ -144,7 +151,7 @@ def preview_table(plan: Plan, previews: dict[str, StepPreview]) -> Table:
     table = Table(title=f"pipeline {plan.pipeline}: dry run (nothing is computed)", title_justify="left")
     for column in ("step", "operator", "line", "status", "results", "why"):
         table.add_column(column)
-    for step in plan.steps.values():
+    for step in _shown(plan):
         found = previews[step.id]
         counts = ", ".join(f"{n} {status}" for status, n in sorted(found.counts.items()))
         why = found.unknown or "; ".join(found.reasons[:3]) + (" …" if len(found.reasons) > 3 else "")

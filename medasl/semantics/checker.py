@@ -391,7 +391,8 @@ class PipelineChecker:
         for name, stmt in self.bindings.items():
             val = self.values.get(name)
             node_id = val.value.node if val is not None and isinstance(val.value, Ref) else name
-            if name in self.used or stmt.goal is not None or node_id in sinks or (val is not None and val.type == ERROR):
+            writes = node_id in self.graph.nodes and self.graph.nodes[node_id].stage == "output"
+            if name in self.used or stmt.goal is not None or node_id in sinks or writes or (val is not None and val.type == ERROR):
                 continue
             self.warning("W0001", f"`{name}` is computed but never used", label(stmt.name_span, "never used"),
                          help="use it, `show` it, `report` it, or mark it `maximize`/`minimize`; otherwise remove it")

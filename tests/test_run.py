@@ -1,0 +1,296 @@
+"""`medasc run`: results equal the operators called directly, reruns are cached, and bad
+input, bad options and unimplemented operators give diagnostics with the right exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("SimpleITK", reason="running needs the run extra (pip install -e '.[run]')")
+pytest.importorskip("rich", reason="running needs the run extra (pip install -e '.[run]')")
+
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402, N813
+
+from medasl.lower.plan import LoweringError, OpValue, lower, parse_literal  # noqa: E402
+from medasl.ops import aug, io, pre  # noqa: E402
+from medasl.runtime.cache import Cache  # noqa: E402
+from medasl.runtime.tasks import case_number  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+from tests.test_cli import run as cli  # noqa: E402
+
+PHANTOM = """import std.io, std.data, std.pre, std.aug
+pipeline prep {
+  cases = phantom(cases=4, size=(32, 32, 24), seed=5)
+  folds = split(cases, val=0.25, seed=1)
+  prepped = folds.train |> resample(spacing=(2.5, 2.5, 2.5) mm) |> window(level=40, width=400)
+                        |> crop_or_pad((24, 24, 24)) |> rotate(angle=10 deg, p=1.0)
+  written = write_nifti(prepped.image, "train/*_ct.nii.gz")
+  written_labels = write_nifti(prepped.label, "train/*_seg.nii.gz")
+}
+"""
+
+FOLDER = """import std.io, std.pre
+pipeline bad {
+  cases = folder("data", image="*_ct.nii.gz", label="*_seg.nii.gz") as Dataset<Pair<Image[3, CT], LabelMap[3, 2]>>
+  prepped = cases |> resample(spacing=(3.0, 3.0, 3.0) mm)
+  written = write_nifti(prepped.image, "out/*.nii.gz")
+}
+"""
+
+
+def _run(tmp_path: Path, text: str, *args: str, name: str = "p.medas") -> tuple[int, str]:
+    path = tmp_path / name
+    path.write_text(text)
+    code, _, err = cli("run", str(path), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), *args)
+    return code, err
+
+
+def _computed(tmp_path: Path, pipeline: str) -> list[dict[str, object]]:
+    """The `computed` events of the latest run log."""
+    logs = sorted((tmp_path / "out" / pipeline / "logs").glob("run-*.jsonl"))
+    events = [json.loads(line) for line in logs[-1].read_text().splitlines()]
+    return [e for e in events if e["event"] == "computed"]
+
+
+def _volume(path: Path) -> sitk.Image:
+    return sitk.ReadImage(str(path))
+
+
+# ----- results -------------------------------------------------------------------------
+
+
+def test_results_equal_the_operators_called_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(tmp_path, PHANTOM)
+    assert code == 0, err
+    from medasl.ops import data
+    from medasl.runtime.executor import node_seed
+
+    train = data.split(io.phantom(cases=4, size=(32, 32, 24), seed=5), val=0.25, seed=1).train
+    assert len(train) == 3
+    for case in train:
+        x = case.value
+        x = type(x)(pre.resample(x.input, (2.5, 2.5, 2.5)), pre.resample(x.target, (2.5, 2.5, 2.5)))
+        x = type(x)(pre.window(x.input, 40, 400), x.target)
+        x = type(x)(pre.crop_or_pad(x.input, (24, 24, 24)), pre.crop_or_pad(x.target, (24, 24, 24)))
+        rng = np.random.default_rng([node_seed(0, "prepped"), case_number(case.id)])
+        x, _ = aug.rotate(x, angle=10.0, p=1.0, rng=rng)
+        written = _volume(tmp_path / "out" / "prep" / "train" / f"{case.id}_ct.nii.gz")
+        np.testing.assert_allclose(sitk.GetArrayFromImage(written), x.input.array, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(written.GetSpacing(), x.input.spacing, rtol=1e-6)
+        np.testing.assert_allclose(written.GetOrigin(), x.input.origin, atol=1e-4)
+        labels = sitk.GetArrayFromImage(_volume(tmp_path / "out" / "prep" / "train" / f"{case.id}_seg.nii.gz"))
+        np.testing.assert_array_equal(labels, x.target.array)
+        assert set(np.unique(labels)) <= {0, 1}
+
+
+def test_a_second_run_computes_nothing(tmp_path: Path) -> None:
+    assert _run(tmp_path, PHANTOM)[0] == 0
+    assert _computed(tmp_path, "prep")
+    code, err = _run(tmp_path, PHANTOM)
+    assert code == 0, err
+    assert _computed(tmp_path, "prep") == []
+    assert "cached" in err
+
+
+def test_a_deleted_output_file_is_written_again(tmp_path: Path) -> None:
+    assert _run(tmp_path, PHANTOM)[0] == 0
+    victim = next((tmp_path / "out" / "prep" / "train").glob("*_ct.nii.gz"))
+    victim.unlink()
+    assert _run(tmp_path, PHANTOM)[0] == 0
+    assert victim.exists()
+    assert [e["step"] for e in _computed(tmp_path, "prep")] == ["written"]
+
+
+def test_workers_give_the_same_results(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    assert _run(one, PHANTOM, "--workers", "1")[0] == 0
+    code, err = _run(two, PHANTOM, "--workers", "2")
+    assert code == 0, err
+    # Writers' keys hold their (different) output folders; every other result is the same.
+    digests = [{e.digest for e in Cache(d / "cache" / "results").entries() if not e.op.startswith("write_")}
+               for d in (one, two)]
+    assert digests[0] == digests[1] and digests[0]
+    for path in (one / "out" / "prep" / "train").glob("*.nii.gz"):
+        twin = two / "out" / "prep" / "train" / path.name
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(_volume(path)), sitk.GetArrayFromImage(_volume(twin)))
+
+
+def test_dry_run_computes_nothing(tmp_path: Path) -> None:
+    code, err = _run(tmp_path, PHANTOM, "--dry-run")
+    assert code == 0, err
+    assert "new" in err and "dry run" in err
+    assert Cache(tmp_path / "cache" / "results").entries() == []
+    assert not (tmp_path / "out" / "prep" / "train").exists()
+
+
+def test_single_image_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    case = io.phantom(cases=1, size=(16, 16, 8))[0]
+    io.write_nifti(case.value.input, tmp_path / "ct.nii.gz")
+    text = (ROOT / "tests" / "test_cli.py").read_text().split('GOOD = """', 1)[1].split('"""', 1)[0]
+    code, err = _run(tmp_path, text)
+    assert code == 0, err
+    written = sitk.GetArrayFromImage(_volume(tmp_path / "out" / "p" / "out.nii.gz"))
+    expected = pre.rescale(pre.window(io.nifti(tmp_path / "ct.nii.gz"), 40, 400), 0, 1).array
+    np.testing.assert_allclose(written, expected, atol=1e-6)
+    io.write_nifti(io.phantom(cases=2, size=(16, 16, 8))[1].value.input, tmp_path / "ct.nii.gz")
+    assert _run(tmp_path, text)[0] == 0
+    assert {e["step"] for e in _computed(tmp_path, "p")} == {"ct", "window", "x", "write_nifti"}
+
+
+# ----- bad data --------------------------------------------------------------------------
+
+
+def _folder_data(tmp_path: Path, cases: int = 3) -> None:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    for case in io.phantom(cases=cases, size=(16, 16, 8), seed=1):
+        io.write_nifti(case.value.input, data / f"{case.id}_ct.nii.gz")
+        io.write_nifti(case.value.target, data / f"{case.id}_seg.nii.gz")
+
+
+def test_missing_folder_names_it_and_the_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(tmp_path, FOLDER)
+    assert code == 1
+    assert "error[E1001]" in err and "data" in err
+    assert "p.medas:3:" in err and "Traceback" not in err
+
+
+def test_truncated_file_fails_its_case_and_keeps_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _folder_data(tmp_path)
+    broken = tmp_path / "data" / "case001_ct.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:2000])
+    code, err = _run(tmp_path, FOLDER, "--workers", "1")
+    assert code == 1
+    assert "error[E1002]" in err and "case001_ct.nii.gz" in err and "on case case001" in err
+    assert "p.medas:3:" in err and "Traceback" not in err
+    assert "resumes" in err
+    kept = {e.node_id for e in Cache(tmp_path / "cache" / "results").entries()}
+    assert "bad/cases#case000" in kept
+    # Fixing the file resumes: the good cases are not read again.
+    _folder_data(tmp_path)
+    assert _run(tmp_path, FOLDER)[0] == 0
+    read_again = {e["case"] for e in _computed(tmp_path, "bad") if e["step"] == "cases"}
+    assert read_again == {"case001"}
+
+
+def test_every_bad_case_of_a_step_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _folder_data(tmp_path, cases=4)
+    for case in ("case000", "case002"):
+        (tmp_path / "data" / f"{case}_ct.nii.gz").write_bytes(b"not an image")
+    code, err = _run(tmp_path, FOLDER)
+    assert code == 1
+    assert err.count("error[E1002]") == 2 and "on case case000" in err and "on case case002" in err
+
+
+def test_label_on_another_grid_is_e1007(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _folder_data(tmp_path, cases=2)
+    label = io.nifti(tmp_path / "data" / "case000_seg.nii.gz")
+    label.spacing = (3.0, 3.0, 3.0)
+    io.write_nifti(label, tmp_path / "data" / "case000_seg.nii.gz")
+    code, err = _run(tmp_path, FOLDER)
+    assert code == 1 and "error[E1007]" in err and "case000" in err
+
+
+def test_nan_values_are_e1008(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _folder_data(tmp_path, cases=2)
+    image = io.nifti(tmp_path / "data" / "case001_ct.nii.gz")
+    array = image.array.astype(np.float32)
+    array[2, 3, 4] = np.nan
+    io.write_nifti(image.with_array(array), tmp_path / "data" / "case001_ct.nii.gz")
+    code, err = _run(tmp_path, FOLDER)
+    assert code == 1 and "error[E1008]" in err and "case001_ct.nii.gz" in err
+
+
+# ----- refusals before anything runs ------------------------------------------------------
+
+
+def test_unimplemented_operators_refuse_to_run(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "quickstart.medas").read_text()
+    code, err = _run(tmp_path, text)
+    assert code == 1
+    assert "error[E2001]" in err and "`unet3d`" in err
+    assert Cache(tmp_path / "cache" / "results").entries() == []
+
+
+def test_missing_gpu_is_e2003(tmp_path: Path) -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    except ImportError:
+        pass
+    code, err = _run(tmp_path, PHANTOM, "--device", "cuda:0")
+    assert code == 1 and "error[E2003]" in err
+
+
+@pytest.mark.parametrize("args", [("--device", "gpu"), ("--set", "nothing=1"), ("--set", "noequals"),
+                                  ("--force", "no_such_step"), ("--pipeline", "other")])
+def test_command_line_misuse_exits_2(tmp_path: Path, args: tuple[str, ...]) -> None:
+    code, err = _run(tmp_path, PHANTOM, *args)
+    assert code == 2, err
+
+
+def test_a_file_with_errors_runs_nothing(tmp_path: Path) -> None:
+    code, err = _run(tmp_path, PHANTOM.replace("window(level=40", "window(levl=40"))
+    assert code == 1 and "error[" in err
+    assert not (tmp_path / "cache" / "results").exists() or Cache(tmp_path / "cache" / "results").entries() == []
+
+
+# ----- lowering: parameters and --set ------------------------------------------------------
+
+SEARCHED = """import std.io, std.pre
+pipeline p {
+  param level: float = 40 search uniform(0, 100)
+  param width: int = 400
+  ct = nifti("ct.nii.gz") as Image[3, CT]
+  x = ct |> window(level=level, width=width)
+}
+"""
+
+
+def _graph(text: str) -> object:
+    from medasl.diagnostics import Diagnostics
+    from medasl.semantics.checker import check_source
+    from medasl.source import SourceFile
+
+    diags = Diagnostics()
+    result = check_source(SourceFile("p.medas", text), diags)
+    assert not diags.has_errors, diags.items
+    return result.graphs[0]
+
+
+def test_parameters_are_folded_into_their_uses() -> None:
+    plan = lower(_graph(SEARCHED))  # type: ignore[arg-type]
+    assert "level" not in plan.steps
+    assert plan.steps["x"].params == {"level": 40.0, "width": 400}
+    assert plan.steps["x"].inputs == {"x": "ct"}
+    plan = lower(_graph(SEARCHED), {"level": "55", "width": "300"})  # type: ignore[arg-type]
+    assert plan.steps["x"].params == {"level": 55.0, "width": 300}
+    assert plan.params == {"level": 55.0, "width": 300}
+
+
+@pytest.mark.parametrize("override", [{"level": "500"}, {"width": "3.5"}, {"width": "wide"}, {"depth": "1"}])
+def test_bad_overrides_are_refused(override: dict[str, str]) -> None:
+    with pytest.raises(LoweringError):
+        lower(_graph(SEARCHED), override)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("3", 3), ("-2.5", -2.5), ("1e-3", 1e-3), ("true", True), ("false", False), ('"a b"', "a b"),
+    ("word", "word"), ("@dice_ce", OpValue("dice_ce")), ("(1, 2.0, x)", (1, 2.0, "x")), ("()", ()),
+])
+def test_literals(text: str, value: object) -> None:
+    assert parse_literal(text) == value
