@@ -174,11 +174,11 @@ def test_truncated_file_fails_its_case_and_keeps_the_others(tmp_path: Path, monk
     assert "p.medas:3:" in err and "Traceback" not in err
     assert "resumes" in err
     kept = {e.node_id for e in Cache(tmp_path / "cache" / "results").entries()}
-    assert "bad/cases#case000" in kept
+    assert "bad/prepped#case000" in kept  # reading is fused into `prepped`: one result per case
     # Fixing the file resumes: the good cases are not read again.
     _folder_data(tmp_path)
     assert _run(tmp_path, FOLDER)[0] == 0
-    read_again = {e["case"] for e in _computed(tmp_path, "bad") if e["step"] == "cases"}
+    read_again = {e["case"] for e in _computed(tmp_path, "bad") if e["step"] == "prepped"}
     assert read_again == {"case001"}
 
 

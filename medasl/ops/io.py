@@ -44,6 +44,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
 
+from medasl.runtime.cache import pid_alive
 from medasl.runtime.errors import DataError
 from medasl.runtime.values import LABEL_KINDS, Boxes, Case, CaseSpec, DicomSeries, Pair, Volume
 
@@ -1060,6 +1061,22 @@ def _with_suffix(path: Path, suffixes: tuple[str, ...]) -> Path:
     return path if path.name.lower().endswith(suffixes) else path.with_name(path.name + suffixes[0])
 
 
+def _temp_beside(target: Path) -> Path:
+    """A private temporary name next to `target`, to write into and then rename into place.
+
+    A writer killed between the two leaves its temporary file behind; the next writer of
+    the same target removes those whose process is gone, so the output folder holds no
+    debris after a resumed run.
+    """
+    leftover = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}-" + re.escape(target.name))
+    for path in target.parent.glob(f".tmp-*-{target.name}"):
+        found = leftover.fullmatch(path.name)
+        if found and not pid_alive(int(found.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return target.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
+
+
 def _write_atomic(img: sitk.Image, target: Path, compress: bool) -> None:
     """Write through a temporary file in the same folder and rename it into place, so a
     killed run never leaves a half-written image that looks complete. Two-file formats
@@ -1068,7 +1085,7 @@ def _write_atomic(img: sitk.Image, target: Path, compress: bool) -> None:
     if target.name.lower().endswith((".mhd", ".nhdr", ".hdr")):
         sitk.WriteImage(img, str(target), useCompression=compress)
         return
-    tmp = target.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
+    tmp = _temp_beside(target)
     try:
         sitk.WriteImage(img, str(tmp), useCompression=compress)
         os.replace(tmp, target)
@@ -1547,7 +1564,7 @@ def write_boxes(x: Boxes | Sequence[Case[Boxes]], path: PathLike) -> list[Path]:
         items = [(_stem(b.source), b)]
     target = _with_suffix(Path(path), (".csv",)) if not Path(path).suffix else Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
+    tmp = _temp_beside(target)
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)

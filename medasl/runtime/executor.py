@@ -36,7 +36,7 @@ from typing import Protocol
 
 from medasl.lower.plan import Plan, Step, to_json
 from medasl.runtime import registry
-from medasl.runtime.cache import Cache, CacheKey, Explanation
+from medasl.runtime.cache import Cache, CacheKey, Explanation, diff_parts
 from medasl.runtime.digests import DigestMemo, file_digest, folder_digest, sha256_json
 from medasl.runtime.errors import DataError
 from medasl.runtime.tasks import (
@@ -47,6 +47,7 @@ from medasl.runtime.tasks import (
     files_intact,
     load_ref,
     member,
+    record,
     run_task,
 )
 from medasl.runtime.values import Case, CaseSpec
@@ -108,9 +109,12 @@ class StepOutcome:
     cached: int = 0
     seconds: float = 0.0  # wall time of the step
     busy: float = 0.0  # summed time of its tasks
+    fused_into: str | None = None
 
     @property
     def status(self) -> str:
+        if self.fused_into:
+            return "fused"
         if self.tasks == 0:
             return "selected"
         if self.computed == 0:
@@ -173,6 +177,7 @@ def _modality(step: Step) -> str | None:
 class Prepared:
     tasks: list[Task]
     value: RunValue
+    fused_into: str | None = None  # the step this one is computed with (its tasks are in that step's)
 
 
 class Preparer:
@@ -180,6 +185,38 @@ class Preparer:
 
     def __init__(self, plan: Plan, options: RunOptions, memo: DigestMemo) -> None:
         self.plan, self.options, self.memo = plan, options, memo
+        self.users = {sid: [s.id for s in plan.steps.values() if sid in s.inputs.values()] for sid in plan.steps}
+        self.inline: dict[str, dict[str | None, Task]] = {}  # fused step -> its task per case
+
+    def fuses_into(self, step: Step) -> str | None:
+        """The step that computes `step` in memory, case by case, instead of storing it.
+
+        A chain of per-case steps (resample, window, rescale, crop, flip, ...) is stored
+        only at its end: storing each link would cost more than most links take to
+        compute, and resuming mid-chain saves little. A step is fused into the one after
+        it when that one is its only user, maps over it as its only dataset input, and
+        the step itself is per-case (mapped or a source), writes nothing and does not
+        turn one case into several.
+        """
+        users = self.users[step.id]
+        per_case = step.mapped or (not step.inputs and registry.source(step.op) is not None)
+        if len(users) != 1 or not per_case or step.stage == "output" or step.op in registry.EXPANDS:
+            return None
+        user = self.plan.steps[users[0]]
+        lifted = next(iter(user.inputs), None)
+        if not user.mapped or user.op in registry.SELECTIONS or lifted is None:
+            return None
+        if user.inputs[lifted] != step.id or user.dataset_inputs != {lifted}:
+            return None
+        return user.id
+
+    def _fused(self, step: Step, tasks: list[Task], value: RunValue) -> Prepared:
+        """Tasks as prepared, or, for a step fused into the next, kept for that step's chain."""
+        user = self.fuses_into(step)
+        if user is None:
+            return Prepared(tasks, value)
+        self.inline[step.id] = {t.case: t for t in tasks}
+        return Prepared([], value, fused_into=user)
 
     def _index_id(self, step: Step, case: str | None) -> str:
         name = f"{self.plan.pipeline}/{step.id}"
@@ -241,30 +278,34 @@ class Preparer:
             tasks.append(Task(key, step.id, step.op, spec.id, dict(step.params), spec=spec, modality=_modality(step),
                               index_id=self._index_id(step, spec.id)))
             items.append((spec.id, key.digest()))
-        return Prepared(tasks, Cases(tuple(items)))
+        return self._fused(step, tasks, Cases(tuple(items)))
 
     def _mapped(self, step: Step, values: dict[str, RunValue]) -> Prepared:
         datasets = {arg: values[sid] for arg, sid in step.inputs.items() if arg in step.dataset_inputs}
         singles = {arg: values[sid] for arg, sid in step.inputs.items() if arg not in step.dataset_inputs}
         ids = _zip_ids(step, datasets)
         lifted = next(iter(datasets), None)
+        by_case = {arg: dict(cases.items) for arg, cases in datasets.items()}  # type: ignore[union-attr]
+        upstream = self.inline.get(step.inputs[lifted], {}) if lifted is not None else {}
         tasks, items = [], []
         expand = registry.EXPANDS.get(step.op)
         for case in ids:
-            refs = {arg: dict(cases.items)[case] for arg, cases in datasets.items()}  # type: ignore[union-attr]
+            refs = {arg: found[case] for arg, found in by_case.items()}
             refs.update({arg: v.ref for arg, v in singles.items() if isinstance(v, Single)})
             params = dict(step.params)
             writes = step.stage == "output" and "path" in params
             if writes:
                 params["path"] = self._writer_path(step, case)
             key, rng = self._key(step, params, refs, self._sources(step, params, writes), case)
+            before = upstream.get(case)
+            chain = (*before.chain, replace(before, chain=())) if before is not None else ()
             tasks.append(Task(key, step.id, step.op, case, params, refs=refs, lift=step.lift, lifted_arg=lifted,
-                              rng_seed=rng, writes=writes, index_id=self._index_id(step, case)))
+                              rng_seed=rng, writes=writes, index_id=self._index_id(step, case), chain=chain))
             if expand is not None:
                 items += [(f"{case}.{k}", f"{key.digest()}/{k}") for k in range(int(step.params[expand]))]  # type: ignore[arg-type]
             else:
                 items.append((case, key.digest()))
-        return Prepared(tasks, Cases(tuple(items)))
+        return self._fused(step, tasks, Cases(tuple(items)))
 
     def _whole(self, step: Step, values: dict[str, RunValue]) -> Prepared:
         refs, datasets, inputs = {}, {}, {}
@@ -434,13 +475,13 @@ class LocalExecutor:
         except DataError as exc:
             raise _data_failure(exc, step, None) from None
         values[step.id] = prepared.value
-        outcome = StepOutcome(step.id, tasks=len(prepared.tasks))
+        outcome = StepOutcome(step.id, tasks=len(prepared.tasks), fused_into=prepared.fused_into)
         reporter.step_started(step, len(prepared.tasks))
         if force:
             for task in prepared.tasks:
                 options.cache.discard(task.key)
         failures: list[RunFailure] = []
-        for result in self._run_tasks(step, prepared.tasks, options):
+        for result in self._run_tasks(preparer.plan.steps, prepared.tasks, options):
             if isinstance(result, RunFailure):
                 failures.append(result)  # the other cases still run: all bad files are named at once
                 continue
@@ -455,39 +496,41 @@ class LocalExecutor:
         reporter.step_finished(step, outcome)
         return outcome
 
-    def _run_tasks(self, step: Step, tasks: Sequence[Task], options: RunOptions) -> Iterable[TaskResult | RunFailure]:
+    def _run_tasks(self, steps: dict[str, Step], tasks: Sequence[Task],
+                   options: RunOptions) -> Iterable[TaskResult | RunFailure]:
         root = str(options.cache.root)
         todo = []
         for task in tasks:  # cached results are reported without a round trip to a worker
             if task.writes or options.cache.lookup(task.key) is None:
                 todo.append(task)
                 continue
-            if task.index_id:
-                options.cache.record(task.index_id, task.key)
+            record(options.cache, task)
             yield TaskResult(task.key.digest(), False, 0.0, task.step, task.case)
         pool = self._workers(options) if len(todo) > 1 else None
         if pool is None:
             for task in todo:
                 if self._cancel.is_set():
                     raise KeyboardInterrupt
-                yield _guarded(step, task, lambda t=task: run_task(root, t))
+                yield _guarded(steps, task, lambda t=task: run_task(root, t))
             return
         futures = {pool.submit(run_task, root, task): task for task in todo}
         try:
             for future in cf.as_completed(futures):
-                yield _guarded(step, futures[future], future.result)
+                yield _guarded(steps, futures[future], future.result)
         finally:
             for future in futures:
                 future.cancel()
 
 
-def _guarded(step: Step, task: Task, call: Callable[[], TaskResult]) -> TaskResult | RunFailure:
-    """Run one task; the user's data problems come back as a `RunFailure` for this step
-    and case (anything else is a bug and propagates with its traceback)."""
+def _guarded(steps: dict[str, Step], task: Task, call: Callable[[], TaskResult]) -> TaskResult | RunFailure:
+    """Run one task; the user's data problems come back as a `RunFailure` for the step
+    (of a fused chain, the one that failed) and case; anything else is a bug and
+    propagates with its traceback."""
+    step = steps[task.step]
     try:
         return call()
     except DataError as exc:
-        return _data_failure(exc, step, task.case)
+        return _data_failure(exc, steps.get(getattr(exc, "step", task.step), step), task.case)
     except MemoryError:
         return RunFailure("E2002", f"out of memory while running `{step.op}`" +
                           (f" on case {task.case}" if task.case else ""), step, task.case,
@@ -513,11 +556,14 @@ class StepPreview:
     counts: dict[str, int] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     unknown: str | None = None  # why the step's work cannot be known before running
+    fused_into: str | None = None
 
     @property
     def status(self) -> str:
         if self.unknown:
             return "unknown"
+        if self.fused_into:
+            return "fused"
         if self.tasks == 0:
             return "selected"
         for status in ("forced", "stale", "new"):
@@ -549,9 +595,11 @@ def preview(plan: Plan, options: RunOptions) -> dict[str, StepPreview]:
             except DataError as exc:
                 raise _data_failure(exc, step, None) from None
             values[step.id] = prepared.value
-            found.tasks = len(prepared.tasks)
-            for task in prepared.tasks:
-                explanation = _explain(options.cache, task)
+            found.tasks = len(prepared.tasks) or len(preparer.inline.get(step.id, {}))
+            found.fused_into = prepared.fused_into
+            tasks = prepared.tasks or list(preparer.inline.get(step.id, {}).values())
+            for task in tasks:
+                explanation = _explain(options.cache, task, fused=prepared.fused_into is not None)
                 status = "forced" if step.id in forced else explanation.status
                 found.counts[status] = found.counts.get(status, 0) + 1
                 for reason in _reasons(plan, step, explanation):
@@ -580,7 +628,17 @@ def _reasons(plan: Plan, step: Step, explanation: Explanation) -> list[str]:
     return reasons
 
 
-def _explain(cache: Cache, task: Task) -> Explanation:
+def _explain(cache: Cache, task: Task, fused: bool = False) -> Explanation:
+    """cached, new or stale; a fused step is never stored, so it is `unchanged` or
+    `stale` against the key it had when its chain last ran."""
+    if fused:
+        previous = cache.previous(task.key.op, task.index_id) if task.index_id else None
+        if previous is None:
+            return Explanation("new", task.key.digest(), ["no earlier result for this step"])
+        if previous[0] == task.key.digest():
+            return Explanation("unchanged", task.key.digest())
+        changes = diff_parts(previous[1], task.key.parts())
+        return Explanation("stale", task.key.digest(), [c.describe() for c in changes], changes, previous[0])
     explanation = cache.explain(task.key, task.index_id)
     if explanation.status == "cached" and task.writes:
         entry = cache.lookup(task.key)

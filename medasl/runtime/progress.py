@@ -142,6 +142,8 @@ def timing_table(plan: Plan, outcomes: dict[str, StepOutcome], total: float) -> 
             table.add_row(step.label, step.op, _line(step), "not run", "", "")
             continue
         results = ", ".join(f"{n} {what}" for n, what in ((outcome.computed, "new"), (outcome.cached, "cached")) if n)
+        if outcome.fused_into:
+            results = f"with `{plan.steps[outcome.fused_into].label}`"
         table.add_row(step.label, step.op, _line(step), outcome.status, results, _seconds(outcome.seconds))
     return table
 
@@ -155,5 +157,7 @@ def preview_table(plan: Plan, previews: dict[str, StepPreview]) -> Table:
         found = previews[step.id]
         counts = ", ".join(f"{n} {status}" for status, n in sorted(found.counts.items()))
         why = found.unknown or "; ".join(found.reasons[:3]) + (" …" if len(found.reasons) > 3 else "")
+        if found.fused_into and not found.reasons:
+            why = f"computed with `{plan.steps[found.fused_into].label}`, case by case; not stored"
         table.add_row(step.label, step.op, _line(step), found.status, counts, why)
     return table

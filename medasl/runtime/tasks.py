@@ -20,6 +20,7 @@ import numpy as np
 
 from medasl.runtime import registry
 from medasl.runtime.cache import Cache, CacheKey, PendingEntry
+from medasl.runtime.errors import DataError
 from medasl.runtime.store import StoreError, load_value, save_value
 from medasl.runtime.values import Case, CaseSpec, Pair, Volume
 
@@ -79,8 +80,9 @@ class CachedCases(Sequence[Case]):
 class Task:
     """Apply `op` once and commit the result under `key`.
 
-    `refs` are the arguments read from the cache (one reference each, or a whole
-    dataset as (id, reference) pairs); `params` the constants. `spec` is set for a case
+    `refs` are the arguments read from the cache (one reference each; `datasets` whole
+    datasets as (id, reference) pairs); `params` the constants. With a `chain`, the
+    lifted argument is instead the value computed by the chain's last step. `spec` is set for a case
     of a source dataset, which is read rather than computed. `rng_seed` is set for a
     random operator: the generator of this case is `default_rng(rng_seed)`.
     """
@@ -99,6 +101,7 @@ class Task:
     modality: str | None = None
     writes: bool = False
     index_id: str | None = None  # the name this result is remembered under, for `--dry-run`
+    chain: tuple[Task, ...] = ()  # steps fused into this one: computed first, in memory, not stored
 
 
 @dataclass(frozen=True)
@@ -124,11 +127,26 @@ def run_task(cache_root: str, task: Task) -> TaskResult:
         cache.discard(task.key)  # the user removed or changed a written file: write it again
         entry = None
     if entry is not None:
-        if task.index_id:
-            cache.record(task.index_id, task.key)
+        record(cache, task)
         return TaskResult(task.key.digest(), False, time.perf_counter() - clock, task.step, task.case)
     entry, computed = cache.ensure(task.key, lambda pending: _produce(cache, task, pending), node_id=task.index_id)
+    record_chain(cache, task)
     return TaskResult(entry.digest, computed, time.perf_counter() - clock, task.step, task.case)
+
+
+def record_chain(cache: Cache, task: Task) -> None:
+    """Remember the keys of the steps fused into `task`: they are never stored, but
+    `--dry-run` compares their keys too, to say which of them changed."""
+    for stage in task.chain:
+        if stage.index_id:
+            cache.record(stage.index_id, stage.key)
+
+
+def record(cache: Cache, task: Task) -> None:
+    """Remember the key of a task found in the cache (and of its chain) as the latest of its step."""
+    if task.index_id:
+        cache.record(task.index_id, task.key)
+    record_chain(cache, task)
 
 
 def files_intact(manifest: dict[str, object]) -> bool:
@@ -151,32 +169,45 @@ def _produce(cache: Cache, task: Task, pending: PendingEntry) -> None:
 
 
 def compute(cache: Cache, task: Task) -> tuple[object, dict[str, object]]:
-    """The task's value and what to record about it (drawn parameters, written files)."""
-    if task.spec is not None:
-        source = registry.source(task.op)
-        assert source is not None
-        value = source.load(task.spec)  # type: ignore[attr-defined]
-        return _declare_modality(value, task.modality), {}
-    args: dict[str, object] = dict(task.params)
-    for name, ref in task.refs.items():
-        args[name] = load_ref(cache, ref)
-    for name, cases in task.datasets.items():
-        args[name] = CachedCases(str(cache.root), cases)
-    function = registry.function(task.op)
+    """The task's value and what to record about it: the parameters each random step
+    drew (by step), the files a writer wrote. The steps of `task.chain` run first, in
+    memory, each feeding the next; only the last result is stored."""
     info: dict[str, object] = {}
-    if task.rng_seed is not None:
-        args["rng"] = np.random.default_rng(list(task.rng_seed))
-        value, drawn = function(**args)  # random operators get the whole pair: one draw for both parts
-        info["drawn"] = drawn
-    elif task.lifted_arg is not None and task.op not in registry.TAKES_PAIRS and {"pair", "image"} & set(task.lift):
-        value = _apply_to_members(function, args, task.lifted_arg, image_only="image" in task.lift)
-    else:
-        value = function(**args)
+    value: object = None
+    for stage in (*task.chain, task):
+        try:
+            value = _compute_stage(cache, stage, value, info)  # the first stage reads its inputs from the cache
+        except DataError as exc:
+            exc.step = stage.step  # type: ignore[attr-defined]  # the diagnostic points at this stage's line
+            raise
     if task.writes:
         files = [Path(p) for p in value]  # type: ignore[union-attr]
         info["files"] = {str(p): p.stat().st_size for p in files}
         value = [str(p) for p in files]
     return value, info
+
+
+def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, object]) -> object:
+    """One operator application; `upstream` (when not None) is the value of the lifted
+    argument, computed by the previous stage of a chain instead of read from the cache."""
+    if task.spec is not None:
+        source = registry.source(task.op)
+        assert source is not None
+        return _declare_modality(source.load(task.spec), task.modality)  # type: ignore[attr-defined]
+    args: dict[str, object] = dict(task.params)
+    for name, ref in task.refs.items():
+        args[name] = upstream if upstream is not None and name == task.lifted_arg else load_ref(cache, ref)
+    for name, cases in task.datasets.items():
+        args[name] = CachedCases(str(cache.root), cases)
+    function = registry.function(task.op)
+    if task.rng_seed is not None:
+        args["rng"] = np.random.default_rng(list(task.rng_seed))
+        value, drawn = function(**args)  # random operators get the whole pair: one draw for both parts
+        info.setdefault("drawn", {})[task.step] = drawn  # type: ignore[index]
+        return value
+    if task.lifted_arg is not None and task.op not in registry.TAKES_PAIRS and {"pair", "image"} & set(task.lift):
+        return _apply_to_members(function, args, task.lifted_arg, image_only="image" in task.lift)
+    return function(**args)
 
 
 def _apply_to_members(function: Callable[..., object], args: dict[str, object], name: str,
