@@ -248,6 +248,18 @@ main.add_command(cache_group)
 
 
 
+def _require_run_extra() -> None:
+    """Running needs NumPy, SimpleITK and friends, which checking does not; say so plainly."""
+    import importlib.util
+
+    missing = [m for m in ("numpy", "SimpleITK", "scipy", "skimage", "pydicom", "rich")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        click.echo(f"error: `medasc run` needs {', '.join(missing)}, which are not installed; "
+                   "install them with: pip install -e '.[run]'", err=True)
+        sys.exit(EXIT_USER)
+
+
 def _sets(values: tuple[str, ...]) -> dict[str, str]:
     found = {}
     for item in values:
@@ -287,6 +299,7 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
         pipeline_name: str | None, seed: int, workers: int, cache_dir: Path | None) -> None:
     """Run the pipelines in FILE; results are cached, so running again resumes."""
     overrides = _sets(sets)
+    _require_run_extra()
     result, diags, sources = _load(file)
     _print_diagnostics(diags, sources, "text")
     if diags.has_errors:

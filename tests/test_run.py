@@ -294,3 +294,36 @@ def test_bad_overrides_are_refused(override: dict[str, str]) -> None:
 ])
 def test_literals(text: str, value: object) -> None:
     assert parse_literal(text) == value
+
+
+CLASSIFIED = """import std.io, std.data, std.pre
+pipeline cls {
+  cases = classified("imgs", "*.png", labels="labels.csv", column="finding") as Dataset<Pair<Image[2, XR], Class[2]>>
+  folds = split(cases, val=0.25, seed=3, stratify=true)
+  train = folds.train |> rescale(0, 1)
+  saved = write_png(train.image, "train/*.png")
+}
+"""
+
+
+def test_a_stratified_split_reads_classes_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    from medasl.ops import data
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(20):
+        sitk.WriteImage(sitk.GetImageFromArray((rng.random((8, 8)) * 255).astype(np.uint8)), f"imgs/x{i:02d}.png")
+        rows.append((f"x{i:02d}", "pneumonia" if i % 4 == 0 else "normal"))
+    with open("labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("id", "finding"), *rows])
+    code, err = _run(tmp_path, CLASSIFIED, "--dry-run")
+    assert code == 0 and "unknown" in err  # the classes are not read before the run
+    code, err = _run(tmp_path, CLASSIFIED)
+    assert code == 0, err
+    expected = data.split(io.classified("imgs", "*.png", "labels.csv", "finding"), val=0.25, seed=3, stratify=True)
+    written = sorted(p.name[: -len(".png")] for p in (tmp_path / "out" / "cls" / "train").glob("*.png"))
+    assert written == [c.id for c in expected.train]
