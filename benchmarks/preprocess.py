@@ -12,7 +12,8 @@ from disk is left out so that only the transforms are compared.
     python benchmarks/preprocess.py --only medasl,torch-fused
 
 Implementations: medasl (the medasl.ops functions called in sequence: this measures
-medasl's operator implementations, not the executor and cache, which do not exist yet),
+medasl's operator implementations; what `medasc run`'s executor and cache add on top is
+measured by benchmarks/cache_overhead.py, about 2% of a run),
 MONAI Compose eager and lazy, TorchIO, and a hand-fused torch version (one affine for
 resample + crop/pad + flip + rotate, one grid_sample, one intensity pass), the
 "hardware" reference the later optimizer issue aims at. A library that cannot be
@@ -58,7 +59,8 @@ SEED = 1234
 
 NOTES = [
     "medasl: medasl.ops.pre/aug called directly in sequence on a Volume; this measures medasl's operator "
-    "implementations (SimpleITK resampling, NumPy intensity), NOT the executor and cache, which do not exist yet.",
+    "implementations (SimpleITK resampling, NumPy intensity); the executor and cache add about 2% on top "
+    "(benchmarks/cache_overhead.py).",
     "Loading is excluded everywhere: every implementation starts from the same in-memory int16 array.",
     "Flip and rotate run with probability 1 everywhere (the 'random' part is the drawn angles), so every volume "
     "does the same work; flip is about the x axis.",
@@ -430,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         threads = "torch not importable"
     print(f"machine: {os.cpu_count()} CPUs, {threads}, Python {sys.version.split()[0]}")
-    print("NOTE: the medasl row measures medasl's operator implementations called directly in sequence, "
-          "not the executor and cache (which do not exist yet).")
+    print("NOTE: the medasl row measures medasl's operator implementations called directly in sequence; "
+          "what `medasc run` adds on top is measured by benchmarks/cache_overhead.py.")
 
     results = []
     for name in names:
