@@ -299,6 +299,57 @@ class CaseSpec:
     args: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(eq=False)
+class Network:
+    """A `Model<I, O>` value: the std.nets operator that built it, its arguments, and
+    the torch module (`torch.nn.Module`; typed `object` so this module needs no torch).
+
+    Model inputs are `(N, C, *spatial)` float32 tensors with the spatial axes in array
+    order (`(z, y, x)` for 3D, as `Volume.array`); segmentation models give logits
+    `(N, K, *spatial)`, classifiers logits `(N, K)`.
+    """
+
+    op: str
+    params: dict[str, object]
+    module: object
+
+
+@dataclass(eq=False)
+class Trained:
+    """A `Trained<I, O>` value: a network with the weights training kept (the best
+    validation epoch, else the last) and the history: one dict per epoch with at least
+    `epoch`, `loss` (mean training loss), `lr` and `seconds`, plus `val_<metric>` on the
+    epochs that validated."""
+
+    network: Network
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    metric: str | None = None
+    goal: str | None = None  # max | min: which way `metric` is better
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A `Figure` value: a rendered picture (PNG bytes) and its title."""
+
+    title: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A `Metric[G]` value: one number for the study (`value`, the mean over cases for a
+    per-case metric), the per-case values and, for label maps, the per-class means.
+    `goal` is `max` or `min`. NaN marks a case where the metric is undefined (an empty
+    reference and an empty prediction for HD95); means skip NaN."""
+
+    name: str
+    goal: str
+    value: float
+    per_case: dict[str, float] = field(default_factory=dict)
+    per_class: dict[str, float] = field(default_factory=dict)
+
+
 def _close(a: tuple[float, ...], b: tuple[float, ...], tol: float) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, rel_tol=0.0, abs_tol=tol) for x, y in zip(a, b))
 
