@@ -384,6 +384,18 @@ CODES: dict[str, Code] = {
         "a cached result vanished during the run",
         'A result this run had found in the cache, or had just computed, was gone when a later step needed it: the cache was cleaned (`medasc cache gc --all`) or its files were removed while the run went on. Run the same command again; whatever is missing is computed again.',
     ),
+    "E2005": Code(
+        "the training loss is not a number",
+        'The loss became NaN or infinite during training: usually a learning rate that is too high, intensities that were not normalized (raw CT values in the thousands), or a label map with an unexpected value. Training stops; every finished epoch is kept in the cache, so after the fix a rerun with the same settings continues from the last good epoch.',
+    ),
+    "E2006": Code(
+        "labels the network cannot predict",
+        'A label map (or class) holds a value at or above the number of classes the network predicts, e.g. the value 2 (tumour) in LiTS labels given to a two-class network. Give the network as many classes as the labels have (`classes=3`), or merge label values before training.',
+    ),
+    "E2007": Code(
+        "cases of different sizes in one batch",
+        'A batch stacks cases into one tensor, so they must have one size. Make every case the same size before training (`crop_or_pad((128, 128, 96))` or `patches(...)`), or train with `batch=1`.',
+    ),
     "W0001": Code(
         "unused value",
         "A binding that nothing uses, shows or reports is computed for nothing.",

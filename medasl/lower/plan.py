@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from medasl.ir.graph import Const, Graph, Node, OpRef, Ref, Value
 from medasl.ir.types import Ty, format_type
@@ -68,6 +68,11 @@ class Step:
         return "map" in self.lift
 
     @property
+    def writes(self) -> bool:
+        """Whether the step writes files named by its `path` (writers and reports)."""
+        return self.stage in ("output", "report") and "path" in self.path_params
+
+    @property
     def label(self) -> str:
         """How the user knows this step: the name they bound, else the node id."""
         return self.binding or self.id
@@ -102,6 +107,10 @@ class Plan:
             if step.binding == name:
                 return step
         return self.steps.get(name)
+
+
+COLLECTING_REPORTS = frozenset({"html"})
+"""Report operators that receive every figure the pipeline shows and every metric."""
 
 
 class LoweringError(Exception):
@@ -228,7 +237,22 @@ def lower(graph: Graph, overrides: dict[str, str] | None = None) -> Plan:
             type=format_type(node.type), span=node.span, binding=node.binding, stage=node.stage,
             conversion=node.conversion,
         )
+    _collect_for_reports(plan)
     return plan
+
+
+def _collect_for_reports(plan: Plan) -> None:
+    """`html` reports what the pipeline shows and measures: give it those steps as inputs
+    (`figures.<name>`, `metrics.<name>`), so it runs after them and receives them."""
+    metrics = [s for s in plan.steps.values() if s.type.startswith("Metric[")]
+    for step in plan.steps.values():
+        if step.op not in COLLECTING_REPORTS:
+            continue
+        extra = {f"figures.{plan.steps[i].label}": i for i in plan.shows if i in plan.steps}
+        extra.update({f"metrics.{m.label}": m.id for m in metrics})
+        plan.steps[step.id] = replace(step, inputs={**step.inputs, **extra},
+                                      dataset_inputs=step.dataset_inputs | {k for k, v in extra.items()
+                                                                            if plan.steps[v].output_is_dataset})
 
 
 def _constant(value: Value | None, params: dict[str, object]) -> object:

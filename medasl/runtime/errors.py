@@ -6,7 +6,8 @@ NaN values) raises `DataError`. The executor turns it into a diagnostic that nam
 file and the `.medas` line of the node that asked for it, never a traceback; anything
 else that escapes an operator is a bug and keeps its traceback.
 
-Codes are in the E1xxx range (the front end's codes are E0xxx); each is explained in
+Codes are in the E1xxx range (data) and E2xxx range (running: a diverging training,
+labels a network cannot predict); the front end's codes are E0xxx. Each is explained in
 medasl/codes.py (`medasc explain E1004`), which is the one list of them.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from medasl.codes import CODES
 
-DATA_CODES = tuple(code for code in CODES if code.startswith("E1"))
+DATA_CODES = tuple(code for code in CODES if code.startswith(("E1", "E2")))
 
 
 class DataError(Exception):

@@ -34,12 +34,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from medasl.lower.plan import Plan, Step, to_json
+from medasl.lower.plan import OpValue, Plan, Step, to_json
 from medasl.runtime import registry
 from medasl.runtime.cache import Cache, CacheKey, Explanation, diff_parts
 from medasl.runtime.digests import DigestMemo, file_digest, folder_digest, sha256_json
 from medasl.runtime.errors import DataError
 from medasl.runtime.tasks import (
+    Hooks,
     MissingInput,
     Task,
     TaskResult,
@@ -50,7 +51,7 @@ from medasl.runtime.tasks import (
     record,
     run_task,
 )
-from medasl.runtime.values import Case, CaseSpec
+from medasl.runtime.values import Case, CaseSpec, OperatorRef
 
 # ----- values in the executor: references, never images ---------------------------------
 
@@ -149,6 +150,9 @@ class Reporter(Protocol):
     def task_done(self, step: Step, result: TaskResult) -> None: ...
 
     def step_finished(self, step: Step, outcome: StepOutcome) -> None: ...
+
+    def epoch(self, step: Step, record: dict[str, object]) -> None:
+        """A training step finished an epoch (`record`: epoch, epochs, loss, lr, val_<metric>, seconds)."""
 
 
 class Executor(Protocol):
@@ -254,7 +258,7 @@ class Preparer:
         source = registry.source(step.op)
         if source is not None and not step.inputs:
             return self._source(step, source)
-        if step.mapped:
+        if step.mapped or (step.op in registry.PER_CASE and "reduce" not in step.lift):
             return self._mapped(step, values)
         return self._whole(step, values)
 
@@ -293,14 +297,15 @@ class Preparer:
             refs = {arg: found[case] for arg, found in by_case.items()}
             refs.update({arg: v.ref for arg, v in singles.items() if isinstance(v, Single)})
             params = dict(step.params)
-            writes = step.stage == "output" and "path" in params
+            writes = step.writes
             if writes:
                 params["path"] = self._writer_path(step, case)
             key, rng = self._key(step, params, refs, self._sources(step, params, writes), case)
             before = upstream.get(case)
             chain = (*before.chain, replace(before, chain=())) if before is not None else ()
-            tasks.append(Task(key, step.id, step.op, case, params, refs=refs, lift=step.lift, lifted_arg=lifted,
-                              rng_seed=rng, writes=writes, index_id=self._index_id(step, case), chain=chain))
+            tasks.append(Task(key, step.id, step.op, case, call_params(params), refs=refs, lift=step.lift,
+                              lifted_arg=lifted, rng_seed=rng, writes=writes, index_id=self._index_id(step, case),
+                              chain=chain, device=self.options.device))
             if expand is not None:
                 items += [(f"{case}.{k}", f"{key.digest()}/{k}") for k in range(int(step.params[expand]))]  # type: ignore[arg-type]
             else:
@@ -319,14 +324,37 @@ class Preparer:
             else:
                 raise RunFailure("E2001", f"`{step.op}` cannot take a split or folds as a whole yet", step)
         params = dict(step.params)
-        writes = step.stage == "output" and "path" in params
+        writes = step.writes
         if writes:
             params["path"] = self._writer_path(step, None)
         key, rng = self._key(step, params, inputs, self._sources(step, params, writes), None)
-        task = Task(key, step.id, step.op, None, params, refs=refs, datasets=datasets, lift=step.lift,
+        task = Task(key, step.id, step.op, None, call_params(params), refs=refs, datasets=datasets, lift=step.lift,
                     lifted_arg=next(iter(step.inputs), None), rng_seed=rng, writes=writes,
-                    index_id=self._index_id(step, None))
+                    index_id=self._index_id(step, None), device=self.options.device)
         return Prepared([task], Single(key.digest()))
+
+
+def call_params(params: dict[str, object]) -> dict[str, object]:
+    """A step's constant arguments as its function receives them: operator values as
+    `OperatorRef`s, with the conversions the checker attached (`metric.pred=@argmax`)
+    folded into the operator they belong to."""
+    converted: dict[str, object] = {}
+    for name, value in params.items():
+        if "." not in name:
+            converted[name] = _operator_ref(value)
+    for name, value in params.items():
+        if "." in name:
+            owner, _, slot = name.partition(".")
+            ref = converted.get(owner)
+            if isinstance(ref, OperatorRef):
+                converted[owner] = replace(ref, inputs={**ref.inputs, slot: _operator_ref(value)})
+    return converted
+
+
+def _operator_ref(value: object) -> object:
+    if isinstance(value, OpValue):
+        return OperatorRef(value.op, {k: _operator_ref(v) for k, v in value.args})
+    return value
 
 
 def _zip_ids(step: Step, datasets: dict[str, RunValue]) -> list[str]:
@@ -481,7 +509,8 @@ class LocalExecutor:
             for task in prepared.tasks:
                 options.cache.discard(task.key)
         failures: list[RunFailure] = []
-        for result in self._run_tasks(preparer.plan.steps, prepared.tasks, options):
+        hooks = Hooks(progress=lambda record: reporter.epoch(step, record))
+        for result in self._run_tasks(preparer.plan.steps, prepared.tasks, options, hooks):
             if isinstance(result, RunFailure):
                 failures.append(result)  # the other cases still run: all bad files are named at once
                 continue
@@ -496,8 +525,8 @@ class LocalExecutor:
         reporter.step_finished(step, outcome)
         return outcome
 
-    def _run_tasks(self, steps: dict[str, Step], tasks: Sequence[Task],
-                   options: RunOptions) -> Iterable[TaskResult | RunFailure]:
+    def _run_tasks(self, steps: dict[str, Step], tasks: Sequence[Task], options: RunOptions,
+                   hooks: Hooks) -> Iterable[TaskResult | RunFailure]:
         root = str(options.cache.root)
         todo = []
         for task in tasks:  # cached results are reported without a round trip to a worker
@@ -511,7 +540,7 @@ class LocalExecutor:
             for task in todo:
                 if self._cancel.is_set():
                     raise KeyboardInterrupt
-                yield _guarded(steps, task, lambda t=task: run_task(root, t))
+                yield _guarded(steps, task, lambda t=task: run_task(root, t, hooks))
             return
         futures = {pool.submit(run_task, root, task): task for task in todo}
         try:

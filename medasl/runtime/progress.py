@@ -9,6 +9,7 @@ which cache entry holds the parameters drawn for each case.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import secrets
@@ -59,6 +60,17 @@ class ConsoleReporter:
         if bar is not None:
             self.progress.remove_task(bar)
 
+    def epoch(self, step: Step, record: dict[str, object]) -> None:
+        """A bar over the epochs of a training, and one printed line per epoch."""
+        with self.lock:
+            bar = self.bars.get(step.id)
+            if bar is None:
+                bar = self.bars[step.id] = self.progress.add_task(f"{step.label} (train)", total=record["epochs"])
+        self.progress.update(bar, completed=record["epoch"])
+        values = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                           if k not in ("epoch", "epochs"))
+        self.progress.console.print(f"{step.label}: epoch {record['epoch']}/{record['epochs']}  {values}")
+
 
 class RunLog:
     """Appends one JSON record per event to `<out>/logs/run-<time>-<pid>-<random>.jsonl`."""
@@ -94,6 +106,19 @@ class RunLog:
         self.write("done", step=step.id, status=outcome.status, computed=outcome.computed, cached=outcome.cached,
                    seconds=round(outcome.seconds, 4))
 
+    def epoch(self, step: Step, record: dict[str, object]) -> None:
+        """One line in the run log, and one row in `<logs>/<step>-epochs.csv`."""
+        self.write("epoch", step=step.id, **record)
+        table = self.path.parent / f"{step.label}-epochs.csv"
+        columns = [k for k in record if k != "epochs"]
+        with self.lock:
+            new = not table.exists() or record.get("epoch") == 1
+            with table.open("w" if new else "a", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                if new:
+                    writer.writerow(columns)
+                writer.writerow([record[k] for k in columns])
+
 
 def _jsonable(value: object) -> object:
     return json.loads(json.dumps(value, default=str))
@@ -116,6 +141,10 @@ class Reporters:
     def step_finished(self, step: Step, outcome: StepOutcome) -> None:
         for r in self.reporters:
             r.step_finished(step, outcome)  # type: ignore[attr-defined]
+
+    def epoch(self, step: Step, record: dict[str, object]) -> None:
+        for r in self.reporters:
+            r.epoch(step, record)  # type: ignore[attr-defined]
 
 
 def _shown(plan: Plan) -> list[Step]:

@@ -1,8 +1,10 @@
 """Which Python function runs each operator: the `OPERATORS` tables of medasl/ops/*.py.
 
-Operator names are unique across the standard library, so one table by name is enough.
-Besides the function, the executor needs to know a few things about how an operator
-is called, and they are stated here once rather than spread over the executor:
+An operator of `std.<area>` is implemented in `medasl/ops/<area>.py`; a module is
+imported only when one of its operators runs, so a pipeline without networks runs
+without PyTorch installed. Besides the function, the executor needs to know a few
+things about how an operator is called, and they are stated here once rather than
+spread over the executor:
 
 - source datasets (`folder`, `phantom`, ...) are listed first and read case by case
   (`medasl.ops.io.SOURCES`), so that reading can be cached and resumed per case;
@@ -11,46 +13,81 @@ is called, and they are stated here once rather than spread over the executor:
 - random operators (std.aug) take `rng` and return `(result, drawn)`; they are given a
   whole `Pair`, so that image and label get one draw; so is `crop_foreground`, whose
   box comes from the image and applies to both;
-- `patches` turns one case into `per_case` cases.
+- `patches` turns one case into `per_case` cases;
+- `infer` takes a whole dataset in the language but runs case by case;
+- `html` collects every figure the pipeline shows and every metric it computes.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from types import ModuleType
 
-AREAS = ("io", "pre", "aug", "data")
-"""The std modules with implementations (medasl/ops/<area>.py)."""
+from medasl.lower.plan import COLLECTING_REPORTS
 
 SELECTIONS = frozenset({"field", "split", "kfold", "fold", "take", "shuffle", "concat"})
 TAKES_PAIRS = frozenset({"crop_foreground"})
 EXPANDS = {"patches": "per_case"}  # operator -> the parameter giving how many cases one case becomes
+PER_CASE = {"infer": "data"}  # operator -> the dataset argument it is applied to case by case
+COLLECTS = COLLECTING_REPORTS  # report operators given the shown figures and the metrics
+
+_MODULES: dict[str, ModuleType | None] = {}
 
 
-_TABLE: dict[str, Callable[..., object]] | None = None
-_SOURCES: dict[str, object] | None = None
+def area(op: str) -> str | None:
+    """`pre` for `resample`: the std module declaring `op`, or None for a user's operator."""
+    from medasl.semantics.modules import stdlib
+
+    sig = stdlib().find_op(op)
+    return sig.module.removeprefix("std.") if sig is not None else None
 
 
-def _tables() -> tuple[dict[str, Callable[..., object]], dict[str, object]]:
-    global _TABLE, _SOURCES
-    if _TABLE is None or _SOURCES is None:
-        table: dict[str, Callable[..., object]] = {}
-        for area in AREAS:
-            table.update(importlib.import_module(f"medasl.ops.{area}").OPERATORS)
-        _TABLE = table
-        _SOURCES = dict(getattr(importlib.import_module("medasl.ops.io"), "SOURCES", {}))
-    return _TABLE, _SOURCES
+def _module(name: str) -> ModuleType | None:
+    """medasl.ops.<name>, or None when it does not exist yet or its dependencies are missing."""
+    if name not in _MODULES:
+        try:
+            _MODULES[name] = importlib.import_module(f"medasl.ops.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"medasl.ops.{name}" and exc.name not in ("torch", "monai", "matplotlib", "openpyxl",
+                                                                     "sklearn", "safetensors"):
+                raise
+            _MODULES[name] = None
+    return _MODULES[name]
+
+
+def missing_dependency(op: str) -> str | None:
+    """The library an operator's module needs but cannot import (torch, monai, ...), if any."""
+    name = area(op)
+    if name is None:
+        return None
+    try:
+        importlib.import_module(f"medasl.ops.{name}")
+    except ModuleNotFoundError as exc:
+        return exc.name if exc.name != f"medasl.ops.{name}" else None
+    return None
 
 
 def implemented(op: str) -> bool:
     """Whether `op` can run: it has a function, or it is one of the executor's selections."""
-    return op in SELECTIONS or op in _tables()[0]
+    if op in SELECTIONS:
+        return True
+    name = area(op)
+    module = _module(name) if name else None
+    return module is not None and op in getattr(module, "OPERATORS", {})
 
 
 def function(op: str) -> Callable[..., object]:
-    return _tables()[0][op]
+    name = area(op)
+    module = _module(name) if name else None
+    if module is None:
+        raise KeyError(f"no implementation of `{op}`")
+    return module.OPERATORS[op]
 
 
 def source(op: str) -> object | None:
     """The two-phase form (list, then load each case) of a source dataset operator."""
-    return _tables()[1].get(op)
+    if area(op) != "io":
+        return None
+    module = _module("io")
+    return getattr(module, "SOURCES", {}).get(op)

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from medasl.diagnostics import Diagnostic, Diagnostics, Label, Severity
 from medasl.ir.graph import Graph
-from medasl.lower.plan import LoweringError, Plan, lower
+from medasl.lower.plan import LoweringError, OpValue, Plan, lower
 from medasl.runtime import registry
 from medasl.runtime.cache import Cache
 from medasl.runtime.executor import LocalExecutor, RunFailure, RunOptions, RunResult, preview
@@ -64,14 +64,28 @@ def unimplemented(plan: Plan) -> Diagnostics:
     diags = Diagnostics()
     seen: set[str] = set()
     for step in plan.steps.values():
-        if registry.implemented(step.op) or step.op in seen:
-            continue
-        seen.add(step.op)
-        labels = (Label(step.span, f"`{step.op}` ({step.module or 'user module'}) cannot run yet"),) if step.span else ()
-        diags.error("E2001", f"pipeline `{plan.pipeline}` uses `{step.op}`, which this version of medasl cannot run",
-                    *labels, help="the README lists what runs today; `medasc check` and `medasc graph` work on "
-                                  "every pipeline")
+        for op in (step.op, *_operator_values(step.params.values())):
+            if registry.implemented(op) or op in seen:
+                continue
+            seen.add(op)
+            missing = registry.missing_dependency(op)
+            why = f"needs {missing}, which is not installed" if missing else "cannot run yet"
+            labels = (Label(step.span, f"`{op}` ({registry.area(op) or 'user module'}) {why}"),) if step.span else ()
+            diags.error("E2001", f"pipeline `{plan.pipeline}` uses `{op}`, which this version of medasl cannot run"
+                        + (f" here: {why}" if missing else ""), *labels,
+                        help="install the run extra: pip install -e '.[run]'" if missing else
+                        "the README lists what runs today; `medasc check` and `medasc graph` work on every pipeline")
     return diags
+
+
+def _operator_values(values: object) -> list[str]:
+    """The operators passed as values (`loss=@dice_ce`, `metric.pred=@argmax`) among constants."""
+    found: list[str] = []
+    for value in values:  # type: ignore[attr-defined]
+        if isinstance(value, OpValue):
+            found.append(value.op)
+            found += _operator_values(v for _, v in value.args)
+    return found
 
 
 def check_device(device: str) -> Diagnostics:

@@ -14,7 +14,10 @@ The JSON file is `{"format": 1, "value": <node>}`, where a node is
 - a JSON object with a `"$"` tag naming its codec, one per type (see `_CODECS`):
   `float` (nan/inf, as `repr`), `tuple`, `dict` (string keys), `path`, `array`
   (`{"index": i, "dtype": "<f4", "shape": [...]}`, stored in `<name>.<i>.npy`),
-  `npscalar`, `Volume`, `Pair`, `Case`, `Boxes`, `DicomSeries`.
+  `npscalar`, `Volume`, `Pair`, `Case`, `Boxes`, `DicomSeries`, `OperatorRef`,
+  `Measured`, `Figure` (its PNG bytes as a uint8 array), `Network` (operator, arguments
+  and one array per weight tensor; rebuilt with `medasl.ops.nets.build`, then loaded)
+  and `Trained` (a network and its history).
 
 Nothing read is ever executed: unknown tags, malformed nodes, missing or damaged files
 raise `StoreError`, which the executor treats as a cache miss. Unknown Python types and
@@ -37,7 +40,18 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from medasl.runtime.values import Boxes, Case, DicomSeries, Pair, Volume
+from medasl.runtime.values import (
+    Boxes,
+    Case,
+    DicomSeries,
+    Figure,
+    Measured,
+    Network,
+    OperatorRef,
+    Pair,
+    Trained,
+    Volume,
+)
 
 FORMAT = 1
 TAG = "$"
@@ -191,6 +205,72 @@ def _dict_dec(node: dict[str, Json], r: _Reader) -> dict[str, object]:
     return {key: _decode(item, r) for key, item in items.items()}
 
 
+def _network_enc(n: Network, w: _Writer, where: str) -> dict[str, Json]:
+    """A network as its operator, arguments and weights (one NumPy array per tensor of the
+    state dict): rebuilt by `medasl.ops.nets.build` and loaded, never unpickled."""
+    state = n.module.state_dict()  # type: ignore[attr-defined]
+    weights = {name: w.array(t.detach().cpu().numpy(), f"{where}.weights[{name!r}]") for name, t in state.items()}
+    return {"op": n.op, "params": _encode(dict(n.params), w, f"{where}.params"), "weights": weights}
+
+
+def _network_dec(node: dict[str, Json], r: _Reader) -> Network:
+    import torch
+
+    from medasl.ops import nets
+
+    op, params = _str(node["op"]), _decode(node["params"], r)
+    assert isinstance(params, dict)
+    module = nets.build(op, params, seed=0)
+    weights = node["weights"]
+    if not isinstance(weights, dict):
+        raise StoreError("network weights must be a JSON object")
+    state = {name: torch.from_numpy(np.array(r.array(item))) for name, item in weights.items()}  # type: ignore[arg-type]
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise StoreError(f"stored weights do not fit `{op}`: {exc}") from exc
+    return Network(op, params, module)
+
+
+def _trained_enc(t: Trained, w: _Writer, where: str) -> dict[str, Json]:
+    return {"network": _encode(t.network, w, f"{where}.network"), "history": _encode(t.history, w, f"{where}.history"),
+            "best_epoch": t.best_epoch, "metric": t.metric, "goal": t.goal}
+
+
+def _trained_dec(node: dict[str, Json], r: _Reader) -> Trained:
+    network, history = _decode(node["network"], r), _decode(node["history"], r)
+    if not isinstance(network, Network) or not isinstance(history, list):
+        raise StoreError("malformed trained model")
+    best = node["best_epoch"]
+    return Trained(network, history, int(best) if isinstance(best, int) else 0, _opt_str(node["metric"]),
+                   _opt_str(node["goal"]))
+
+
+def _measured_enc(m: Measured, w: _Writer, where: str) -> dict[str, Json]:
+    return {"name": m.name, "goal": m.goal, "value": _float_enc(float(m.value)),
+            "per_case": _encode(dict(m.per_case), w, f"{where}.per_case"),
+            "per_class": _encode(dict(m.per_class), w, f"{where}.per_class")}
+
+
+def _measured_dec(node: dict[str, Json], r: _Reader) -> Measured:
+    per_case, per_class = _decode(node["per_case"], r), _decode(node["per_class"], r)
+    if not isinstance(per_case, dict) or not isinstance(per_class, dict):
+        raise StoreError("malformed metric")
+    return Measured(_str(node["name"]), _str(node["goal"]), _float_dec(node["value"]), per_case, per_class)
+
+
+def _operator_enc(o: OperatorRef, w: _Writer, where: str) -> dict[str, Json]:
+    return {"op": o.op, "options": _encode(dict(o.options), w, f"{where}.options"),
+            "inputs": _encode(dict(o.inputs), w, f"{where}.inputs")}
+
+
+def _operator_dec(node: dict[str, Json], r: _Reader) -> OperatorRef:
+    options, inputs = _decode(node["options"], r), _decode(node["inputs"], r)
+    if not isinstance(options, dict) or not isinstance(inputs, dict):
+        raise StoreError("malformed operator value")
+    return OperatorRef(_str(node["op"]), options, inputs)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class _Codec:
     tag: str
@@ -217,6 +297,13 @@ _CODECS: tuple[_Codec, ...] = (
            lambda n, r: Case(_str(n["id"]), _decode(n["value"], r))),
     _Codec("Boxes", Boxes, _boxes_enc, _boxes_dec),
     _Codec("DicomSeries", DicomSeries, _series_enc, _series_dec),
+    _Codec("Network", Network, _network_enc, _network_dec),
+    _Codec("Trained", Trained, _trained_enc, _trained_dec),
+    _Codec("Measured", Measured, _measured_enc, _measured_dec),
+    _Codec("OperatorRef", OperatorRef, _operator_enc, _operator_dec),
+    _Codec("Figure", Figure,
+           lambda f, w, where: {"title": f.title, "png": w.array(np.frombuffer(f.png, dtype=np.uint8), f"{where}.png")},
+           lambda n, r: Figure(_str(n["title"]), bytes(np.asarray(r.array(n["png"]))))),
 )
 _BY_TAG = {c.tag: c for c in _CODECS}
 _EXACT = {c.type: c for c in _CODECS if c.type in (tuple, dict)}  # tuple/dict subclasses are refused

@@ -11,6 +11,7 @@ and case-by-case datasets are lists of references, never copies.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +21,10 @@ import numpy as np
 
 from medasl.runtime import registry
 from medasl.runtime.cache import Cache, CacheKey, PendingEntry
+from medasl.runtime.digests import write_json_atomic
 from medasl.runtime.errors import DataError
 from medasl.runtime.store import StoreError, load_value, save_value
-from medasl.runtime.values import Case, CaseSpec, Pair, Volume
+from medasl.runtime.values import Case, CaseSpec, Measured, Network, Pair, Volume
 
 PAIR_MEMBERS = {"image": "input", "label": "target", "input": "input", "target": "target"}
 
@@ -73,6 +75,52 @@ class CachedCases(Sequence[Case]):
         return (self[i] for i in range(len(self)))
 
 
+# ----- training checkpoints -----------------------------------------------------------
+
+
+@dataclass
+class Hooks:
+    """Callbacks into the process that started a task (only for tasks run in it)."""
+
+    progress: Callable[[dict[str, object]], None] | None = None
+
+
+class CacheCheckpoints:
+    """`train`'s per-epoch state as cache entries keyed by the training's own key and the
+    epoch: a killed training resumes at its last finished epoch. Only the latest epoch is
+    kept; its state is stored like any value (arrays as .npy, the rest JSON)."""
+
+    def __init__(self, cache: Cache, train_key: CacheKey) -> None:
+        self.cache, self.train_key = cache, train_key.digest()
+
+    def _key(self, epoch: int) -> CacheKey:
+        return CacheKey("train.checkpoint", 1, {"train": self.train_key, "epoch": epoch})
+
+    def latest(self) -> dict[str, object] | None:
+        pointer = self.cache.root / "checkpoints" / f"{self.train_key}.json"
+        try:
+            epoch = int(json.loads(pointer.read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        for candidate in (epoch, epoch - 1):  # the pointer may be one step ahead of a killed gc
+            entry = self.cache.lookup(self._key(candidate)) if candidate > 0 else None
+            if entry is not None:
+                try:
+                    state = load_value(entry.path, mmap=False)
+                except StoreError:
+                    continue
+                if isinstance(state, dict):
+                    return state
+        return None
+
+    def save(self, epoch: int, state: dict[str, object]) -> None:
+        with self.cache.write(self._key(epoch)) as pending:
+            save_value(state, pending.path)
+        write_json_atomic(self.cache.root / "checkpoints" / f"{self.train_key}.json", {"epoch": epoch})
+        if epoch > 1:
+            self.cache.discard(self._key(epoch - 1))
+
+
 # ----- tasks -------------------------------------------------------------------------
 
 
@@ -102,6 +150,7 @@ class Task:
     writes: bool = False
     index_id: str | None = None  # the name this result is remembered under, for `--dry-run`
     chain: tuple[Task, ...] = ()  # steps fused into this one: computed first, in memory, not stored
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -118,8 +167,9 @@ def case_number(case_id: str) -> int:
     return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "little")
 
 
-def run_task(cache_root: str, task: Task) -> TaskResult:
-    """Run one task unless its result is cached (and, for a writer, its files still exist)."""
+def run_task(cache_root: str, task: Task, hooks: Hooks | None = None) -> TaskResult:
+    """Run one task unless its result is cached (and, for a writer, its files still exist).
+    `hooks` reach the caller only when the task runs in its process (training progress)."""
     cache = Cache(cache_root)
     clock = time.perf_counter()
     entry = cache.lookup(task.key)
@@ -129,7 +179,8 @@ def run_task(cache_root: str, task: Task) -> TaskResult:
     if entry is not None:
         record(cache, task)
         return TaskResult(task.key.digest(), False, time.perf_counter() - clock, task.step, task.case)
-    entry, computed = cache.ensure(task.key, lambda pending: _produce(cache, task, pending), node_id=task.index_id)
+    entry, computed = cache.ensure(task.key, lambda pending: _produce(cache, task, pending, hooks),
+                                   node_id=task.index_id)
     record_chain(cache, task)
     return TaskResult(entry.digest, computed, time.perf_counter() - clock, task.step, task.case)
 
@@ -162,13 +213,13 @@ def files_intact(manifest: dict[str, object]) -> bool:
     return True
 
 
-def _produce(cache: Cache, task: Task, pending: PendingEntry) -> None:
-    value, info = compute(cache, task)
+def _produce(cache: Cache, task: Task, pending: PendingEntry, hooks: Hooks | None) -> None:
+    value, info = compute(cache, task, hooks)
     save_value(value, pending.path)
     pending.info.update(info)
 
 
-def compute(cache: Cache, task: Task) -> tuple[object, dict[str, object]]:
+def compute(cache: Cache, task: Task, hooks: Hooks | None = None) -> tuple[object, dict[str, object]]:
     """The task's value and what to record about it: the parameters each random step
     drew (by step), the files a writer wrote. The steps of `task.chain` run first, in
     memory, each feeding the next; only the last result is stored."""
@@ -176,7 +227,7 @@ def compute(cache: Cache, task: Task) -> tuple[object, dict[str, object]]:
     value: object = None
     for stage in (*task.chain, task):
         try:
-            value = _compute_stage(cache, stage, value, info)  # the first stage reads its inputs from the cache
+            value = _compute_stage(cache, stage, value, info, hooks)  # the first stage reads its inputs from the cache
         except DataError as exc:
             exc.step = stage.step  # type: ignore[attr-defined]  # the diagnostic points at this stage's line
             raise
@@ -187,18 +238,36 @@ def compute(cache: Cache, task: Task) -> tuple[object, dict[str, object]]:
     return value, info
 
 
-def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, object]) -> object:
+def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, object],
+                   hooks: Hooks | None = None) -> object:
     """One operator application; `upstream` (when not None) is the value of the lifted
     argument, computed by the previous stage of a chain instead of read from the cache."""
     if task.spec is not None:
         source = registry.source(task.op)
         assert source is not None
         return _declare_modality(source.load(task.spec), task.modality)  # type: ignore[attr-defined]
+    area = registry.area(task.op)
     args: dict[str, object] = dict(task.params)
     for name, ref in task.refs.items():
         args[name] = upstream if upstream is not None and name == task.lifted_arg else load_ref(cache, ref)
     for name, cases in task.datasets.items():
-        args[name] = CachedCases(str(cache.root), cases)
+        found = CachedCases(str(cache.root), cases)
+        args[name] = found if area == "train" else [case.value for case in found]
+    if area == "nets":
+        from medasl.ops import nets
+
+        return Network(task.op, dict(args), nets.build(task.op, args, seed=0))
+    if task.op in registry.COLLECTS:
+        _collect(args)
+    elif area == "report" and isinstance(args.get("metrics"), Measured):
+        args["metrics"] = [args["metrics"]]
+    if task.op == "train":
+        args.update(checkpoints=CacheCheckpoints(cache, task.key), device=task.device,
+                    progress=hooks.progress if hooks is not None else None)
+    elif task.op == "infer":
+        args["device"] = task.device
+    if "reduce" in task.lift:
+        return _reduce(task, args)
     function = registry.function(task.op)
     if task.rng_seed is not None:
         args["rng"] = np.random.default_rng(list(task.rng_seed))
@@ -208,6 +277,42 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
     if task.lifted_arg is not None and task.op not in registry.TAKES_PAIRS and {"pair", "image"} & set(task.lift):
         return _apply_to_members(function, args, task.lifted_arg, image_only="image" in task.lift)
     return function(**args)
+
+
+def _collect(args: dict[str, object]) -> None:
+    """`html`'s runtime-only arguments: the figures the pipeline shows, named by the step
+    that made them (a figure per case is named by its case too), and its metrics."""
+    figures: list[tuple[str, object]] = []
+    metrics: list[object] = []
+    for name in [n for n in args if n.startswith(("figures.", "metrics."))]:
+        value = args.pop(name)
+        label = name.split(".", 1)[1]
+        if name.startswith("metrics."):
+            metrics.append(value)
+        elif isinstance(value, list):
+            figures += [(f"{label} {i + 1}", v) for i, v in enumerate(value)]
+        else:
+            figures.append((label, value))
+    args["figures"], args["metrics"] = figures, metrics
+
+
+def _reduce(task: Task, args: dict[str, object]) -> Measured:
+    """A metric over a dataset: per case and averaged, or over all cases at once for the
+    metrics that only exist for a set (AUC, accuracy, FROC)."""
+    from medasl.ops import metrics
+
+    function = registry.function(task.op)
+    goal = metrics.GOALS[task.op]
+    inputs = {name: cases for name, cases in task.datasets.items()}
+    options = {k: v for k, v in args.items() if k not in inputs}
+    if task.op in metrics.DATASET_LEVEL:
+        value = float(function(**options, **{name: args[name] for name in inputs}))  # type: ignore[arg-type]
+        return Measured(task.op, goal, value)
+    ids = [case for case, _ in next(iter(inputs.values()))]
+    per_case = {}
+    for index, case in enumerate(ids):
+        per_case[case] = float(function(**options, **{name: args[name][index] for name in inputs}))  # type: ignore[index]
+    return metrics.reduce(task.op, per_case, goal)
 
 
 def _apply_to_members(function: Callable[..., object], args: dict[str, object], name: str,

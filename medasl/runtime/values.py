@@ -299,6 +299,17 @@ class CaseSpec:
     args: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class OperatorRef:
+    """An operator passed as a value: `loss=@dice_ce(lambda_ce=0.5)`, an optimizer or a
+    schedule (`adam(lr=1e-3)` gives one), a metric with the conversion its prediction
+    needs first (`metric=@dice` with `inputs={"pred": OperatorRef("argmax")}`)."""
+
+    op: str
+    options: dict[str, object] = field(default_factory=dict)
+    inputs: dict[str, OperatorRef] = field(default_factory=dict)
+
+
 @dataclass(eq=False)
 class Network:
     """A `Model<I, O>` value: the std.nets operator that built it, its arguments, and
