@@ -1,0 +1,258 @@
+"""std.report: report files for the `report` statement (stdlib/report.medas).
+
+Each public function implements the operator of the same name; the executor binds them
+by name (see `OPERATORS`) and calls them with keyword arguments named as in the
+signature. Like the std.io writers, every writer creates the parent folders, writes
+through a temporary file beside the target and renames it into place (a killed run
+never leaves a half-written report that looks complete), and returns the list of files
+written (`list[pathlib.Path]`). A path without an extension gets the format's.
+
+`metrics` is a list (or tuple) of `values.Measured`; one `Measured` alone is accepted.
+NaN marks an undefined case (values.Measured): it is an empty cell in Excel, `nan` in
+CSV, `null` in JSON and `NaN` in HTML.
+
+Runtime-only keyword arguments: `html` also takes `figures` (a list of
+`(name, values.Figure)` pairs: every figure the pipeline `show`s, named by its binding)
+and `metrics` (every metric of the pipeline). They are not declared in the stdlib
+signature; the executor passes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv as csv_module
+import datetime
+import html as html_module
+import json as json_module
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+from medasl import __version__
+from medasl.ops.io import _temp_beside
+from medasl.ops.viz import summary
+from medasl.runtime.values import Figure, Measured
+
+PathLike = str | os.PathLike[str]
+
+_STATS = ("n", "mean", "std", "median", "q1", "q3")
+
+
+# ===== shared helpers =====================================================================
+
+
+def _target(path: PathLike, suffixes: tuple[str, ...]) -> Path:
+    """`path` with the format's extension added when it has none of its own, and its
+    parent folder created."""
+    target = Path(path)
+    if not target.name.lower().endswith(suffixes):
+        target = target.with_name(target.name + suffixes[0])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _replace_atomically(target: Path, write: Callable[[Path], None]) -> list[Path]:
+    """Run `write(tmp)` on a temporary file beside `target`, then rename it into place."""
+    tmp = _temp_beside(target)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return [target]
+
+
+def _metrics(metrics: object) -> list[Measured]:
+    """The metrics as a list (one Measured alone, or a list or tuple of them)."""
+    if metrics is None:
+        return []
+    items = [metrics] if isinstance(metrics, Measured) else list(metrics)  # type: ignore[call-overload]
+    for m in items:
+        if not isinstance(m, Measured):
+            raise TypeError(f"a report lists metrics (Measured values), not {type(m).__name__}")
+    return items
+
+
+def _figures(figures: object) -> list[tuple[str, Figure]]:
+    """The figures as (name, Figure) pairs (a mapping, or a list of pairs or Figures)."""
+    if figures is None:
+        return []
+    items = list(figures.items()) if isinstance(figures, Mapping) else list(figures)  # type: ignore[call-overload]
+    out = []
+    for i, item in enumerate(items):
+        name, fig = (item.title or f"figure {i + 1}", item) if isinstance(item, Figure) else item
+        if not isinstance(fig, Figure):
+            raise TypeError(f"a report shows figures (Figure values), not {type(fig).__name__}")
+        out.append((str(name), fig))
+    return out
+
+
+def _finite(v: float) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _stats(m: Measured) -> dict[str, float]:
+    return summary(m.per_case.values())
+
+
+# ===== documents ==========================================================================
+
+
+def _fmt(v: float) -> str:
+    v = float(v)
+    return "NaN" if math.isnan(v) else f"{v:.6g}"
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    esc = html_module.escape
+    head = "".join(f"<th>{esc(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>\n" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h1 { margin-bottom: 0.2em; }
+.meta { color: #666; font-size: 0.9em; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead th { background: #f0f0f0; }
+"""
+
+
+def html(path: PathLike, title: str = "medasl report", *, figures: object = (), metrics: object = ()) -> list[Path]:
+    """One self-contained HTML file: the title, when and by which medasl version it was
+    generated, every figure (embedded as base64 PNG, under its name and title), a
+    summary table of the metrics (value, goal, n, mean, std, median, quartiles and one
+    column per class) and a per-case table (one row per case, one column per metric).
+    All text is escaped.
+
+    `figures` and `metrics` are runtime-only: the executor passes every figure the
+    pipeline `show`s, as `(binding name, Figure)` pairs, and every metric."""
+    esc = html_module.escape
+    figs = _figures(figures)
+    ms = _metrics(metrics)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    parts = ["<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+             f"<title>{esc(str(title))}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n",
+             f"<h1>{esc(str(title))}</h1>\n",
+             f"<p class=\"meta\">Generated at {esc(now)} by medasl {esc(__version__)}.</p>\n"]
+    if ms:
+        classes = list(dict.fromkeys(c for m in ms for c in m.per_class))
+        header = ["metric", "goal", "value", *_STATS, *(f"class {c}" for c in classes)]
+        rows = []
+        for m in ms:
+            st = _stats(m)
+            rows.append([m.name, m.goal, _fmt(m.value), str(st["n"]), *(_fmt(st[k]) for k in _STATS[1:]),
+                         *(_fmt(m.per_class[c]) if c in m.per_class else "" for c in classes)])
+        parts += ["<h2>Metrics</h2>\n", _table(header, rows)]
+        cases = list(dict.fromkeys(cid for m in ms for cid in m.per_case))
+        if cases:
+            rows = [[cid, *(_fmt(m.per_case[cid]) if cid in m.per_case else "" for m in ms)] for cid in cases]
+            parts += ["<h2>Metrics per case</h2>\n", _table(["case", *(m.name for m in ms)], rows)]
+    if figs:
+        parts.append("<h2>Figures</h2>\n")
+        for name, fig in figs:
+            data = base64.b64encode(fig.png).decode("ascii")
+            caption = name if not fig.title or fig.title == name else f"{name}: {fig.title}"
+            parts.append(f"<figure>\n<img alt=\"{esc(caption)}\" src=\"data:image/png;base64,{data}\">\n"
+                         f"<figcaption>{esc(caption)}</figcaption>\n</figure>\n")
+    parts.append("</body>\n</html>\n")
+    text = "".join(parts)
+    return _replace_atomically(_target(path, (".html", ".htm")), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ===== metric tables ======================================================================
+
+
+_SHEET_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")
+
+
+def _sheet_names(ms: list[Measured]) -> list[str]:
+    """One Excel sheet name per metric: forbidden characters replaced, at most 31
+    characters, unique (case-insensitively, as Excel compares) and never `summary`."""
+    used = {"summary"}
+    names = []
+    for m in ms:
+        base = _SHEET_FORBIDDEN.sub("_", m.name).strip("'")[:31] or "metric"
+        name, i = base, 2
+        while name.lower() in used:
+            suffix = f" ({i})"
+            name, i = base[: 31 - len(suffix)] + suffix, i + 1
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def excel(path: PathLike, metrics: object) -> list[Path]:
+    """An Excel workbook (openpyxl): a `summary` sheet with one row per metric (metric,
+    goal, value, n, mean, std, median, q1, q3 over the per-case values), and one sheet
+    per metric (named after it) with its per-case values (columns A-B: case, value) and,
+    if any, its per-class means (columns D-E: class, value). NaN is an empty cell."""
+    from openpyxl import Workbook
+
+    ms = _metrics(metrics)
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "summary"
+    ws.append(["metric", "goal", "value", *_STATS])
+    for m in ms:
+        st = _stats(m)
+        ws.append([m.name, m.goal, _finite(m.value), st["n"], *(_finite(st[k]) for k in _STATS[1:])])
+    for m, name in zip(ms, _sheet_names(ms)):
+        sheet = wb.create_sheet(name)
+        sheet.append(["case", "value"])
+        for cid, v in m.per_case.items():
+            sheet.append([str(cid), _finite(v)])
+        if m.per_class:
+            sheet.cell(row=1, column=4, value="class")
+            sheet.cell(row=1, column=5, value="value")
+            for r, (c, v) in enumerate(m.per_class.items(), start=2):
+                sheet.cell(row=r, column=4, value=str(c))
+                sheet.cell(row=r, column=5, value=_finite(v))
+    return _replace_atomically(_target(path, (".xlsx",)), lambda tmp: wb.save(tmp))
+
+
+def csv(path: PathLike, metrics: object) -> list[Path]:
+    """A CSV file in long format, columns `metric, case, class, value`: one row per case
+    (class empty), one per class mean (case empty), and one for the metric's value
+    (case and class empty). NaN is written `nan`."""
+    ms = _metrics(metrics)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv_module.writer(f)
+            w.writerow(["metric", "case", "class", "value"])
+            for m in ms:
+                w.writerow([m.name, "", "", repr(float(m.value))])
+                for cid, v in m.per_case.items():
+                    w.writerow([m.name, cid, "", repr(float(v))])
+                for c, v in m.per_class.items():
+                    w.writerow([m.name, "", c, repr(float(v))])
+
+    return _replace_atomically(_target(path, (".csv",)), write)
+
+
+def json(path: PathLike, metrics: object) -> list[Path]:
+    """A JSON file: a list with one object per metric, `{"metric", "goal", "value",
+    "summary": {n, mean, std, median, q1, q3}, "per_case": {case: value},
+    "per_class": {class: value}}`. NaN is `null` (JSON has no NaN)."""
+    ms = _metrics(metrics)
+    doc = [{"metric": m.name, "goal": m.goal, "value": _finite(m.value),
+            "summary": {k: (v if k == "n" else _finite(v)) for k, v in _stats(m).items()},
+            "per_case": {str(k): _finite(v) for k, v in m.per_case.items()},
+            "per_class": {str(k): _finite(v) for k, v in m.per_class.items()}} for m in ms]
+    text = json_module.dumps(doc, indent=2, allow_nan=False) + "\n"
+    return _replace_atomically(_target(path, (".json",)), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+OPERATORS: dict[str, Callable[..., object]] = {"html": html, "excel": excel, "csv": csv, "json": json}
+"""The std.report operators implemented here, by the name of their stdlib signature."""
