@@ -331,11 +331,11 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
     if not console.is_terminal:
         console.width = 160  # logs and CI: no terminal to wrap the tables to
     for plan in plans:
-        if dry_run:
-            session.show_preview(plan, request, console)
-            continue
         try:
-            session.execute(plan, request, file, console)
+            if dry_run:
+                session.show_preview(plan, request, console)
+            else:
+                session.execute(plan, request, file, console)
         except RunFailure as failure:
             failed = Diagnostics()
             failed.items += [session.failure_diagnostic(f) for f in (failure, *failure.more)]

@@ -125,7 +125,7 @@ def _scheduler(ref: OperatorRef, optimizer: torch.optim.Optimizer, epochs: int) 
 
 def image_tensor(vol: Volume) -> torch.Tensor:
     """`(C, *spatial)` float32 from a Volume (channels-last arrays get their channels first)."""
-    array = np.asarray(vol.array, dtype=np.float32)
+    array = np.array(vol.array, dtype=np.float32)  # a copy: cached arrays are read-only memory maps
     if array.ndim == vol.dim:
         array = array[None]
     else:

@@ -18,7 +18,7 @@ from medasl.ir.graph import Graph
 from medasl.lower.plan import LoweringError, OpValue, Plan, lower
 from medasl.runtime import registry
 from medasl.runtime.cache import Cache
-from medasl.runtime.executor import LocalExecutor, RunFailure, RunOptions, RunResult, preview
+from medasl.runtime.executor import Cases, LocalExecutor, RunFailure, RunOptions, RunResult, Single, preview
 from medasl.runtime.progress import ConsoleReporter, Reporters, RunLog, preview_table, timing_table
 
 
@@ -75,7 +75,19 @@ def unimplemented(plan: Plan) -> Diagnostics:
                         + (f" here: {why}" if missing else ""), *labels,
                         help="install the run extra: pip install -e '.[run]'" if missing else
                         "the README lists what runs today; `medasc check` and `medasc graph` work on every pipeline")
+    for step in plan.steps.values():
+        model = plan.steps.get(step.inputs.get("model", ""))
+        if step.op in ("train", "infer") and model is not None and model.op in NOT_TRAINABLE_YET:
+            labels = (Label(step.span, f"`{step.op}` of `{model.op}` cannot run yet"),) if step.span else ()
+            diags.error("E2001", f"pipeline `{plan.pipeline}` uses `{step.op}` on `{model.op}`, which this version "
+                        "of medasl cannot run: the detector network exists, but its box targets are not wired "
+                        "into training and inference yet", *labels,
+                        help="the README lists what runs today; `medasc check` and `medasc graph` work on "
+                             "every pipeline")
     return diags
+
+
+NOT_TRAINABLE_YET = frozenset({"nodule_detector"})
 
 
 def _operator_values(values: object) -> list[str]:
@@ -154,8 +166,51 @@ def execute(plan: Plan, request: RunRequest, source: str, console: Console) -> R
     finally:
         log.close(status=status)
     console.print(timing_table(plan, result.outcomes, result.seconds))
+    for line in _results(plan, result, options):
+        console.print(line)
     console.print(f"run log: {log.path}")
     return result
+
+
+def _results(plan: Plan, result: RunResult, options: RunOptions) -> list[str]:
+    """What the run found: every metric (objective first), the shown figures (written as
+    PNG files under `<out>/figures/`) and the files the writers and reports wrote."""
+    from medasl.runtime.tasks import load_ref
+    from medasl.runtime.values import Figure, Measured
+
+    lines: list[str] = []
+    cache = options.cache
+    metric_steps = sorted((s for s in plan.steps.values() if s.type.startswith("Metric[")),
+                          key=lambda s: s.binding is None)
+    for step in metric_steps:
+        value = result.values.get(step.id)
+        if isinstance(value, Single):
+            measured = load_ref(cache, value.ref)
+            if isinstance(measured, Measured):
+                cases = f" over {len(measured.per_case)} cases" if measured.per_case else ""
+                lines.append(f"{step.label} = {measured.name} {measured.value:.4f}{cases} (better when "
+                             f"{'higher' if measured.goal == 'max' else 'lower'})")
+    figures = options.out_dir / "figures"
+    for sid in plan.shows:
+        value = result.values.get(sid)
+        label = plan.steps[sid].label
+        pictures = ([(label, value.ref)] if isinstance(value, Single) else
+                    [(f"{label}-{case}", ref) for case, ref in value.items] if isinstance(value, Cases) else [])
+        for name, ref in pictures:
+            figure = load_ref(cache, ref)
+            if isinstance(figure, Figure):
+                figures.mkdir(parents=True, exist_ok=True)
+                (figures / f"{name}.png").write_bytes(figure.png)
+        if pictures:
+            lines.append(f"figure {label}: {figures / (pictures[0][0] + '.png')}" +
+                         (f" (and {len(pictures) - 1} more)" if len(pictures) > 1 else ""))
+    for step in plan.steps.values():
+        value = result.values.get(step.id)
+        if step.stage == "report" and isinstance(value, Single):
+            written = load_ref(cache, value.ref)
+            if isinstance(written, list) and written:
+                lines.append(f"report: {written[0]}" + (f" (and {len(written) - 1} more)" if len(written) > 1 else ""))
+    return lines
 
 
 def show_preview(plan: Plan, request: RunRequest, console: Console) -> None:

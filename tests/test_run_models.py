@@ -1,0 +1,134 @@
+"""`medasc run` with networks: the quickstart trains, evaluates and reports; a training
+killed mid-epoch resumes at its last finished epoch and ends with the same weights as an
+uninterrupted one; labels the network cannot predict are a diagnostic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="training needs the run extra (pip install -e '.[run]')")
+pytest.importorskip("monai", reason="training needs the run extra (pip install -e '.[run]')")
+
+from medasl.ops import io  # noqa: E402
+from medasl.runtime.cache import Cache  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+from tests.test_cli import run  # noqa: E402
+
+SMALL = """import std.io, std.data, std.pre, std.nets, std.losses, std.train, std.post, std.metrics
+pipeline small {
+  cases = phantom(cases=6, size=(32, 32, 16), seed=2)
+  folds = split(cases, val=0.34, seed=1)
+  prep(x) = x |> window(level=40, width=400) |> rescale(0, 1)
+  train_cases = folds.train |> prep
+  val_cases = folds.val |> prep
+  net = unet3d(in_channels=1, classes=2, channels=(4, 8, 16, 32, 64), res_units=1)
+  fit = train(net, train_cases, loss=dice_ce, optimizer=adam(lr=1e-2), epochs=EPOCHS, batch=2,
+              validate=val_cases, metric=dice)
+  pred = infer(fit, val_cases.image) |> argmax
+  score = dice(pred, val_cases.label) maximize
+}
+"""
+
+
+def _args(file: Path, cache: Path, out: Path) -> list[str]:
+    return ["run", str(file), "--cache-dir", str(cache), "--out", str(out)]
+
+
+def _events(out: Path, pipeline: str) -> list[list[dict[str, object]]]:
+    """The records of every run log, oldest first (a killed run's last line may be cut)."""
+    runs = []
+    for path in sorted((out / pipeline / "logs").glob("run-*.jsonl")):
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        runs.append(records)
+    return runs
+
+
+def _trained_outputs(cache: Path) -> tuple[dict[str, str], list[dict[str, object]]]:
+    """The stored trained model: sha256 of each weight array, and the history without timings."""
+    from medasl.runtime.store import load_value
+
+    entries = [e for e in Cache(cache / "results").entries() if e.op == "train"]
+    assert len(entries) == 1
+    weights = {name: out.sha256 for name, out in entries[0].outputs.items() if name.endswith(".npy")}
+    trained = load_value(entries[0].path)
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in trained.history]  # type: ignore[attr-defined]
+    return weights, history
+
+
+def test_the_quickstart_trains_evaluates_and_reports(tmp_path: Path) -> None:
+    code, _, err = run(*_args(ROOT / "examples" / "quickstart.medas", tmp_path / "cache", tmp_path / "out"))
+    assert code == 0, err
+    line = next(x for x in err.splitlines() if x.startswith("score = dice"))
+    dice = float(line.split()[3])
+    assert 0.5 < dice <= 1.0, line  # 40 epochs on the phantom reach about 0.8
+    html = (tmp_path / "out" / "quickstart" / "quickstart.html").read_text()
+    assert "Quickstart: organ segmentation" in html and html.count("<img") == 4  # loss curve + 3 overlays
+    assert (tmp_path / "out" / "quickstart" / "figures" / "loss_curve.png").stat().st_size > 1000
+    epochs = (tmp_path / "out" / "quickstart" / "logs" / "fit-epochs.csv").read_text().splitlines()
+    assert epochs[0].startswith("epoch,loss,lr") and len(epochs) == 41
+
+
+def test_a_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    file = tmp_path / "small.medas"
+    file.write_text(SMALL.replace("EPOCHS", "8"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    reference = subprocess.run([sys.executable, "-m", "medasl.cli", *_args(file, tmp_path / "ref", tmp_path / "o1")],
+                               capture_output=True, text=True, env=env, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+
+    cache, out = tmp_path / "cache", tmp_path / "o2"
+    process = subprocess.Popen([sys.executable, "-m", "medasl.cli", *_args(file, cache, out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:  # kill during epoch 4, once epoch 3 is logged
+            logs = _events(out, "small") if (out / "small" / "logs").exists() else []
+            if logs and any(e.get("event") == "epoch" and e.get("epoch") == 3 for e in logs[-1]):
+                time.sleep(0.05)
+                break
+            if process.poll() is not None:
+                pytest.fail("the run ended before it could be killed")
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+
+    resumed = subprocess.run([sys.executable, "-m", "medasl.cli", *_args(file, cache, out)],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    epochs = [e["epoch"] for e in _events(out, "small")[-1] if e.get("event") == "epoch"]
+    assert epochs and epochs[0] in (4, 5) and epochs[-1] == 8, epochs  # continued, not restarted
+    assert _trained_outputs(cache) == _trained_outputs(tmp_path / "ref")
+
+
+def test_labels_the_network_cannot_predict_are_e2006(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for case in io.phantom(cases=4, size=(32, 32, 16), seed=1):
+        label = case.value.target
+        array = label.array.copy()
+        if case.id == "case002":
+            array[array == 1] = 2  # a second structure the pipeline says nothing about
+        io.write_nifti(case.value.input, tmp_path / "data" / f"{case.id}_ct.nii.gz")
+        io.write_nifti(label.with_array(array), tmp_path / "data" / f"{case.id}_seg.nii.gz")
+    text = SMALL.replace("EPOCHS", "1").replace(
+        "phantom(cases=6, size=(32, 32, 16), seed=2)",
+        'folder("data", image="*_ct.nii.gz", label="*_seg.nii.gz") as Dataset<Pair<Image[3, CT], LabelMap[3, 2]>>')
+    file = tmp_path / "p.medas"
+    file.write_text(text.replace("val=0.34", "val=0.25"))
+    code, _, err = run(*_args(file, tmp_path / "cache", tmp_path / "out"))
+    assert code == 1, err
+    assert "error[E2006]" in err and "case002" in err and "Traceback" not in err
