@@ -357,3 +357,17 @@ def test_connected_components_counts_blobs() -> None:
 
 def test_operator_table() -> None:
     assert all(callable(f) and f.__name__ == name for name, f in pre.OPERATORS.items())
+
+
+def test_select_labels_keeps_and_renumbers_classes() -> None:
+    seg = io.nifti(DATA / "ct_abdomen_totalsegmentator" / "example_seg.nii.gz")
+    seg = seg.with_array(seg.array, kind="labels")
+    source = np.asarray(seg.array)
+    liver = pre.select_labels(seg, (5,))
+    assert int((liver.array == 1).sum()) == 38634 == int((source == 5).sum())  # the README's count
+    assert set(np.unique(liver.array)) == {0, 1} and liver.same_grid(seg)
+    organs = pre.select_labels(seg, (5, 1, 2, 3))
+    for index, value in enumerate((5, 1, 2, 3), start=1):
+        np.testing.assert_array_equal(organs.array == index, source == value)
+    merged = pre.select_labels(seg, (2, 3), merge=True)
+    np.testing.assert_array_equal(merged.array == 1, (source == 2) | (source == 3))

@@ -176,7 +176,8 @@ def _format_literal(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple | list):
-        return "(" + ", ".join(_format_literal(v) for v in value) + ")"
+        inner = ", ".join(_format_literal(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"  # `(5)` would read back as 5
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {_format_literal(v)}" for k, v in value.items()) + "}"
     return repr(value)

@@ -693,6 +693,21 @@ def histogram_match(x: Volume, reference: Volume, levels: int = 256, points: int
     return x.with_array(sitk.GetArrayFromImage(out).astype(np.float32))
 
 
+def select_labels(x: Volume, labels: Sequence[int], merge: bool = False) -> Volume:
+    """Keep the label values `labels` as classes 1, 2, ... in that order (all as class 1
+    with `merge`); every other value becomes 0. The grid is unchanged.
+
+    Example: TotalSegmentator's liver (5) and spleen (1) as a three-class map:
+    `select_labels(seg, (5, 1))`.
+    """
+    values = [int(v) for v in labels]
+    source = np.asarray(x.array)
+    out = np.zeros(source.shape, dtype=np.uint8 if merge or len(values) < 256 else np.uint16)
+    for index, value in reversed(list(enumerate(values))):  # a value given twice keeps its first class
+        out[source == value] = 1 if merge else index + 1
+    return x.with_array(out, kind="labels")
+
+
 OPERATORS: dict[str, Callable[..., object]] = {
     "resample": resample, "resample_to": resample_to, "reorient": reorient, "crop_or_pad": crop_or_pad,
     "resize": resize, "crop_foreground": crop_foreground,
@@ -702,5 +717,6 @@ OPERATORS: dict[str, Callable[..., object]] = {
     "stain_normalize_reinhard": stain_normalize_reinhard,
     "threshold_mask": threshold_mask, "otsu_mask": otsu_mask, "body_mask": body_mask,
     "connected_components": connected_components, "lung_mask": lung_mask, "histogram_match": histogram_match,
+    "select_labels": select_labels,
 }
 """The std.pre operators implemented here, by the name of their stdlib signature."""
