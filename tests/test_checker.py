@@ -200,3 +200,18 @@ pipeline p {
     result = check_source(SourceFile("scope.medas", text))
     (diag,) = [d for d in result.diagnostics if d.severity.value == "error"]
     assert diag.code == "E0101" and diag.message == "`level` is not visible in transform `norm`"
+
+
+def test_label_operators_lift_over_the_label_of_a_pair() -> None:
+    text = """import std.io, std.pre
+pipeline p {
+  cases = folder("d", image="*_ct.nii.gz", label="*_seg.nii.gz") as Dataset<Pair<Image[3, CT], LabelMap[3, 118]>>
+  liver = cases |> select_labels((5,))
+  w = write_nifti(liver.label, "o/*.nii.gz")
+}
+"""
+    result = check_source(SourceFile("p.medas", text))
+    assert not result.diagnostics.has_errors, result.diagnostics.items
+    node = result.graphs[0].nodes["liver"]
+    assert node.lift == ("map", "label")
+    assert format_type(node.type) == "Dataset<Pair<Image[3, CT], LabelMap[3]>>"

@@ -274,8 +274,8 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
         value, drawn = function(**args)  # random operators get the whole pair: one draw for both parts
         info.setdefault("drawn", {})[task.step] = drawn  # type: ignore[index]
         return value
-    if task.lifted_arg is not None and task.op not in registry.TAKES_PAIRS and {"pair", "image"} & set(task.lift):
-        return _apply_to_members(function, args, task.lifted_arg, image_only="image" in task.lift)
+    if task.lifted_arg is not None and task.op not in registry.TAKES_PAIRS and {"pair", "image", "label"} & set(task.lift):
+        return _apply_to_members(function, args, task.lifted_arg, task.lift[-1])
     return function(**args)
 
 
@@ -315,15 +315,14 @@ def _reduce(task: Task, args: dict[str, object]) -> Measured:
     return metrics.reduce(task.op, per_case, goal)
 
 
-def _apply_to_members(function: Callable[..., object], args: dict[str, object], name: str,
-                      image_only: bool) -> object:
-    """A deterministic operator lifted over a pair: applied to the image, and to the label
-    too unless it changes intensities only (`[image]`)."""
+def _apply_to_members(function: Callable[..., object], args: dict[str, object], name: str, mode: str) -> object:
+    """A deterministic operator lifted over a pair: applied to both members (`[pair]`),
+    to the image only (`[image]`: intensities) or to the label only (`[label]`)."""
     pair = args[name]
     if not isinstance(pair, Pair):
         return function(**args)
-    image = function(**{**args, name: pair.input})
-    label = pair.target if image_only else function(**{**args, name: pair.target})
+    image = pair.input if mode == "label" else function(**{**args, name: pair.input})
+    label = pair.target if mode == "image" else function(**{**args, name: pair.target})
     return Pair(image, label)
 
 

@@ -208,6 +208,10 @@ class CallChecker:
                     attempt, result, mode = self._pair(types, values, first)  # type: ignore[arg-type]
                     lift.append(mode)
                     return attempt, result, lift, types
+                if _is(actual_first, "Pair") and _is(op.params[0].type, "LabelMap", "Instances", "OneHot"):
+                    attempt, result = self._label_member(types, values, first)  # type: ignore[arg-type]
+                    lift.append("label")
+                    return attempt, result, lift, types
                 raise
 
     def _attempt(self, types: dict[str, TyLike], values: dict[str, Val]) -> Attempt:
@@ -340,6 +344,21 @@ class CallChecker:
             return attempt, Ty("Pair", (), (results[0], results[1])), "pair"
         moves_target = self.op.has("spatial") and isinstance(label_t, Ty) and label_t.name in ("Boxes", "Points")
         return attempt, Ty("Pair", (), (results[0], label_t)), "pair" if moves_target else "image"
+
+    def _label_member(self, types: dict[str, TyLike], values: dict[str, Val], first: str) -> tuple[Attempt, TyLike]:
+        """A pair given to an operator on label maps (`select_labels`, `largest_component`):
+        it applies to the label, and the image passes through (`[label]`)."""
+        pair = types[first]
+        assert isinstance(pair, Ty)
+        image_t, label_t = pair.params
+        trial = dict(types)
+        trial[first] = label_t
+        try:
+            attempt = self._attempt(trial, values)
+        except ArgMismatch as am:
+            am.in_pair_label = True
+            raise
+        return attempt, Ty("Pair", (), (image_t, self._result(attempt, values, trial)))
 
     # ----- IR arguments ---------------------------------------------------------------------
 
