@@ -38,7 +38,7 @@ def test_every_example_runs_or_names_what_cannot_run_yet(tmp_path: Path) -> None
     for example in sorted((ROOT / "examples").glob("*.medas")):
         code, _, err = run("run", str(example), "--dry-run", "--cache-dir", str(tmp_path / "cache"),
                            "--out", str(tmp_path / "out"))
-        if example.stem in ("preprocess", "quickstart"):
+        if example.stem in ("preprocess", "quickstart", "liver", "thorax_organs", "nuclei"):
             assert code == 0 and "dry run" in err, err
         else:  # an operator not implemented yet, or the full-size data set is not here
             assert code == 1 and ("error[E2001]" in err or "error[E1001]" in err), (example.name, err)

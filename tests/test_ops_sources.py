@@ -297,3 +297,53 @@ def test_slide_tiles_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         io.slide_tiles(path=tmp_path / "missing.svs")
     assert info.value.code == "E1001"
+
+
+# ----- datalist ------------------------------------------------------------------------
+
+
+def test_datalist_pairs_what_a_csv_table_lists(tmp_path: Path) -> None:
+    _pairs(tmp_path / "data", ["a", "b"])
+    table = tmp_path / "lists" / "cases.csv"
+    table.parent.mkdir()
+    table.write_text("id,image,label\nb,../data/img-b.nii.gz,../data/seg-b.nii.gz\n"
+                     "a,../data/img-a.nii.gz,../data/seg-a.nii.gz\n")
+    cases = io.datalist(table)
+    assert [c.id for c in cases] == ["a", "b"]
+    expected = io.folder(tmp_path / "data", image="img-*.nii.gz", label="seg-*.nii.gz")
+    for got, want in zip(cases, expected):
+        np.testing.assert_array_equal(got.value.input.array, want.value.input.array)
+        np.testing.assert_array_equal(got.value.target.array, want.value.target.array)
+    specs = io.SOURCES["datalist"].list(path=table)
+    assert json.loads(json.dumps([s.args for s in specs])) == [s.args for s in specs]
+
+
+def test_datalist_reads_a_decathlon_dataset_json(tmp_path: Path) -> None:
+    _pairs(tmp_path, ["x1", "x2"])
+    (tmp_path / "dataset.json").write_text(json.dumps({"name": "demo", "training": [
+        {"image": "./img-x1.nii.gz", "label": "./seg-x1.nii.gz"},
+        {"image": "./img-x2.nii.gz", "label": "./seg-x2.nii.gz"}]}))
+    assert [c.id for c in io.datalist(tmp_path / "dataset.json")] == ["img-x1", "img-x2"]
+
+
+def test_datalist_names_the_line_of_a_missing_file_and_repeated_ids(tmp_path: Path) -> None:
+    _pairs(tmp_path, ["a"])
+    table = tmp_path / "cases.csv"
+    table.write_text("id,image,label\na,img-a.nii.gz,seg-a.nii.gz\nb,img-b.nii.gz,seg-b.nii.gz\n")
+    with pytest.raises(DataError) as caught:
+        io.SOURCES["datalist"].list(path=table)
+    assert caught.value.code == "E1001" and "line 3" in caught.value.message and "img-b.nii.gz" in caught.value.message
+    table.write_text("id,image,label\na,img-a.nii.gz,seg-a.nii.gz\na,img-a.nii.gz,seg-a.nii.gz\n")
+    with pytest.raises(DataError) as caught:
+        io.SOURCES["datalist"].list(path=table)
+    assert caught.value.code == "E1012"
+
+
+def test_datalist_reads_a_dicom_series_folder_and_realigns_its_label() -> None:
+    shared = shared_data()
+    table = Path(__file__).resolve().parents[1] / "examples" / "data" / "abdomen_ct.csv"
+    cases = {c.id: c.value for c in io.datalist(table)}
+    dicom = cases["ct_dicom"]
+    series = io.dicom_to_image(io.dicom_series(shared / "ct_dicom_series_totalsegmentator" / "dicom"))
+    np.testing.assert_array_equal(dicom.input.array, series.array)
+    assert dicom.target.same_grid(series) and int((np.asarray(dicom.target.array) == 5).sum()) > 0

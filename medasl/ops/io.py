@@ -908,7 +908,7 @@ def _load_paired(spec: CaseSpec) -> Pair[Volume, Volume]:
     """Read one (image, label) case listed by `_list_paired`; E1007 when the label's
     grid differs from the image's (and is not the same grid stored in another order)."""
     args = spec.args
-    img = read_image(str(args["image"]))
+    img = _read_image_or_series(str(args["image"]))
     kind = str(args["kind"])
     if args.get("label") is None:
         empty = np.zeros(img.array.shape[: img.dim], dtype=np.uint8)
@@ -923,6 +923,70 @@ def _load_paired(spec: CaseSpec) -> Pair[Volume, Volume]:
                         help="the label must cover the image voxel for voxel; resample it onto the image "
                              "(nearest neighbour) or check that the right files are paired")
     return Pair(img, aligned)
+
+
+def _read_image_or_series(path: str) -> Volume:
+    """An image file, or the one DICOM series in a folder (as `datalist` allows)."""
+    return dicom_to_image(dicom_series(path)) if Path(path).is_dir() else read_image(path)
+
+
+def _datalist_rows(path: PathLike, image: str, label: str, id: str) -> tuple[Path, list[tuple[str, str, str, str]]]:
+    """(line, id, image, label) of every case of a CSV table or a Decathlon dataset.json."""
+    table = _existing_file(path)
+    if table.suffix.lower() == ".json":
+        import json as json_module
+
+        try:
+            document = json_module.loads(table.read_text(encoding="utf-8"))
+            entries = document["training"]
+            rows = [(f"entry {i + 1}", Path(str(e[image])).name.split(".")[0], str(e[image]), str(e[label]))
+                    for i, e in enumerate(entries)]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError("E1002", f"{table} is not a Decathlon dataset.json with a `training` list of "
+                            f"{image!r}/{label!r} entries: {exc!r}", table) from None
+        return table, rows
+    _, _, found = _csv_rows(table, (id, image, label))
+    return table, [(f"line {line}", row[id], row[image], row[label]) for line, row in found]
+
+
+def _list_datalist(path: PathLike, image: str = "image", label: str = "label", id: str = "id") -> list[CaseSpec]:
+    """The cases a table lists; paths are relative to the table's folder. E1001 naming the
+    line of a file that does not exist, E1012 for an id listed twice, E1005 for no rows."""
+    table, rows = _datalist_rows(path, image, label, id)
+    if not rows:
+        raise DataError("E1005", f"{table} lists no case", table)
+    specs: dict[str, CaseSpec] = {}
+    for where, case, image_path, label_path in rows:
+        files = []
+        for column, value in ((image, image_path), (label, label_path)):
+            target = (table.parent / value) if not Path(value).is_absolute() else Path(value)
+            if not target.exists():
+                raise DataError("E1001", f"{table}, {where}: the {column} {value!r} does not exist ({target})", target,
+                                help=f"paths in the table are relative to its folder, {table.parent}")
+            files.append(target)
+        if case in specs:
+            raise DataError("E1012", f"{table}, {where}: the case id {case!r} is listed twice", table)
+        image_file, label_file = files
+        read = sorted(str(f) for f in image_file.rglob("*") if f.is_file()) if image_file.is_dir() else [str(image_file)]
+        specs[case] = CaseSpec(case, (*read, str(label_file)),
+                               {"image": str(image_file), "label": str(label_file), "kind": "labels"})
+    return [specs[k] for k in sorted(specs)]
+
+
+def datalist(path: PathLike, image: str = "image", label: str = "label", id: str = "id") -> list[Case[Pair[Volume, Volume]]]:
+    """Cases of (image, label map) listed in a table: a CSV file with columns `id`,
+    `image` and `label` (names configurable), or a Medical Segmentation Decathlon
+    `dataset.json` (its `training` list; the id is the image's file name without
+    extension). Paths are relative to the table's folder; an image may be a folder
+    holding one DICOM series. Labels are realigned onto their image like `folder`'s.
+
+    Example table:
+
+        id,image,label
+        ct01,scans/ct01.nii.gz,labels/ct01.nii.gz
+        ct02,dicom/ct02,labels/ct02.nii.gz
+    """
+    return _eager("datalist", path=path, image=image, label=label, id=id)
 
 
 def _eager(name: str, **params: object) -> list[Case]:
@@ -1724,7 +1788,7 @@ OPERATORS: dict[str, Callable[..., object]] = {
     "nifti": nifti, "nrrd": nrrd, "mha": mha, "png": png, "tiff": tiff, "jpeg": jpeg, "numpy": numpy,
     "dicom_file": dicom_file, "dicom_series": dicom_series, "dicom_to_image": dicom_to_image,
     "dicom_folder": dicom_folder, "folder": folder, "instance_folder": instance_folder, "images": images,
-    "pair_input": pair_input, "phantom": phantom,
+    "pair_input": pair_input, "phantom": phantom, "datalist": datalist,
     "write_nifti": write_nifti, "write_nrrd": write_nrrd, "write_mha": write_mha, "write_png": write_png,
     "one_hot": one_hot, "onehot_to_labels": onehot_to_labels, "instances_to_labels": instances_to_labels,
     "labels_to_instances": labels_to_instances, "boxes_to_mask": boxes_to_mask, "mask_to_boxes": mask_to_boxes,
@@ -1761,6 +1825,7 @@ SOURCES: dict[str, Source] = {
     "phantom": Source(_list_phantom, _load_phantom),
     "classified": Source(_list_classified, _load_classified),
     "slide_tiles": Source(_list_slide_tiles, _load_slide_tile),
+    "datalist": Source(_list_datalist, _load_paired),
 }
 """The source operators (those that make a `Dataset`) in two phases, by operator name;
 the eager operators of the same names are `[Case(s.id, load(s)) for s in list(...)]`."""

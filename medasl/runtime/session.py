@@ -187,7 +187,8 @@ def _results(plan: Plan, result: RunResult, options: RunOptions) -> list[str]:
         if isinstance(value, Single):
             measured = load_ref(cache, value.ref)
             if isinstance(measured, Measured):
-                cases = f" over {len(measured.per_case)} cases" if measured.per_case else ""
+                count = len(measured.per_case)
+                cases = f" over {count} case{'s' * (count != 1)}" if count else ""
                 lines.append(f"{step.label} = {measured.name} {measured.value:.4f}{cases} (better when "
                              f"{'higher' if measured.goal == 'max' else 'lower'})")
     figures = options.out_dir / "figures"
