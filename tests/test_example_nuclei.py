@@ -49,9 +49,8 @@ def test_the_nuclei_example_runs_end_to_end_and_then_from_the_cache(tmp_path: Pa
     assert (result / "figures" / "loss_curve.png").stat().st_size > 1000
     assert len(list((result / "figures").glob("overlay-*.png"))) == 2  # two tiles held out
     assert (result / "nuclei_aji.xlsx").is_file() and (result / "nuclei_pq.xlsx").is_file()
-    # two of the six H&E tiles held out (case ids are the file stems less their first
-    # character, which the reader's pattern names); no fluorescence or brightfield tile
-    he = {row.split(",")[0][1:] for row in (shared_data() / "histo_nuclei_dsb2018" / "index.csv")
+    # two of the six H&E tiles held out; no fluorescence or brightfield tile
+    he = {row.split(",")[0] for row in (shared_data() / "histo_nuclei_dsb2018" / "index.csv")
           .read_text().splitlines() if ",HE_tissue," in row}
     instances = {p.name.removesuffix("_instances.png") for p in (result / "nuclei").iterdir()}
     assert len(instances) == 2 and instances <= he, instances

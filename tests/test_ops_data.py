@@ -312,4 +312,13 @@ def test_adding_a_case_moves_at_most_one_case_per_kfold_cut() -> None:
 
 
 def test_operators_table() -> None:
-    assert set(data.OPERATORS) == {"split", "kfold", "fold", "take", "shuffle", "concat"}
+    assert set(data.OPERATORS) == {"split", "kfold", "fold", "take", "shuffle", "concat", "subset"}
+
+
+def test_subset_keeps_or_leaves_out_cases_by_id() -> None:
+    cases = [Case(f"c{i}", i) for i in range(5)]
+    assert [c.id for c in data.subset(cases, ("c3", "c1"))] == ["c1", "c3"]
+    assert [c.id for c in data.subset(cases, ("c3", "c1"), exclude=True)] == ["c0", "c2", "c4"]
+    with pytest.raises(DataError) as caught:
+        data.subset(cases, ("c1", "c9"))
+    assert caught.value.code == "E1005" and "c9" in caught.value.message

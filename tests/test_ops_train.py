@@ -179,3 +179,19 @@ def test_load_trained_reads_safetensors_and_state_dicts(tmp_path: Path, cases: l
     with pytest.raises(DataError) as caught:
         training.load_trained(_net(), str(tmp_path / "bad.pt"))
     assert caught.value.code == "E1002"
+
+
+def test_the_checker_s_target_conversions_are_applied(cases: list[Case]) -> None:
+    """`loss.target=@instances_to_labels`: instance ids (3, 7, ...) become one foreground class."""
+    instance_cases = []
+    for c in cases:
+        labels = np.asarray(c.value.target.array)
+        ids = np.where(labels > 0, 7, 0).astype(np.uint16)
+        instance_cases.append(Case(c.id, Pair(c.value.input, c.value.target.with_array(ids, kind="instances"))))
+    to_labels = OperatorRef("instances_to_labels")
+    loss = OperatorRef("dice_ce", inputs={"target": to_labels})
+    metric = OperatorRef("dice", inputs={"pred": OperatorRef("argmax"), "target": to_labels})
+    fit = training.train(_net(), instance_cases[:3], loss, epochs=1, validate=instance_cases[3:], metric=metric)
+    assert math.isfinite(fit.history[0]["loss"]) and 0.0 <= fit.history[0]["val_dice"] <= 1.0
+    with pytest.raises(DataError):  # without the conversion, 7 is no class of a two-class network
+        training.train(_net(), instance_cases[:3], OperatorRef("dice_ce"), epochs=1)

@@ -256,8 +256,9 @@ SEARCHED = """import std.io, std.pre
 pipeline p {
   param level: float = 40 search uniform(0, 100)
   param width: int = 400
+  param side: int = 32
   ct = nifti("ct.nii.gz") as Image[3, CT]
-  x = ct |> window(level=level, width=width)
+  x = ct |> window(level=level, width=width) |> crop_or_pad((side, side, 16))
 }
 """
 
@@ -276,11 +277,13 @@ def _graph(text: str) -> object:
 def test_parameters_are_folded_into_their_uses() -> None:
     plan = lower(_graph(SEARCHED))  # type: ignore[arg-type]
     assert "level" not in plan.steps
-    assert plan.steps["x"].params == {"level": 40.0, "width": 400}
-    assert plan.steps["x"].inputs == {"x": "ct"}
-    plan = lower(_graph(SEARCHED), {"level": "55", "width": "300"})  # type: ignore[arg-type]
-    assert plan.steps["x"].params == {"level": 55.0, "width": 300}
-    assert plan.params == {"level": 55.0, "width": 300}
+    assert plan.steps["window"].params == {"level": 40.0, "width": 400}
+    assert plan.steps["window"].inputs == {"x": "ct"}
+    assert plan.steps["x"].params == {"size": (32, 32, 16)}  # a parameter inside a tuple
+    plan = lower(_graph(SEARCHED), {"level": "55", "width": "300", "side": "48"})  # type: ignore[arg-type]
+    assert plan.steps["window"].params == {"level": 55.0, "width": 300}
+    assert plan.steps["x"].params == {"size": (48, 48, 16)}
+    assert plan.params == {"level": 55.0, "width": 300, "side": 48}
 
 
 @pytest.mark.parametrize("override", [{"level": "500"}, {"width": "3.5"}, {"width": "wide"}, {"depth": "1"}])

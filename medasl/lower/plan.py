@@ -263,4 +263,15 @@ def _constant(value: Value | None, params: dict[str, object]) -> object:
     if isinstance(value, OpRef):
         return OpValue(value.op, tuple((k, _constant(v, params)) for k, v in value.args))
     assert isinstance(value, Const)
-    return value.value
+    return _resolved(value.value, params)
+
+
+def _resolved(value: object, params: dict[str, object]) -> object:
+    """A literal with the parameters it holds replaced by their values (`(crop, crop)`)."""
+    if isinstance(value, Ref):
+        return params[value.node]
+    if isinstance(value, Const):
+        return _resolved(value.value, params)
+    if isinstance(value, tuple | list):
+        return type(value)(_resolved(v, params) for v in value)
+    return value

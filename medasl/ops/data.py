@@ -214,6 +214,19 @@ def take(data: Iterable[Case], n: int) -> list[Case]:
     return _by_id(_cases(data))[:n]
 
 
+def subset(data: Iterable[Case], ids: Sequence[str], exclude: bool = False) -> list[Case]:
+    """The cases whose id is in `ids` (every other case with `exclude`), in their order;
+    E1005 naming any id the dataset does not have."""
+    cases = _cases(data)
+    wanted = [str(i) for i in ids]
+    unknown = sorted(set(wanted) - {c.id for c in cases})
+    if unknown:
+        raise DataError("E1005", f"subset: the dataset has no case {_listed(unknown)}",
+                        help=f"its cases are {_listed([c.id for c in cases])}")
+    keep = set(wanted)
+    return [c for c in cases if (c.id in keep) != exclude]
+
+
 def shuffle(data: Iterable[Case], seed: int = 0) -> list[Case]:
     """The cases ranked by `sha256(seed:id)`: a random order reproducible from the seed,
     the same whatever order the cases arrive in."""
@@ -227,5 +240,6 @@ def concat(a: Iterable[Case], b: Iterable[Case]) -> list[Case]:
 
 OPERATORS: dict[str, Callable[..., object]] = {
     "split": split, "kfold": kfold, "fold": fold, "take": take, "shuffle": shuffle, "concat": concat,
+    "subset": subset,
 }
 """The std.data operators implemented here, by the name of their stdlib signature."""

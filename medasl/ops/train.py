@@ -271,12 +271,27 @@ def _probs_volume(logits: torch.Tensor, like: Volume) -> Volume:
                   kind="probs", modality=like.modality, source=like.source)
 
 
+def _conversion(ref: OperatorRef | None, slot: str, index: int) -> Callable[[object], object] | None:
+    """The conversion the checker attached to a loss's or metric's input (`metric.pred=@argmax`,
+    `loss.target=@instances_to_labels`; through a parameter, the inputs are numbered)."""
+    if ref is None:
+        return None
+    found = ref.inputs.get(slot) or ref.inputs.get(f"input{index}")
+    if found is None:
+        return None
+    from medasl.runtime import registry
+
+    function = registry.function(found.op)
+    return lambda value: function(value, **found.options)
+
+
 def _validate(module: torch.nn.Module, cases: list[Case], metric: OperatorRef, device: torch.device,
               divisor: int) -> float:
     """The metric over the validation cases, predictions made on each whole case."""
-    from medasl.ops import metrics, post
+    from medasl.ops import metrics
 
-    conversion = metric.inputs.get("pred")
+    conversion = _conversion(metric, "pred", 1)
+    target_conversion = _conversion(metric, "target", 2)
     preds, targets, per_case = [], [], {}
     module.eval()
     with torch.no_grad():
@@ -291,8 +306,9 @@ def _validate(module: torch.nn.Module, cases: list[Case], metric: OperatorRef, d
                 continue
             pred: object = _probs_volume(logits, pair.input)
             if conversion is not None:
-                pred = post.OPERATORS[conversion.op](pred, **conversion.options)
-            per_case[case.id] = float(metrics.OPERATORS[metric.op](pred=pred, target=pair.target, **metric.options))
+                pred = conversion(pred)
+            target = target_conversion(pair.target) if target_conversion is not None else pair.target
+            per_case[case.id] = float(metrics.OPERATORS[metric.op](pred=pred, target=target, **metric.options))
     if preds:
         return float(metrics.OPERATORS[metric.op](pred=preds, target=targets, **metric.options))
     values = [v for v in per_case.values() if not math.isnan(v)]
@@ -359,9 +375,11 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
         if saved.get("stopped"):
             start = epochs
 
-    targets = {c.id: _target_tensor(c.value.target, classes, c.id) for c in cases}  # type: ignore[attr-defined]
+    to_labels = _conversion(loss, "target", 2) or (lambda value: value)  # e.g. instances -> labels
+    targets = {c.id: _target_tensor(to_labels(c.value.target), classes, c.id) for c in cases}  # type: ignore[attr-defined]
+    val_labels = _conversion(metric, "target", 2) or to_labels
     for c in val_cases:
-        _target_tensor(c.value.target, classes, c.id)  # type: ignore[attr-defined]
+        _target_tensor(val_labels(c.value.target), classes, c.id)  # type: ignore[attr-defined]
     for epoch in range(start + 1, epochs + 1):
         clock = time.perf_counter()
         torch.manual_seed(_seed_for(seed, "epoch", epoch))

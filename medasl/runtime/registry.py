@@ -26,7 +26,7 @@ from types import ModuleType
 
 from medasl.lower.plan import COLLECTING_REPORTS
 
-SELECTIONS = frozenset({"field", "split", "kfold", "fold", "take", "shuffle", "concat"})
+SELECTIONS = frozenset({"field", "split", "kfold", "fold", "take", "shuffle", "concat", "subset"})
 TAKES_PAIRS = frozenset({"crop_foreground"})
 EXPANDS = {"patches": "per_case"}  # operator -> the parameter giving how many cases one case becomes
 PER_CASE = {"infer": "data"}  # operator -> the dataset argument it is applied to case by case
