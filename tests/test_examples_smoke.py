@@ -1,0 +1,68 @@
+"""The applications' smoke settings run end to end on the shared sample data: a trained
+model, predictions on the original scan grids, metrics, figures and reports. (The
+quickstart is tested in tests/test_run_models.py, nuclei in tests/test_example_nuclei.py.)"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="training needs the run extra (pip install -e '.[run]')")
+pytest.importorskip("monai", reason="training needs the run extra (pip install -e '.[run]')")
+
+import SimpleITK as sitk  # noqa: E402, N813
+
+from tests.conftest import ROOT, shared_data  # noqa: E402
+from tests.test_cli import run  # noqa: E402
+
+DATA = shared_data(module=True)
+
+
+def _metrics(err: str) -> dict[str, float]:
+    """`name = metric value ...` lines printed after a run."""
+    found = {}
+    for line in err.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] == "=" and parts[2].isidentifier():
+            try:
+                found[parts[0]] = float(parts[3])
+            except ValueError:
+                continue
+    return found
+
+
+def _run_example(name: str, tmp_path: Path) -> str:
+    code, _, err = run("run", str(ROOT / "examples" / f"{name}.medas"), "--cache-dir", str(tmp_path / "cache"),
+                       "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    return err
+
+
+def test_liver_smoke(tmp_path: Path) -> None:
+    err = _run_example("liver", tmp_path)
+    metrics = _metrics(err)
+    assert 0.0 <= metrics["score"] <= 1.0 and metrics["boundary"] >= 0.0, metrics
+    out = tmp_path / "out" / "liver_contour"
+    for name in ("liver.html", "liver_dice.xlsx", "liver_hd95.xlsx", "figures/loss_curve.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_thorax_smoke_writes_contours_on_the_dicom_grid(tmp_path: Path) -> None:
+    err = _run_example("thorax_organs", tmp_path)
+    metrics = _metrics(err)
+    assert 0.0 <= metrics["overlap"] <= 1.0 and 0.0 <= metrics["surface"] <= 1.0, metrics
+    assert math.isfinite(metrics["boundary"])
+    (contours,) = (tmp_path / "out" / "thorax_organs" / "out" / "thorax").glob("*_organs.nii.gz")
+    written = sitk.ReadImage(str(contours))
+    reader = sitk.ImageSeriesReader()
+    dicom = DATA / "ct_dicom_series_totalsegmentator" / "dicom"
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(dicom)))
+    series = reader.Execute()
+    assert written.GetSize() == series.GetSize()
+    for got, want in ((written.GetSpacing(), series.GetSpacing()), (written.GetOrigin(), series.GetOrigin()),
+                      (written.GetDirection(), series.GetDirection())):
+        assert all(abs(a - b) < 1e-3 for a, b in zip(got, want)), (got, want)
+    values = set(sitk.GetArrayFromImage(written).ravel().tolist())
+    assert values <= {0, 1, 2, 3, 4}  # label values only: never interpolated
