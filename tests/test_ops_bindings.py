@@ -16,7 +16,7 @@ IMPLEMENTED_AREAS = ("io", "pre", "aug", "data", "nets", "losses", "train", "pos
 NOT_YET: dict[str, set[str]] = {
     "viz": {"mesh", "saliency", "grad_cam", "tsne", "froc_curve", "parallel_coordinates", "param_importance"},
 }
-RUNTIME_ONLY = {"rng", "checkpoints", "progress", "device", "figures"}  # passed by the executor
+RUNTIME_ONLY = {"rng", "checkpoints", "progress", "device", "figures", "augment"}  # passed by the executor
 
 
 @pytest.mark.parametrize("area", IMPLEMENTED_AREAS)

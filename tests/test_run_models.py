@@ -22,12 +22,12 @@ from medasl.runtime.cache import Cache  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 from tests.test_cli import run  # noqa: E402
 
-SMALL = """import std.io, std.data, std.pre, std.nets, std.losses, std.train, std.post, std.metrics
+SMALL = """import std.io, std.data, std.pre, std.aug, std.nets, std.losses, std.train, std.post, std.metrics
 pipeline small {
   cases = phantom(cases=6, size=(32, 32, 16), seed=2)
   folds = split(cases, val=0.34, seed=1)
   prep(x) = x |> window(level=40, width=400) |> rescale(0, 1)
-  train_cases = folds.train |> prep
+  train_cases = folds.train |> prep |> flip(axis=0, p=0.5) |> gaussian_noise(std=0.05, p=1.0)
   val_cases = folds.val |> prep
   net = unet3d(in_channels=1, classes=2, channels=(4, 8, 16, 32, 64), res_units=1)
   fit = train(net, train_cases, loss=dice_ce, optimizer=adam(lr=1e-2), epochs=EPOCHS, batch=2,
@@ -132,3 +132,37 @@ def test_labels_the_network_cannot_predict_are_e2006(tmp_path: Path, monkeypatch
     code, _, err = run(*_args(file, tmp_path / "cache", tmp_path / "out"))
     assert code == 1, err
     assert "error[E2006]" in err and "case002" in err and "Traceback" not in err
+
+
+def test_augmentations_are_drawn_anew_in_every_epoch(tmp_path: Path) -> None:
+    """Training reads each case's augmentation recipe (its random steps) and draws it
+    again per epoch from the seed: epochs differ, one epoch is reproducible."""
+    import numpy as np
+
+    from medasl.lower.plan import lower
+    from medasl.runtime.digests import DigestMemo
+    from medasl.runtime.executor import LocalExecutor, Preparer, RunOptions
+    from medasl.runtime.progress import Reporters
+    from medasl.runtime.tasks import EpochAugmenter, load_ref
+    from medasl.semantics.checker import check_source
+    from medasl.source import SourceFile
+
+    graph = check_source(SourceFile("small.medas", SMALL.replace("EPOCHS", "1"))).graphs[0]
+    plan = lower(graph)
+    options = RunOptions(cache=Cache(tmp_path / "results"), out_dir=tmp_path / "out", workers=1)
+    result = LocalExecutor().run(plan, options, Reporters())
+    preparer = Preparer(plan, options, DigestMemo(tmp_path / "results"))
+    values: dict[str, object] = {}
+    for step in plan.steps.values():
+        values[step.id] = preparer.prepare(step, values).value  # type: ignore[arg-type]
+    (train,) = [s for s in plan.steps.values() if s.op == "train"]
+    recipes = preparer.recipes(train)
+    assert recipes and all(any(stage.rng_seed for stage in stages) for stages in recipes.values())
+    augment = EpochAugmenter(options.cache, recipes)
+    case, ref = result.values["train_cases"].items[0]  # type: ignore[union-attr]
+    first = np.asarray(load_ref(options.cache, ref).input.array)  # type: ignore[attr-defined]
+    second = np.asarray(augment(case, 2).input.array)  # type: ignore[union-attr]
+    third = np.asarray(augment(case, 3).input.array)  # type: ignore[union-attr]
+    again = np.asarray(EpochAugmenter(options.cache, recipes)(case, 2).input.array)  # type: ignore[union-attr]
+    assert not np.array_equal(first, second) and not np.array_equal(second, third)
+    np.testing.assert_array_equal(second, again)

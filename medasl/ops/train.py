@@ -12,7 +12,8 @@ Conventions every function here keeps, and why:
   channels moved first. Sizes written in a pipeline (`window=(128, 128, 96)`) are in
   `(x, y, z)` order, as everywhere in the language, and are reversed here.
 - Training is deterministic given `seed` on the CPU: the batch order and the global
-  torch generator (dropout) of epoch `e` are seeded from `(seed, e)` alone, so a run
+  torch generator (dropout) of epoch `e` are seeded from `(seed, e)` alone, and so are
+  the augmentations drawn anew for every epoch (`augment`, from the executor), so a run
   resumed from the checkpoint of epoch `e` continues exactly as an uninterrupted one.
 - After every epoch, `checkpoints.save` is given the whole state (weights, the best
   weights so far, optimizer, schedule, history): the executor commits it to the cache,
@@ -315,6 +316,16 @@ def _validate(module: torch.nn.Module, cases: list[Case], metric: OperatorRef, d
     return float(np.mean(values)) if values else math.nan
 
 
+def _epoch_case(case: Case, epoch: int, augment: Callable[[str, int], object] | None) -> Pair:
+    """The training pair of `case` in `epoch`: augmented anew by `augment` after the first
+    epoch (the first uses the draw the cache holds)."""
+    if augment is not None and epoch > 1:
+        fresh = augment(case.id, epoch)
+        if fresh is not None:
+            return fresh  # type: ignore[return-value]
+    return case.value  # type: ignore[return-value]
+
+
 def _better(value: float, best: float | None, goal: str) -> bool:
     if math.isnan(value):
         return False
@@ -326,7 +337,8 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
           validate: Sequence[Case] | None = None, metric: OperatorRef | None = None, every: int = 1,
           patience: int | None = None, clip_grad: float | None = None, amp: bool = True, seed: int = 0,
           on: str = "auto", *, checkpoints: Checkpoints | None = None,
-          progress: Callable[[dict[str, object]], None] | None = None, device: str = "cpu") -> Trained:
+          progress: Callable[[dict[str, object]], None] | None = None, device: str = "cpu",
+          augment: Callable[[str, int], object] | None = None) -> Trained:
     """Train `model` on (input, target) cases; see the module docstring for the guarantees.
 
     Example (what `train(net, cases, loss=dice_ce, epochs=2)` runs):
@@ -387,8 +399,10 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
         total, seen = 0.0, 0
         for indices in _batches(len(cases), batch, seed, epoch):
             ids = [cases[i].id for i in indices]
-            x = _stack([image_tensor(cases[i].value.input) for i in indices], ids, "images").to(dev)  # type: ignore[attr-defined]
-            y = _stack([targets[i] for i in ids], ids, "labels").to(dev)
+            pairs = [_epoch_case(cases[i], epoch, augment) for i in indices]
+            x = _stack([image_tensor(p.input) for p in pairs], ids, "images").to(dev)
+            y = _stack([targets[i] if augment is None else _target_tensor(to_labels(p.target), classes, i)
+                        for i, p in zip(ids, pairs)], ids, "labels").to(dev)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(dev.type, enabled=use_amp):
                 value = loss_fn(module(x), y)
@@ -527,4 +541,5 @@ OPERATORS: dict[str, Callable[..., object]] = {
     "poly": poly, "plateau": plateau, "train": train, "infer": infer, "load_trained": load_trained,
 }
 """The std.train operators, by the name of their stdlib signature. `train` also takes the
-runtime-only `checkpoints`, `progress` and `device`; `infer` takes `device`."""
+runtime-only `checkpoints`, `progress`, `device` and `augment` (the training cases of an
+epoch augmented anew); `infer` takes `device`."""

@@ -191,6 +191,7 @@ class Preparer:
         self.plan, self.options, self.memo = plan, options, memo
         self.users = {sid: [s.id for s in plan.steps.values() if sid in s.inputs.values()] for sid in plan.steps}
         self.inline: dict[str, dict[str | None, Task]] = {}  # fused step -> its task per case
+        self.tasks_of: dict[str, dict[str, Task]] = {}  # mapped step -> its task per case
 
     def fuses_into(self, step: Step) -> str | None:
         """The step that computes `step` in memory, case by case, instead of storing it.
@@ -200,7 +201,9 @@ class Preparer:
         compute, and resuming mid-chain saves little. A step is fused into the one after
         it when that one is its only user, maps over it as its only dataset input, and
         the step itself is per-case (mapped or a source), writes nothing and does not
-        turn one case into several.
+        turn one case into several. A deterministic step is not fused into a random one:
+        the input of the augmentations is stored, so that training can draw them anew
+        in every epoch from there (preprocessed once, augmented on the fly).
         """
         users = self.users[step.id]
         per_case = step.mapped or (not step.inputs and registry.source(step.op) is not None)
@@ -211,6 +214,8 @@ class Preparer:
         if not user.mapped or user.op in registry.SELECTIONS or lifted is None:
             return None
         if user.inputs[lifted] != step.id or user.dataset_inputs != {lifted}:
+            return None
+        if user.random and not step.random:
             return None
         return user.id
 
@@ -310,7 +315,20 @@ class Preparer:
                 items += [(f"{case}.{k}", f"{key.digest()}/{k}") for k in range(int(step.params[expand]))]  # type: ignore[arg-type]
             else:
                 items.append((case, key.digest()))
+        self.tasks_of[step.id] = {t.case: t for t in tasks if t.case is not None}
         return self._fused(step, tasks, Cases(tuple(items)))
+
+    def recipes(self, step: Step) -> dict[str, tuple[Task, ...]]:
+        """For `train`: the random steps that made each training case (the chain of the
+        task that stored it), so that training draws them anew in every epoch."""
+        if step.op != "train" or "data" not in step.inputs:
+            return {}
+        recipes = {}
+        for case, task in self.tasks_of.get(step.inputs["data"], {}).items():
+            stages = (*task.chain, replace(task, chain=()))
+            if any(stage.rng_seed is not None for stage in stages):
+                recipes[case] = stages
+        return recipes
 
     def _whole(self, step: Step, values: dict[str, RunValue]) -> Prepared:
         refs, datasets, inputs = {}, {}, {}
@@ -330,7 +348,7 @@ class Preparer:
         key, rng = self._key(step, params, inputs, self._sources(step, params, writes), None)
         task = Task(key, step.id, step.op, None, call_params(params), refs=refs, datasets=datasets, lift=step.lift,
                     lifted_arg=next(iter(step.inputs), None), rng_seed=rng, writes=writes,
-                    index_id=self._index_id(step, None), device=self.options.device)
+                    index_id=self._index_id(step, None), device=self.options.device, recipes=self.recipes(step))
         return Prepared([task], Single(key.digest()))
 
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,36 @@ class CacheCheckpoints:
             self.cache.discard(self._key(epoch - 1))
 
 
+class EpochAugmenter:
+    """The training cases of epoch `e`, augmented anew: the random steps that made a case
+    (its recipe: the chain of the task that stored it) run again from their stored input
+    with the generator `default_rng([step seed, case number, e])`. Epoch 1 uses the cached
+    draw; every epoch is reproducible from the seed, so a resumed training continues
+    exactly. A case `c.k` made by `patches` is the k-th of the patches drawn for `c`."""
+
+    def __init__(self, cache: Cache, recipes: dict[str, tuple[Task, ...]]) -> None:
+        self.cache, self.recipes = cache, recipes
+        self._drawn: dict[tuple[str, int], object] = {}  # one draw of a case's patches per epoch
+
+    def __call__(self, case: str, epoch: int) -> object | None:
+        base, index = case, None
+        if case not in self.recipes and "." in case:
+            base, _, k = case.rpartition(".")
+            index = int(k)
+        stages = self.recipes.get(base)
+        if stages is None:
+            return None
+        if (base, epoch) not in self._drawn:
+            self._drawn = {key: v for key, v in self._drawn.items() if key[1] == epoch}
+            value: object = None
+            for stage in stages:
+                again = replace(stage, rng_seed=(*stage.rng_seed, epoch)) if stage.rng_seed else stage
+                value = _compute_stage(self.cache, again, value, {})
+            self._drawn[(base, epoch)] = value
+        value = self._drawn[(base, epoch)]
+        return value[index] if index is not None else value  # type: ignore[index]
+
+
 # ----- tasks -------------------------------------------------------------------------
 
 
@@ -151,6 +181,7 @@ class Task:
     index_id: str | None = None  # the name this result is remembered under, for `--dry-run`
     chain: tuple[Task, ...] = ()  # steps fused into this one: computed first, in memory, not stored
     device: str = "cpu"
+    recipes: dict[str, tuple[Task, ...]] = field(default_factory=dict)  # train: how each case was augmented
 
 
 @dataclass(frozen=True)
@@ -263,7 +294,8 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
         args["metrics"] = [args["metrics"]]
     if task.op == "train":
         args.update(checkpoints=CacheCheckpoints(cache, task.key), device=task.device,
-                    progress=hooks.progress if hooks is not None else None)
+                    progress=hooks.progress if hooks is not None else None,
+                    augment=EpochAugmenter(cache, task.recipes) if task.recipes else None)
     elif task.op == "infer":
         args["device"] = task.device
     if "reduce" in task.lift:
