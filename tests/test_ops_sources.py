@@ -86,7 +86,7 @@ def _check_source(name: str, **params: Any) -> list[CaseSpec]:
 
 def test_every_dataset_source_is_listed() -> None:
     assert set(io.SOURCES) == {"folder", "instance_folder", "images", "dicom_folder", "phantom", "classified",
-                               "slide_tiles"}
+                               "slide_tiles", "datalist"}
     assert set(io.SOURCES) <= set(io.OPERATORS)
 
 
