@@ -36,3 +36,16 @@ def compare_golden(actual: str, expected_path: Path) -> None:
         return
     expected = expected_path.read_text(encoding="utf-8")
     assert actual == expected, f"output differs from {expected_path.relative_to(ROOT)}"
+
+
+def write_nifti_file(path: Path, array: object, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+                     origin: tuple[float, ...] = (0.0, 0.0, 0.0)) -> Path:
+    """Write `array` ((z, y, x) NumPy order) as a NIfTI file with SimpleITK, for tests."""
+    import SimpleITK as sitk  # noqa: N813 (imported here: the front-end tests run without it)
+
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+    return path

@@ -18,7 +18,7 @@ sitk = pytest.importorskip("SimpleITK", reason="the runtime needs SimpleITK (pip
 from medasl.ops import io  # noqa: E402 (after the skips, so a front-end-only install skips cleanly)
 from medasl.runtime.errors import DataError  # noqa: E402
 from medasl.runtime.values import CaseSpec, DicomSeries, Pair, Volume  # noqa: E402
-from tests.conftest import SHARED_DATA, shared_data  # noqa: E402
+from tests.conftest import SHARED_DATA, shared_data, write_nifti_file  # noqa: E402
 
 LUNG_DICOM = SHARED_DATA / "lung_ct_tumor_lungpetctdx" / "dicom"
 HISTO = SHARED_DATA / "histo_nuclei_dsb2018"
@@ -26,12 +26,7 @@ HISTO = SHARED_DATA / "histo_nuclei_dsb2018"
 
 def _nifti(path: Path, array: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.5, 2.0),
            origin: tuple[float, ...] = (3.0, -4.0, 5.0)) -> Path:
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(path))
-    return path
+    return write_nifti_file(path, array, spacing, origin)
 
 
 def _pairs(root: Path, ids: list[str]) -> None:

@@ -16,7 +16,7 @@ sitk = pytest.importorskip("SimpleITK", reason="the runtime needs SimpleITK (pip
 from medasl.ops import io  # noqa: E402 (after the skips, so a front-end-only install skips cleanly)
 from medasl.runtime.errors import DataError  # noqa: E402
 from medasl.runtime.values import Case, Pair, Volume  # noqa: E402
-from tests.conftest import shared_data  # noqa: E402
+from tests.conftest import shared_data, write_nifti_file  # noqa: E402
 
 DATA = shared_data(module=True)
 
@@ -45,15 +45,6 @@ def error_of(call, *args: object, **kwargs: object) -> DataError:  # type: ignor
         call(*args, **kwargs)
     return info.value
 
-
-def write_nifti_file(path: Path, array: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
-                     origin: tuple[float, ...] = (0.0, 0.0, 0.0)) -> Path:
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(path))
-    return path
 
 
 # ----- DICOM --------------------------------------------------------------------------------

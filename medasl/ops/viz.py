@@ -301,12 +301,7 @@ def overlay(image: Volume, labels: Volume, slices: int = 3) -> Figure:
         ax.imshow(rgba[z], aspect=float(image.spacing[1]) / float(image.spacing[0]), interpolation="nearest")
         if image.dim >= 3:
             ax.set_title(f"z = {z}", fontsize=9)
-    if classes:
-        handles = [Patch(color=_color(c), label=f"class {c}") for c in classes[:10]]
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=8)
-    title = f"{lab.kind} over image"
-    fig.suptitle(title)
-    return _render(fig, title)
+    return _legend_and_render(fig, classes, f"{lab.kind} over image")
 
 
 def box_overlay(image: Volume, boxes: Boxes) -> Figure:
@@ -348,11 +343,14 @@ def box_overlay(image: Volume, boxes: Boxes) -> Figure:
             ax.set_title(f"z = {z}", fontsize=9)
     if not len(boxes):
         axes[0].set_xlabel("no boxes")
-    present = sorted(set(classes))
-    if present:
-        handles = [Patch(color=_color(c), label=f"class {c}") for c in present[:10]]
+    return _legend_and_render(fig, sorted(set(classes)), f"{len(boxes)} boxes over image")
+
+
+def _legend_and_render(fig: MplFigure, classes: Sequence[int], title: str) -> Figure:
+    """A colour legend of (at most ten) classes under the panels, the title, and the PNG."""
+    if classes:
+        handles = [Patch(color=_color(c), label=f"class {c}") for c in list(classes)[:10]]
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=8)
-    title = f"{len(boxes)} boxes over image"
     fig.suptitle(title)
     return _render(fig, title)
 
