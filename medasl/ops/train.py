@@ -505,7 +505,7 @@ def infer(model: Trained, data: Volume, window: Sequence[int] | None = None, ove
     mean = (total / len(flips))[0].cpu()
     if mean.ndim == 1:
         return mean.numpy()
-    return Volume(np.ascontiguousarray(np.moveaxis(mean.numpy(), 0, -1)), data.spacing, data.origin, data.direction,
+    return Volume(np.moveaxis(mean.numpy(), 0, -1), data.spacing, data.origin, data.direction,
                   kind="probs", modality=data.modality, source=data.source)
 
 
