@@ -195,3 +195,38 @@ def test_the_checker_s_target_conversions_are_applied(cases: list[Case]) -> None
     assert math.isfinite(fit.history[0]["loss"]) and 0.0 <= fit.history[0]["val_dice"] <= 1.0
     with pytest.raises(DataError):  # without the conversion, 7 is no class of a two-class network
         training.train(_net(), instance_cases[:3], OperatorRef("dice_ce"), epochs=1)
+
+
+def test_the_nodule_detector_trains_on_boxes_and_detects_in_world_mm() -> None:
+    from medasl.runtime.values import Boxes
+
+    rng = np.random.default_rng(0)
+    found = []
+    for i in range(3):
+        array = rng.normal(0, 0.05, (32, 32, 32)).astype(np.float32)
+        array[10:16, 12:18, 8:14] += 1.0  # a bright cube: the "nodule"
+        image = Volume(array, (0.8, 0.8, 1.5), (-10.0, 5.0, 20.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        mask = np.zeros(array.shape, np.uint8)
+        mask[10:16, 12:18, 8:14] = 1
+        found.append(Case(f"c{i}", Pair(image, io.mask_to_boxes(image.with_array(mask, kind="labels")))))
+    net = Network("nodule_detector", {"in_channels": 1, "classes": 2, "depth": 10, "anchors": (6, 8, 10)}, None)
+    fit = training.train(net, found[:2], OperatorRef("box_loss", {"box_weight": 1.0}), epochs=2, batch=1,
+                         validate=found[2:], metric=OperatorRef("froc"))
+    assert all(math.isfinite(h["loss"]) for h in fit.history) and 0.0 <= fit.history[-1]["val_froc"] <= 1.0
+    boxes = training.infer(fit, found[2].value.input)
+    assert isinstance(boxes, Boxes) and len(boxes) > 0 and boxes.dim == 3
+    image = found[2].value.input
+    extent = np.array(image.origin) + (np.array(image.shape) - 1) * np.array(image.spacing)
+    assert np.all(boxes.lo >= np.array(image.origin) - 20) and np.all(boxes.hi <= extent + 20)  # world mm
+
+
+def test_boxes_and_detector_voxels_convert_both_ways() -> None:
+    image = Volume(np.zeros((10, 12, 14)), (0.7, 0.8, 2.5), (5.0, -3.0, 10.0), (-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    mask = np.zeros((10, 12, 14), np.uint8)
+    mask[2:5, 3:8, 4:10] = 1
+    boxes = io.mask_to_boxes(image.with_array(mask, kind="labels"))
+    voxels = io.boxes_to_voxels(boxes, image)
+    np.testing.assert_allclose(voxels, [[2, 3, 4, 5, 8, 10]])  # [z0, y0, x0, z1, y1, x1), voxel i = [i, i+1)
+    back = io.voxels_to_boxes(voxels, boxes.classes, boxes.scores, image)
+    np.testing.assert_allclose(back.lo, boxes.lo)
+    np.testing.assert_allclose(back.hi, boxes.hi)

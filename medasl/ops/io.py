@@ -1332,6 +1332,39 @@ def mask_to_boxes(x: Volume) -> Boxes:
                  np.ones(n), source=x.source)
 
 
+def boxes_to_voxels(x: Boxes, like: Volume) -> np.ndarray:
+    """Boxes as voxel coordinates of `like`'s array, the way detection networks (MONAI's)
+    take them: `(n, 2D)` float `[z0, y0, x0, z1, y1, x1]` in array-axis order, voxel `i`
+    covering `[i, i + 1)`. A world box on an oblique grid becomes the voxel-space box
+    around its corners."""
+    m_inv = np.linalg.inv(_index_matrix(like))
+    origin = np.array(like.origin)
+    corners = np.array(np.meshgrid(*[[0, 1]] * like.dim, indexing="ij")).reshape(like.dim, -1).T
+    out = np.zeros((len(x), 2 * like.dim), dtype=np.float32)
+    for i in range(len(x)):
+        world = x.lo[i] + corners * (x.hi[i] - x.lo[i])
+        index = (world - origin) @ m_inv.T + 0.5  # continuous index (centres at i) -> footprint edges
+        out[i, : like.dim] = index.min(axis=0)[::-1]
+        out[i, like.dim:] = index.max(axis=0)[::-1]
+    return out
+
+
+def voxels_to_boxes(corners: np.ndarray, classes: np.ndarray, scores: np.ndarray, like: Volume) -> Boxes:
+    """The inverse of `boxes_to_voxels`: voxel boxes of `like`'s array (a detector's
+    output) as world boxes in mm, with their classes and scores."""
+    corners = np.asarray(corners, dtype=np.float64).reshape(-1, 2 * like.dim)
+    m = _index_matrix(like)
+    origin = np.array(like.origin)
+    unit = np.array(np.meshgrid(*[[0, 1]] * like.dim, indexing="ij")).reshape(like.dim, -1).T
+    lo = np.zeros((len(corners), like.dim))
+    hi = np.zeros((len(corners), like.dim))
+    for i, box in enumerate(corners):
+        start, stop = box[: like.dim][::-1] - 0.5, box[like.dim:][::-1] - 0.5  # (x, y, z) continuous index
+        world = origin + (start + unit * (stop - start)) @ m.T
+        lo[i], hi[i] = world.min(axis=0), world.max(axis=0)
+    return Boxes(lo, hi, np.asarray(classes, dtype=np.int64), np.asarray(scores, dtype=np.float64), source=like.source)
+
+
 def boxes_to_mask(x: Boxes, like: Volume) -> Volume:
     """A label map on `like`'s grid: every voxel whose centre lies in a box (bounds
     included, to 1e-6 of a voxel) gets the box's class; where boxes overlap the higher

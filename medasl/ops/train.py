@@ -286,6 +286,45 @@ def _conversion(ref: OperatorRef | None, slot: str, index: int) -> Callable[[obj
     return lambda value: function(value, **found.options)
 
 
+def _is_detector(module: torch.nn.Module) -> bool:
+    """A detection network (std.nets `nodule_detector`): boxes in, losses or boxes out."""
+    return hasattr(module, "detector")
+
+
+def _detector_targets(pairs: Sequence[Pair], classes: int, ids: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+    """Each case's boxes as the detector takes them (voxel boxes of its image); E2006 for a
+    box class the network does not predict."""
+    from medasl.ops import io
+
+    targets = []
+    for case, pair in zip(ids, pairs):
+        boxes = pair.target
+        labels = np.asarray(boxes.classes, dtype=np.int64)  # type: ignore[attr-defined]
+        if labels.size and (int(labels.min()) < 1 or int(labels.max()) >= classes):
+            raise DataError("E2006", f"case {case}: a box has class {int(labels.max())}, but the detector predicts "
+                            f"classes 1..{classes - 1}")
+        targets.append({"boxes": torch.from_numpy(io.boxes_to_voxels(boxes, pair.input)),  # type: ignore[arg-type]
+                        "labels": torch.from_numpy(labels)})
+    return targets
+
+
+def _detect(module: torch.nn.Module, image: Volume, window: Sequence[int] | None, overlap: float, batch: int,
+            device: torch.device) -> object:
+    """A detector on one image: world boxes with classes and scores (NMS inside the network)."""
+    from medasl.ops import io
+
+    module.eval()
+    x = image_tensor(image).to(device)
+    if window is not None:
+        roi = tuple(int(v) for v in reversed(tuple(window)))
+        module.detector.set_sliding_window_inferer(roi_size=roi, sw_batch_size=batch, overlap=overlap,
+                                                   mode="gaussian")
+    with torch.no_grad():
+        found = module([x], use_inferer=window is not None)[0]
+    return io.voxels_to_boxes(found["boxes"].cpu().numpy(), found["labels"].cpu().numpy(),
+                              found["scores"].cpu().numpy(), image)
+
+
 def _validate(module: torch.nn.Module, cases: list[Case], metric: OperatorRef, device: torch.device,
               divisor: int) -> float:
     """The metric over the validation cases, predictions made on each whole case."""
@@ -293,12 +332,18 @@ def _validate(module: torch.nn.Module, cases: list[Case], metric: OperatorRef, d
 
     conversion = _conversion(metric, "pred", 1)
     target_conversion = _conversion(metric, "target", 2)
-    preds, targets, per_case = [], [], {}
+    preds: list[object] = []
+    targets: list[object] = []
+    per_case: dict[str, float] = {}
     module.eval()
     with torch.no_grad():
         for case in cases:
             pair = case.value
             assert isinstance(pair, Pair)
+            if _is_detector(module):
+                preds.append(_detect(module, pair.input, None, 0.0, 1, device))
+                targets.append(pair.target)
+                continue
             x = image_tensor(pair.input)[None].to(device)
             logits = _forward_whole(module, x, divisor)[0]
             if logits.ndim == 1:  # a classifier: scores
@@ -356,7 +401,11 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
     module.to(dev)
     classes = int(model.params.get("classes", 2))  # type: ignore[arg-type]
     divisor = nets.downsample(model.op, model.params)
-    loss_fn = losses.make_loss(loss.op, **loss.options)
+    detector = _is_detector(module)
+    box_weight = float(loss.options.get("box_weight", 1.0)) if loss.op == "box_loss" else 1.0  # type: ignore[arg-type]
+    if detector and loss.options.get("giou"):
+        module.detector.set_box_regression_loss(*losses.detector_box_regression(True))  # type: ignore[operator]
+    loss_fn = None if detector else losses.make_loss(loss.op, **loss.options)
     opt_ref = _as_ref(optimizer, adam())
     opt_options = {k: v for k, v in opt_ref.options.items()}
     opt = _OPTIMIZERS[opt_ref.op](module.parameters(), **opt_options)
@@ -388,10 +437,14 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
             start = epochs
 
     to_labels = _conversion(loss, "target", 2) or (lambda value: value)  # e.g. instances -> labels
-    targets = {c.id: _target_tensor(to_labels(c.value.target), classes, c.id) for c in cases}  # type: ignore[attr-defined]
-    val_labels = _conversion(metric, "target", 2) or to_labels
-    for c in val_cases:
-        _target_tensor(val_labels(c.value.target), classes, c.id)  # type: ignore[attr-defined]
+    targets: dict[str, torch.Tensor] = {}
+    if detector:
+        _detector_targets([c.value for c in [*cases, *val_cases]], classes, [c.id for c in [*cases, *val_cases]])  # type: ignore[misc]
+    else:
+        targets = {c.id: _target_tensor(to_labels(c.value.target), classes, c.id) for c in cases}  # type: ignore[attr-defined]
+        val_labels = _conversion(metric, "target", 2) or to_labels
+        for c in val_cases:
+            _target_tensor(val_labels(c.value.target), classes, c.id)  # type: ignore[attr-defined]
     for epoch in range(start + 1, epochs + 1):
         clock = time.perf_counter()
         torch.manual_seed(_seed_for(seed, "epoch", epoch))
@@ -400,12 +453,16 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
         for indices in _batches(len(cases), batch, seed, epoch):
             ids = [cases[i].id for i in indices]
             pairs = [_epoch_case(cases[i], epoch, augment) for i in indices]
-            x = _stack([image_tensor(p.input) for p in pairs], ids, "images").to(dev)
-            y = _stack([targets[i] if augment is None else _target_tensor(to_labels(p.target), classes, i)
-                        for i, p in zip(ids, pairs)], ids, "labels").to(dev)
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, enabled=use_amp):
-                value = loss_fn(module(x), y)
+            if detector:  # a list of images (sizes may differ) and their boxes; the network gives its losses
+                found = module([image_tensor(p.input).to(dev) for p in pairs], _detector_targets(pairs, classes, ids))
+                value = found["classification"] + box_weight * found["box_regression"]
+            else:
+                x = _stack([image_tensor(p.input) for p in pairs], ids, "images").to(dev)
+                y = _stack([targets[i] if augment is None else _target_tensor(to_labels(p.target), classes, i)
+                            for i, p in zip(ids, pairs)], ids, "labels").to(dev)
+                with torch.autocast(dev.type, enabled=use_amp):
+                    value = loss_fn(module(x), y)  # type: ignore[misc]
             if not torch.isfinite(value):
                 raise DataError("E2005", f"the training loss became {float(value.detach())} in epoch {epoch} (cases "
                                 f"{', '.join(ids)})", help="lower the learning rate, check the intensities for "
@@ -478,7 +535,8 @@ def infer(model: Trained, data: Volume, window: Sequence[int] | None = None, ove
           device: str = "cpu") -> object:
     """The trained network on one case (the executor runs it case by case): class
     probabilities as a `probs` Volume on the case's grid for a segmentation network,
-    softmax scores `(K,)` for a classifier. With `window`, sliding windows blended by
+    softmax scores `(K,)` for a classifier, world boxes with scores for a detector
+    (`tta` does not apply to detectors). With `window`, sliding windows blended by
     MONAI's `sliding_window_inference`; `tta` averages the probabilities over the
     input mirrored along each spatial axis (and not mirrored)."""
     from medasl.ops import nets
@@ -487,6 +545,8 @@ def infer(model: Trained, data: Volume, window: Sequence[int] | None = None, ove
     module = network.module
     dev = _device(on, device)
     module.to(dev).eval()  # type: ignore[attr-defined]
+    if _is_detector(module):  # type: ignore[arg-type]
+        return _detect(module, data, window, overlap, batch, dev)  # type: ignore[arg-type]
     divisor = nets.downsample(network.op, network.params)
     x = image_tensor(data)[None].to(dev)
     flips: list[tuple[int, ...]] = [()]

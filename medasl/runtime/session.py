@@ -75,19 +75,7 @@ def unimplemented(plan: Plan) -> Diagnostics:
                         + (f" here: {why}" if missing else ""), *labels,
                         help="install the run extra: pip install -e '.[run]'" if missing else
                         "the README lists what runs today; `medasc check` and `medasc graph` work on every pipeline")
-    for step in plan.steps.values():
-        model = plan.steps.get(step.inputs.get("model", ""))
-        if step.op in ("train", "infer") and model is not None and model.op in NOT_TRAINABLE_YET:
-            labels = (Label(step.span, f"`{step.op}` of `{model.op}` cannot run yet"),) if step.span else ()
-            diags.error("E2001", f"pipeline `{plan.pipeline}` uses `{step.op}` on `{model.op}`, which this version "
-                        "of medasl cannot run: the detector network exists, but its box targets are not wired "
-                        "into training and inference yet", *labels,
-                        help="the README lists what runs today; `medasc check` and `medasc graph` work on "
-                             "every pipeline")
     return diags
-
-
-NOT_TRAINABLE_YET = frozenset({"nodule_detector"})
 
 
 def _operator_values(values: object) -> list[str]:
