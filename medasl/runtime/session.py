@@ -140,6 +140,10 @@ def check_force(all_plans: list[Plan], names: tuple[str, ...]) -> None:
 def execute(plan: Plan, request: RunRequest, source: str, console: Console) -> RunResult:
     """Run one plan with a progress display and a run log; print the timing table."""
     options = options_for(plan, request)
+    for step in plan.steps.values():
+        if step.params.get("on") == "gpu" and options.device == "cpu":
+            console.print(f"warning: `{step.label}` ({step.location()}) asks for a GPU (`on=gpu`), but this run is on "
+                          "the CPU; run with `--device cuda` to use one")
     log = RunLog(options.out_dir / "logs", plan, source,
                  {"seed": options.seed, "device": options.device, "workers": options.workers,
                   "cache": str(options.cache.root), "force": sorted(options.force)})
