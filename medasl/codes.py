@@ -396,6 +396,10 @@ CODES: dict[str, Code] = {
         "cases of different sizes in one batch",
         'A batch stacks cases into one tensor, so they must have one size. Make every case the same size before training (`crop_or_pad((128, 128, 96))` or `patches(...)`), or train with `batch=1`.',
     ),
+    "E2008": Code(
+        "size not divisible by the network's down-sampling",
+        'A window or patch size given on the command line (`--set patch=(64, 64, 30)`) is not a multiple of the factor by which the network halves the image (16 for a U-Net with four strides). `medasc check` reports the same for sizes written in the file (E0230); this is the check of the value the run actually uses.',
+    ),
     "W0001": Code(
         "unused value",
         "A binding that nothing uses, shows or reports is computed for nothing.",

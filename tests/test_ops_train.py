@@ -230,3 +230,10 @@ def test_boxes_and_detector_voxels_convert_both_ways() -> None:
     back = io.voxels_to_boxes(voxels, boxes.classes, boxes.scores, image)
     np.testing.assert_allclose(back.lo, boxes.lo)
     np.testing.assert_allclose(back.hi, boxes.hi)
+
+
+def test_a_window_the_network_cannot_take_is_e2008(cases: list[Case]) -> None:
+    fit = training.train(_net(), cases[:2], OperatorRef("dice_ce"), epochs=1)
+    with pytest.raises(DataError) as caught:
+        training.infer(fit, cases[0].value.input, window=(32, 32, 12))
+    assert caught.value.code == "E2008"

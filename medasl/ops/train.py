@@ -524,6 +524,9 @@ def _predict(module: torch.nn.Module, x: torch.Tensor, window: Sequence[int] | N
              batch: int, divisor: int) -> torch.Tensor:
     if window is None:
         return _forward_whole(module, x, divisor)
+    if any(int(w) % divisor for w in window):
+        raise DataError("E2008", f"the window {tuple(window)} is not divisible by {divisor}, the network's "
+                        "down-sampling factor", help=f"use a multiple of {divisor} on every axis")
     from monai.inferers import sliding_window_inference
 
     roi = tuple(int(v) for v in reversed(tuple(window)))  # (x, y, z) in the language, array order here

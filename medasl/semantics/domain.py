@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
-from medasl.ir.graph import Const, Graph, OpRef
+from medasl.ir.graph import Const, Graph, OpRef, Ref
 from medasl.ir.types import (
     CONSTRUCTORS,
     LABEL_KINDS,
@@ -314,8 +314,9 @@ def check_divisible(cc: CallChecker, attempt: Attempt, values: dict[str, Val]) -
         return
     size = None
     where = size_val.span
-    if isinstance(size_val.value, Const) and isinstance(size_val.value.value, tuple):
-        size = size_val.value.value
+    literal = _with_param_defaults(cc.pc.graph, size_val.value)
+    if isinstance(literal, tuple):
+        size = literal
     else:
         image = _first_image(size_val.type)
         if image is not None:
@@ -330,6 +331,22 @@ def check_divisible(cc: CallChecker, attempt: Attempt, values: dict[str, Val]) -
                     label(where, f"{', '.join(map(str, bad))} not divisible by {factor}"),
                     secondary(model.span, f"down-samples by {factor}"),
                     help=f"use a multiple of {factor} on every axis, e.g. {_tuple_text(fixed)}")
+
+
+def _with_param_defaults(graph: Graph, value: object) -> object:
+    """A literal with the parameters in it replaced by their defaults (`(crop, crop)`,
+    `window=patch`), so that sizes made of parameters are checked too (a `--set` value
+    is checked by the operator when it runs: E2008)."""
+    if isinstance(value, Const):
+        return _with_param_defaults(graph, value.value)
+    if isinstance(value, Ref):
+        node = graph.nodes.get(value.node)
+        if node is None or node.op != "param":
+            return None
+        return _with_param_defaults(graph, dict(node.args).get("default"))
+    if isinstance(value, tuple):
+        return tuple(_with_param_defaults(graph, v) for v in value)
+    return value
 
 
 def _first_image(t: TyLike) -> Ty | None:
