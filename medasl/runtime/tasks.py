@@ -289,7 +289,7 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
 
         return Network(task.op, dict(args), nets.build(task.op, args, seed=0))
     if task.op in registry.COLLECTS:
-        _collect(args)
+        _collect(args, task.datasets)
     elif area == "report" and isinstance(args.get("metrics"), Measured):
         args["metrics"] = [args["metrics"]]
     if task.op == "train":
@@ -311,9 +311,9 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
     return function(**args)
 
 
-def _collect(args: dict[str, object]) -> None:
+def _collect(args: dict[str, object], datasets: dict[str, tuple[tuple[str, str], ...]]) -> None:
     """`html`'s runtime-only arguments: the figures the pipeline shows, named by the step
-    that made them (a figure per case is named by its case too), and its metrics."""
+    that made them (a figure per case by its case too), and its metrics."""
     figures: list[tuple[str, object]] = []
     metrics: list[object] = []
     for name in [n for n in args if n.startswith(("figures.", "metrics."))]:
@@ -322,7 +322,8 @@ def _collect(args: dict[str, object]) -> None:
         if name.startswith("metrics."):
             metrics.append(value)
         elif isinstance(value, list):
-            figures += [(f"{label} {i + 1}", v) for i, v in enumerate(value)]
+            cases = [case for case, _ in datasets.get(name, ())]
+            figures += [(f"{label} {case}", v) for case, v in zip(cases, value)]
         else:
             figures.append((label, value))
     args["figures"], args["metrics"] = figures, metrics
