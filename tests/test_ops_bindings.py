@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 IMPLEMENTED_AREAS = ("io", "pre", "aug", "data", "nets", "losses", "train", "post", "metrics", "viz", "report")
 NOT_YET: dict[str, set[str]] = {
-    "viz": {"mesh", "saliency", "grad_cam", "tsne", "froc_curve", "parallel_coordinates", "param_importance"},
+    "viz": {"parallel_coordinates", "param_importance"},
 }
 RUNTIME_ONLY = {"rng", "checkpoints", "progress", "device", "figures", "augment"}  # passed by the executor
 

@@ -1,6 +1,7 @@
 """std.viz: every figure is a PNG with content, volumes are drawn on the right slices,
-boxes land on the right voxels whatever the geometry, and occlusion runs MONAI on a
-trained network."""
+boxes land on the right voxels whatever the geometry, meshes are in mm, the explanations
+(occlusion, saliency, Grad-CAM) point at what the network looks at, t-SNE separates what
+the network separates, and the FROC curve agrees with metrics.froc."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from medasl.semantics.modules import stdlib
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDENTITY3 = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-NOT_YET = {"mesh", "saliency", "grad_cam", "tsne", "froc_curve", "parallel_coordinates", "param_importance"}
+NOT_YET = {"parallel_coordinates", "param_importance"}
 
 
 def _png(fig: Figure) -> tuple[int, int]:
@@ -259,3 +260,195 @@ def test_occlusion_on_a_tiny_classifier() -> None:
     _png(viz.occlusion(Trained(Network("tiny3", {}, Tiny3()), []), [vol], patch=8, stride=4))
     with pytest.raises(TypeError):
         viz.occlusion(_trained(), [img])
+
+
+# ===== mesh, explanations, t-SNE, FROC ====================================================
+
+
+def test_mesh_of_a_cube_is_in_mm() -> None:
+    lab = np.zeros((10, 12, 14), np.uint8)
+    lab[2:6, 3:9, 4:11] = 1  # 4 x 6 x 7 voxels (z, y, x)
+    lab[8, 1:3, 1:3] = 2
+    vol = Volume(lab, (0.5, 1.0, 2.0), (5.0, -3.0, 7.0), IDENTITY3, kind="labels")
+    surfaces = viz.mesh_surfaces(vol)
+    assert [c for c, _, _ in surfaces] == [1, 2]
+    _, verts, faces = surfaces[0]
+    # the surface runs through the outer voxels' faces: extent = voxels * spacing (z, y, x)
+    np.testing.assert_allclose(np.ptp(verts, axis=0), [4 * 2.0, 6 * 1.0, 7 * 0.5], atol=1e-6)
+    np.testing.assert_allclose(verts.min(axis=0), [1.5 * 2.0, 2.5 * 1.0, 3.5 * 0.5], atol=1e-6)
+    assert len(faces) > 0
+    fig = viz.mesh(vol)
+    _png(fig)
+    assert fig.title == "Surface of 2 classes"
+    assert viz.mesh(vol).png == fig.png
+    px = _pixels(fig)[..., :3]  # class 1 is drawn in (a shade of) its colour
+    assert (np.abs(px[..., 2] - px[..., 0]) > 0.3).sum() > 500
+    _png(viz.mesh(vol.with_array(np.zeros_like(lab))))
+    with pytest.raises(ValueError):
+        viz.mesh(Volume(lab[0], (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), kind="labels"))
+
+
+def _corner_classifier():
+    """A conv classifier whose decision depends on the top-left 6 x 6 pixels only: class 1
+    when they are bright. Fixed weights, so its maps are known."""
+    torch = pytest.importorskip("torch")
+
+    class Corner(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 3, 3, padding=1, bias=False)
+            self.hidden = torch.nn.Linear(3, 3)
+            self.fc = torch.nn.Linear(3, 2)
+            with torch.no_grad():
+                self.conv.weight.fill_(1.0 / 9.0)
+                self.hidden.weight.copy_(torch.eye(3))
+                self.hidden.bias.zero_()
+                self.fc.weight.copy_(torch.tensor([[-4.0] * 3, [4.0] * 3]))
+                self.fc.bias.copy_(torch.tensor([2.0, -2.0]))
+
+        def forward(self, x):  # (N, 1, 16, 16)
+            h = torch.relu(self.conv(x))
+            return self.fc(torch.relu(self.hidden(h[:, :, :6, :6].mean(dim=(2, 3)))))
+
+    return Corner()
+
+
+def _corner_image(value: float = 1.0) -> Volume:
+    arr = np.zeros((16, 16), np.float32)
+    arr[:6, :6] = value
+    return Volume(arr, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+
+
+def _cube_segmenter():
+    """A one-layer 3-D segmenter: foreground where the 3 x 3 x 3 mean is above 0.3."""
+    torch = pytest.importorskip("torch")
+
+    class Seg(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+            with torch.no_grad():
+                self.conv.weight.zero_()
+                self.conv.weight[1].fill_(1.0 / 27.0)
+                self.conv.bias.copy_(torch.tensor([0.3, 0.0]))
+
+        def forward(self, x):  # (N, 1, z, y, x)
+            return self.conv(x)
+
+    return Seg()
+
+
+def _cube_volume() -> Volume:
+    a = np.zeros((8, 12, 12), np.float32)
+    a[2:6, 3:8, 3:8] = 1.0
+    return Volume(a, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), IDENTITY3)
+
+
+def test_saliency_points_at_the_informative_region() -> None:
+    net = _corner_classifier()
+    trained = Trained(Network("corner", {}, net), [])
+    data = [Case("a", _corner_image()), Case("b", Pair(_corner_image(0.8), 1))]
+    (name, vol, what, grad), = viz.saliency_maps(trained, data[:1])
+    assert name == "a" and what.startswith("class 1") and grad.shape == (16, 16)
+    # the gradient lives where the classifier looks (the corner and the conv's reach)
+    assert grad[:6, :6].min() > 0 and np.abs(grad[8:, :]).max() == 0 and np.abs(grad[:, 8:]).max() == 0
+    fig = viz.saliency(trained, data)
+    _png(fig)
+    assert fig.title == "Gradient saliency" and viz.saliency(trained, data).png == fig.png
+    # the network is left as it was: mode, no gradients on its weights
+    assert net.training and all(p.grad is None and p.requires_grad for p in net.parameters())
+    # a segmentation network: the summed foreground logit, on a 3-D volume
+    seg = Trained(Network("seg", {}, _cube_segmenter()), [])
+    (_, _, what, g3), = viz.saliency_maps(seg, [_cube_volume()])
+    assert what.startswith("foreground") and g3.shape == (8, 12, 12)
+    assert g3[3:5, 4:7, 4:7].min() > 0 and g3[:, 10:, 10:].max() == 0
+    _png(viz.saliency(seg, [_cube_volume()]))
+
+
+def test_grad_cam_on_a_classifier_and_a_segmenter() -> None:
+    net = _corner_classifier()
+    trained = Trained(Network("corner", {}, net), [])
+    img = _corner_image()
+    (_, _, what, cam), = viz.grad_cam_maps(trained, [img])  # default: the last conv layer
+    assert what.startswith("class 1") and cam.shape == (16, 16)
+    assert cam[1:5, 1:5].min() > 0.9 and cam[10:, 10:].max() < 1e-6
+    fig = viz.grad_cam(trained, [img, Case("b", img)])
+    _png(fig)
+    assert fig.title == "Grad-CAM at conv" and viz.grad_cam(trained, [img, Case("b", img)]).png == fig.png
+    # MONAI's hooks went on a copy
+    assert all(not m._backward_hooks and not m._forward_hooks for m in net.modules())
+    assert net.training and all(p.grad is None for p in net.parameters())
+    with pytest.raises(ValueError, match="no layer"):
+        viz.grad_cam(trained, [img], layer="nope")
+    seg = Trained(Network("seg", {}, _cube_segmenter()), [])
+    (_, _, what, cam3), = viz.grad_cam_maps(seg, [_cube_volume()], layer="conv")
+    assert what.startswith("foreground") and cam3.shape == (8, 12, 12)
+    assert cam3[3:5, 4:7, 4:7].min() > 0.5 and cam3[:, 10:, 10:].max() < 1e-6
+    _png(viz.grad_cam(seg, [_cube_volume()]))
+
+
+def test_tsne_separates_two_clusters() -> None:
+    net = _corner_classifier()
+    trained = Trained(Network("corner", {}, net), [])
+    rng = np.random.default_rng(0)
+    data = [Case(f"c{i}", _corner_image(value=(1.0 if i % 2 else 0.0) + float(rng.uniform(0, 0.05))))
+            for i in range(16)]
+    ids, feats, classes = viz.features(trained, data)
+    assert ids[:2] == ["c0", "c1"] and feats.shape == (16, 3)
+    assert classes.tolist() == [i % 2 for i in range(16)]
+    xy = viz.embedding(feats, perplexity=30.0)  # clipped below 16 cases
+    a, b = xy[classes == 0], xy[classes == 1]
+    gap = np.linalg.norm(a.mean(axis=0) - b.mean(axis=0))
+    spread = max(np.linalg.norm(a - a.mean(axis=0), axis=1).max(), np.linalg.norm(b - b.mean(axis=0), axis=1).max())
+    assert gap > 2 * spread
+    fig = viz.tsne(trained, data, perplexity=5.0)
+    _png(fig)
+    assert viz.tsne(trained, data, perplexity=5.0).png == fig.png
+    assert fig.title == "t-SNE of penultimate features (16 cases)"
+    # a segmenter's features (its head's pooled input), and too few cases to embed
+    seg = Trained(Network("seg", {}, _cube_segmenter()), [])
+    _, f3, c3 = viz.features(seg, [_cube_volume()])
+    assert f3.shape == (1, 1) and c3.tolist() == [1]
+    _png(viz.tsne(seg, [_cube_volume(), _cube_volume()]))
+
+
+def _nodules() -> tuple[list[Case], list[Case]]:
+    """Three scans: two nodules found at scores 0.9 and 0.6, one missed, false positives
+    at 0.8, 0.5 and 0.3."""
+    def box(c, r=3.0):
+        return np.array(c, float) - r, np.array(c, float) + r
+
+    def boxes(centres, scores):
+        lo = np.array([box(c)[0] for c in centres]).reshape(-1, 3)
+        hi = np.array([box(c)[1] for c in centres]).reshape(-1, 3)
+        return Boxes(lo, hi, [1] * len(centres), scores)
+
+    target = [Case("s1", boxes([(10, 10, 10)], [1.0])), Case("s2", boxes([(50, 50, 20), (0, 0, 0)], [1.0, 1.0])),
+              Case("s3", boxes([], []))]
+    pred = [Case("s3", boxes([(5, 5, 5)], [0.3])),
+            Case("s1", boxes([(11, 10, 9), (40, 40, 40)], [0.9, 0.8])),
+            Case("s2", boxes([(50, 51, 20), (90, 90, 90)], [0.6, 0.5]))]
+    return pred, target
+
+
+def test_froc_curve_agrees_with_metrics_froc() -> None:
+    from medasl.ops import metrics
+
+    pred, target = _nodules()
+    rates, sens, n_scans, n_ref = viz.froc_points(pred, target)
+    assert (n_scans, n_ref) == (3, 3)
+    # thresholds 0.9, 0.8, 0.6, 0.5, 0.3: fp per scan and sensitivity
+    np.testing.assert_allclose(rates, [0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(sens, [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
+    best = np.maximum.accumulate(sens)
+    cpm = np.mean([best[rates <= f].max() for f in viz.LUNA16_RATES])
+    by_id = {c.id: c.value for c in pred}
+    assert cpm == pytest.approx(metrics.froc([by_id[c.id] for c in target], [c.value for c in target]))
+    fig = viz.froc_curve(pred=pred, target=target)
+    _png(fig)
+    assert fig.title == "FROC curve" and viz.froc_curve(pred, target).png == fig.png
+    # plain lists by position; no reference boxes at all still draws
+    _png(viz.froc_curve([c.value for c in sorted(pred, key=lambda c: c.id)], [c.value for c in target]))
+    _png(viz.froc_curve([pred[0].value], [target[2].value]))
+    with pytest.raises(ValueError):
+        viz.froc_curve([c.value for c in pred], [target[0].value])

@@ -21,8 +21,9 @@ Conventions every operator here keeps, and why:
   indices with the image's origin, spacing and direction (`world_to_index`), which is
   SimpleITK's TransformPhysicalPointToContinuousIndex.
 
-Not implemented yet (declared in stdlib/viz.medas, absent from `OPERATORS`): mesh,
-saliency, grad_cam, tsne, froc_curve, parallel_coordinates, param_importance.
+Not implemented yet (declared in stdlib/viz.medas, absent from `OPERATORS`):
+parallel_coordinates and param_importance (they plot tuning studies, and there is no
+hyperparameter search yet).
 """
 
 from __future__ import annotations
@@ -355,10 +356,71 @@ def _legend_and_render(fig: MplFigure, classes: Sequence[int], title: str) -> Fi
     return _render(fig, title)
 
 
+MESH_SIDE = 96
+"""Voxels along a volume's longest axis above which `mesh` steps marching cubes coarser."""
+
+
+def mesh_surfaces(x: Volume) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """`(class, vertices, faces)` of each foreground class of a 3-D label map, by
+    scikit-image's `measure.marching_cubes` at level 0.5 on the class's mask (padded
+    with background, so surfaces are closed). Vertices are in mm along the array axes
+    `(z, y, x)` from the first voxel's centre (the spacing in array order); a class
+    covering voxels i..j along an axis spans (i - 1/2)..(j + 1/2) voxels there. The step
+    is coarser than one voxel for volumes over `MESH_SIDE` voxels long."""
+    from skimage.measure import marching_cubes
+
+    if x.dim != 3:
+        raise ValueError(f"mesh needs a 3-D label map, not a {x.dim}-D one")
+    a = np.asarray(x.array)
+    if a.ndim == 4:  # one-hot or several label channels: the class of the largest channel
+        a = np.argmax(a, axis=-1)
+    a = a.astype(np.int64)
+    sp = tuple(float(s) for s in x.spacing[::-1])
+    step = max(1, math.ceil(max(a.shape) / MESH_SIDE))
+    out = []
+    for c in (int(v) for v in np.unique(a) if v > 0):
+        mask = np.pad((a == c).astype(np.float32), 1)
+        verts, faces, _, _ = marching_cubes(mask, level=0.5, spacing=sp, step_size=step, allow_degenerate=False)
+        out.append((c, verts - np.array(sp), faces))
+    return out
+
+
+def mesh(x: Volume) -> Figure:
+    """A 3-D surface of each foreground class of a label map (see `mesh_surfaces`),
+    drawn with matplotlib's mplot3d, one colour per class, lit from a fixed light and
+    seen from a fixed angle (elevation 20 degrees, azimuth -60), axes in mm with equal
+    scales. The figure is a static PNG (no interactive view). Instances are drawn as
+    classes, one colour per object."""
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    surfaces = mesh_surfaces(x)
+    fig = _figure(5.6, 5.0)
+    ax = fig.add_subplot(projection="3d")
+    sp = np.array(x.spacing[::-1], dtype=float)
+    shape = np.array(np.asarray(x.array).shape[:3], dtype=float)
+    lo, hi = -sp / 2.0, (shape - 0.5) * sp  # the volume's extent (z, y, x) in mm
+    for c, verts, faces in surfaces:
+        tri = verts[faces][..., ::-1]  # (x, y, z) for drawing
+        ax.add_collection3d(Poly3DCollection(tri, facecolors=_color(c), linewidths=0, shade=True))
+    if not surfaces:
+        ax.text2D(0.5, 0.5, "no foreground", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlim(lo[2], hi[2])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_zlim(lo[0], hi[0])
+    ax.set_box_aspect(tuple((hi - lo)[::-1]))
+    ax.view_init(elev=20, azim=-60)
+    ax.set_xlabel("x (mm)", fontsize=8)
+    ax.set_ylabel("y (mm)", fontsize=8)
+    ax.set_zlabel("z (mm)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    classes = [c for c, _, _ in surfaces]
+    return _legend_and_render(fig, classes, f"Surface of {len(classes)} classes" if classes else "Surface (empty)")
+
+
 # ===== explaining trained networks ========================================================
 
 
-def _inputs(data: object, limit: int) -> list[tuple[str, Volume]]:
+def _inputs(data: object, limit: int, what: str = "occlusion") -> list[tuple[str, Volume]]:
     """The first `limit` input volumes of a dataset (cases, pairs or bare volumes)."""
     items: Iterable[object] = [data] if isinstance(data, (Volume, Case, Pair)) else data  # type: ignore[assignment]
     out: list[tuple[str, Volume]] = []
@@ -369,7 +431,7 @@ def _inputs(data: object, limit: int) -> list[tuple[str, Volume]]:
         if isinstance(item, Pair):
             item = item.input
         if not isinstance(item, Volume):
-            raise TypeError(f"occlusion needs image volumes, not {type(item).__name__}")
+            raise TypeError(f"{what} needs image volumes, not {type(item).__name__}")
         out.append((name, item))
         if len(out) == limit:
             break
@@ -457,6 +519,301 @@ def occlusion(model: Trained, data: object, patch: int = 8, stride: int = 8) -> 
     fig.colorbar(im, ax=axes[:, 1].tolist(), shrink=0.8, label="probability drop")
     title = "Occlusion sensitivity"
     fig.suptitle(title)
+    return _render(fig, title)
+
+
+EXPLAIN_CASES = 3
+"""Cases `saliency` and `grad_cam` draw (the first ones of the dataset)."""
+
+
+def _tensor(vol: Volume) -> object:
+    """`vol` as the `(1, C, *spatial)` float32 tensor a network takes (array order)."""
+    import torch
+
+    a = np.asarray(vol.array, dtype=np.float32)
+    x = a[np.newaxis] if a.ndim == vol.dim else np.moveaxis(a, -1, 0)
+    return torch.from_numpy(np.ascontiguousarray(x))[None]
+
+
+def _module(model: Trained, what: str) -> object:
+    import torch
+
+    module = model.network.module
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{what} needs a torch module, not {type(module).__name__}")
+    return module
+
+
+def _scorer(module: object) -> object:
+    """A module around `module` whose output `(N, K')` holds one score per class to explain.
+
+    Classifier logits `(N, K)` are passed on (one logit `l` becomes `(-l, l)`, so class 0
+    and 1 both have a score); segmentation logits `(N, K, *spatial)` become one score
+    `(N, 1)`: the sum, over the voxels predicted foreground (argmax > 0; for one channel,
+    logit > 0), of the logit of the class predicted there."""
+    import torch
+
+    class Scored(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.net(x)
+            if out.ndim == 2:
+                return torch.cat([-out, out], dim=1) if out.shape[1] == 1 else out
+            if out.shape[1] == 1:
+                logit = out[:, 0]
+                return (logit * (logit > 0)).flatten(1).sum(1, keepdim=True)
+            pred = out.argmax(1, keepdim=True)
+            chosen = out.gather(1, pred) * (pred > 0)
+            return chosen.flatten(1).sum(1, keepdim=True)
+
+    return Scored(module)
+
+
+def _explained(model: Trained, data: object, what: str, explain: Callable[[object, object, int], object],
+               cases: int = EXPLAIN_CASES) -> list[tuple[str, Volume, str, np.ndarray]]:
+    """`(case id, input, what the map explains, map)` for the first `cases` cases: `explain(
+    scored module, input tensor, class index)` gives a `(1, 1 or C, *spatial)` map; the
+    map returned is its largest absolute value over channels (array order, spatial axes)."""
+    import torch
+
+    module = _module(model, what)
+    items = _inputs(data, cases, what)
+    if not items:
+        raise ValueError(f"{what} needs at least one case")
+    scored = _scorer(module)
+    was_training = module.training
+    # only the input's gradient is needed: the weights' are neither computed nor left behind
+    grads = [(p, p.requires_grad) for p in module.parameters()]  # type: ignore[attr-defined]
+    for p, _ in grads:
+        p.requires_grad_(False)
+    module.eval()
+    rows = []
+    try:
+        for name, vol in items:
+            t = _tensor(vol)
+            with torch.no_grad():
+                out = scored(t)
+            cls = int(out[0].argmax())
+            label = (f"class {cls} (logit {float(out[0, cls]):.2f})" if out.shape[1] > 1
+                     else f"foreground (score {float(out[0, 0]):.3g})")
+            with warnings.catch_warnings():  # torch warns that no weight needs a gradient
+                warnings.simplefilter("ignore", UserWarning)
+                m = explain(scored, t, cls)
+            m = m.detach().numpy() if hasattr(m, "detach") else np.asarray(m)
+            rows.append((name, vol, label, np.abs(np.asarray(m[0], dtype=np.float64)).max(axis=0)))
+    finally:
+        module.train(was_training)
+        for p, flag in grads:
+            p.requires_grad_(flag)
+    return rows
+
+
+def saliency_maps(model: Trained, data: object, cases: int = EXPLAIN_CASES) -> list[tuple[str, Volume, str, np.ndarray]]:
+    """The numbers `saliency` draws: `(case id, input, what is explained, |d score / d
+    input|)` (the largest over input channels; array order, spatial axes only)."""
+    from monai.visualize import VanillaGrad
+
+    def explain(scored: object, t: object, cls: int) -> object:
+        return VanillaGrad(scored)(t.clone(), index=cls)  # type: ignore[attr-defined]
+
+    return _explained(model, data, "saliency", explain, cases)
+
+
+def saliency(model: Trained, data: object) -> Figure:
+    """Vanilla gradient saliency (Simonyan et al. 2014) of a trained network on the first
+    three cases of `data`, with MONAI's `visualize.VanillaGrad`: the absolute gradient
+    of a score with respect to each input voxel (the largest over input channels).
+
+    For a classifier the score is the logit of the class predicted on the whole image;
+    for a segmentation network (logits `(N, K, *spatial)`) it is the sum, over the
+    voxels predicted foreground, of the logit of the class predicted there (zero, and a
+    blank map, when nothing is predicted foreground). A 3-D case is shown on its axial
+    slice with the largest gradient, as `occlusion` shows its maps."""
+    rows = saliency_maps(model, data)
+    return _draw_maps(rows, "Gradient saliency", "|d score / d input|", "magma", symmetric=False)
+
+
+def _last_conv(module: object) -> str:
+    import torch
+
+    names = [n for n, m in module.named_modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]  # type: ignore[attr-defined]
+    if not names:
+        raise ValueError("grad_cam found no convolutional layer in the network; name one with layer=")
+    return names[-1]
+
+
+def _unit(m: object) -> object:
+    """A map divided by its largest value (zero stays zero); MONAI's default normalizer
+    would map the largest value to 0 and the smallest to 1."""
+    top = m.flatten(1).max(1).values.clamp_min(1e-12)  # type: ignore[attr-defined]
+    return m / top.view(-1, *[1] * (m.ndim - 1))  # type: ignore[attr-defined]
+
+
+def grad_cam_maps(model: Trained, data: object, layer: str | None = None,
+                  cases: int = EXPLAIN_CASES) -> list[tuple[str, Volume, str, np.ndarray]]:
+    """The numbers `grad_cam` draws: `(case id, input, what is explained, map)`, the map
+    upsampled to the input's grid by MONAI and divided by its largest value (array order)."""
+    import copy
+
+    from monai.visualize import GradCAM
+
+    module = _module(model, "grad_cam")
+    names = {n for n, _ in module.named_modules() if n}  # type: ignore[attr-defined]
+    target = _last_conv(module) if layer is None else str(layer)
+    if target not in names:
+        raise ValueError(f"the network has no layer {target!r}; its layers are {', '.join(sorted(names)[:20])}")
+
+    def explain(scored: object, t: object, cls: int) -> object:
+        # MONAI registers hooks it never removes (and turns off `inplace` on the layer):
+        # it works on a copy, so the trained network is left as it was
+        cam = GradCAM(nn_module=copy.deepcopy(scored), target_layers=f"net.{target}", postprocessing=_unit)
+        return cam(t.clone().requires_grad_(True), class_idx=cls)  # type: ignore[attr-defined]
+
+    return _explained(model, data, "grad_cam", explain, cases)
+
+
+def grad_cam(model: Trained, data: object, layer: str | None = None) -> Figure:
+    """Grad-CAM class activation maps (Selvaraju et al. 2017) of a trained network on the
+    first three cases of `data`, with MONAI's `visualize.GradCAM` at `layer` (a module
+    name as `named_modules` gives it; default: the last convolutional layer).
+
+    For a classifier the map explains the class predicted on the whole image. For a
+    segmentation network it explains the same score as `saliency`: the summed logit of
+    the predicted class over the voxels predicted foreground, so it shows where the
+    features at `layer` raise the foreground prediction (the default layer of such a
+    network is often its 1x1 output convolution, whose map is close to the predicted
+    foreground itself: name an earlier layer for a coarser view). The maps are ReLU'd,
+    upsampled to the input's grid (MONAI) and divided by their largest value per case,
+    so 0 is no activation and 1 the strongest."""
+    rows = grad_cam_maps(model, data, layer)
+    where = layer if layer is not None else _last_conv(_module(model, "grad_cam"))
+    return _draw_maps(rows, f"Grad-CAM at {where}", "class activation", "jet", symmetric=False)
+
+
+def _draw_maps(rows: list[tuple[str, Volume, str, np.ndarray]], title: str, label: str, cmap: str,
+               symmetric: bool) -> Figure:
+    """Each case's image (left) and its map over it (right), on the axial slice where
+    the map is largest (3-D), with a shared colour scale."""
+    fig = _figure(2 * PANEL, (PANEL + 0.3) * len(rows) + 0.4)
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    limit = max(float(np.max(np.abs(r[3]))) for r in rows) or 1.0
+    vmin = -limit if symmetric else 0.0
+    for (name, vol, what, m), (ax_img, ax_map) in zip(rows, axes):
+        img = _spatial(vol)
+        m3 = m if m.ndim == 3 else m[np.newaxis]
+        z = int(np.argmax(np.abs(m3).reshape(m3.shape[0], -1).max(axis=1)))
+        vrange = _gray_range(img)
+        _show_slice(ax_img, img, z, vol.spacing, vrange)
+        _show_slice(ax_map, img, z, vol.spacing, vrange)
+        im = ax_map.imshow(m3[z], cmap=cmap, vmin=vmin, vmax=limit, alpha=0.6,
+                           aspect=float(vol.spacing[1]) / float(vol.spacing[0]), interpolation="nearest")
+        where = f", z = {z}" if vol.dim >= 3 else ""
+        ax_img.set_title(f"{name}{where}", fontsize=9)
+        ax_map.set_title(what, fontsize=9)
+    fig.colorbar(im, ax=axes[:, 1].tolist(), shrink=0.8, label=label)
+    fig.suptitle(title)
+    return _render(fig, title)
+
+
+TSNE_CASES = 500
+"""Cases `tsne` embeds at most (the first ones of the dataset)."""
+
+
+def _head(module: object) -> object:
+    """The network's final linear or convolutional layer (its head)."""
+    import torch
+
+    heads = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))]  # type: ignore[attr-defined]
+    if not heads:
+        raise ValueError("tsne found no linear or convolutional layer in the network to take features before")
+    return heads[-1]
+
+
+def features(model: Trained, data: object, cases: int = TSNE_CASES) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Case ids, penultimate features `(n, F)` and predicted classes `(n,)` of the first
+    `cases` cases: the input of the network's last linear or convolutional layer (its
+    head), averaged over the spatial axes. The predicted class of a classifier is its
+    largest logit (a single logit: positive is class 1); of a segmentation network, the
+    foreground class predicted at the most voxels (0 when none)."""
+    import torch
+
+    module = _module(model, "tsne")
+    items = _inputs(data, cases, "tsne")
+    if not items:
+        raise ValueError("tsne needs at least one case")
+    captured: list[torch.Tensor] = []
+
+    def hook(_mod: object, args: tuple) -> None:
+        captured.append(args[0].detach())
+
+    handle = _head(module).register_forward_pre_hook(hook)
+    was_training = module.training
+    module.eval()
+    feats, classes = [], []
+    try:
+        with torch.no_grad():
+            for _, vol in items:
+                captured.clear()
+                out = module(_tensor(vol))
+                if not captured:
+                    raise ValueError("tsne: the network's last linear or convolutional layer is not used in its forward")
+                f = captured[-1]
+                feats.append((f.flatten(2).mean(2) if f.ndim > 2 else f.reshape(f.shape[0], -1))[0].numpy())
+                if out.ndim == 2:
+                    classes.append(int(out[0].argmax()) if out.shape[1] > 1 else int(out[0, 0] > 0))
+                else:
+                    pred = out[0].argmax(0) if out.shape[1] > 1 else (out[0, 0] > 0).long()
+                    counts = torch.bincount(pred.flatten(), minlength=out.shape[1])
+                    counts[0] = 0
+                    classes.append(int(counts.argmax()) if int(counts.max()) > 0 else 0)
+    finally:
+        handle.remove()
+        module.train(was_training)
+    return [n for n, _ in items], np.stack(feats).astype(np.float64), np.array(classes, dtype=np.int64)
+
+
+def embedding(feats: np.ndarray, perplexity: float = 30.0) -> np.ndarray:
+    """The 2-D t-SNE embedding `(n, 2)` of `feats` (scikit-learn `manifold.TSNE`, random
+    state 0, PCA initialisation when there are two features or more, the exact gradient:
+    at most `TSNE_CASES` points, where Barnes-Hut saves nothing and is slower here). The perplexity is
+    clipped below the number of cases, to (n - 1) / 3 (at least 1): t-SNE looks at the 3 x
+    perplexity nearest neighbours of each point, and with a perplexity near n every point
+    is every other's neighbour and the clusters dissolve."""
+    from sklearn.manifold import TSNE
+
+    n = feats.shape[0]
+    if float(perplexity) <= 0:
+        raise ValueError(f"perplexity must be positive, not {perplexity}")
+    if n < 3:
+        return np.column_stack([np.arange(n, dtype=np.float64), np.zeros(n)])
+    p = min(float(perplexity), max(1.0, (n - 1.0) / 3.0))
+    init = "pca" if feats.shape[1] >= 2 else "random"
+    return TSNE(n_components=2, perplexity=p, init=init, method="exact", random_state=0,
+                max_iter=1000).fit_transform(feats)
+
+
+def tsne(model: Trained, data: object, perplexity: float = 30.0) -> Figure:
+    """The t-SNE embedding (van der Maaten and Hinton 2008; scikit-learn `manifold.TSNE`)
+    of the network's penultimate features, one point per case (at most `TSNE_CASES`),
+    coloured by predicted class. The features are the input of the last linear or
+    convolutional layer, averaged over the spatial axes (see `features`); the
+    perplexity is clipped below the number of cases. Fewer than three cases are drawn
+    on a line, unembedded."""
+    _, feats, classes = features(model, data)
+    xy = embedding(feats, perplexity)
+    fig = _figure(CURVE_SIZE[1] + 1.5, CURVE_SIZE[1])
+    ax = fig.add_subplot()
+    for c in sorted(set(classes.tolist())):
+        sel = classes == c
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=_color(c + 1), label=f"class {c} ({int(sel.sum())})")
+    fig.legend(loc="outside right upper", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    title = f"t-SNE of penultimate features ({len(classes)} cases)"
+    ax.set_title(title, fontsize=10)
     return _render(fig, title)
 
 
@@ -548,6 +905,101 @@ def confusion_matrix(pred: object, target: object) -> Figure:
     return _render(fig, "Confusion matrix")
 
 
+LUNA16_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""The false positives per scan at which LUNA16 reads the sensitivity (its CPM averages them)."""
+
+
+def _box_sets(data: object) -> list[tuple[str, Boxes]]:
+    items = [data] if isinstance(data, (Boxes, Case)) else list(data)  # type: ignore[call-overload]
+    out = []
+    for i, item in enumerate(items):
+        name = item.id if isinstance(item, Case) else f"case {i}"
+        value = item.value if isinstance(item, Case) else item
+        if not isinstance(value, Boxes):
+            raise TypeError(f"froc_curve needs boxes, not {type(value).__name__}")
+        out.append((name, value))
+    return out
+
+
+def froc_points(pred: object, target: object) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The operating points of the FROC curve: `(false positives per scan, sensitivity)`
+    from the strictest score threshold down (starting at (0, 0)), the number of scans and
+    of reference boxes. Box sets are matched by case id when both hold cases, else by
+    position. A detection hits a reference by the rule of `metrics.froc` (its private
+    `_hits`), and a reference counts as found at a threshold as there, so the curve's
+    staircase read at `LUNA16_RATES` averages to `metrics.froc`."""
+    from medasl.ops.metrics import _hits  # the matching rule of metrics.froc, not repeated here
+
+    p_items, t_items = _box_sets(pred), _box_sets(target)
+    if p_items and t_items and all(isinstance(c, Case) for c in ([pred] if isinstance(pred, Case) else pred)) \
+            and all(isinstance(c, Case) for c in ([target] if isinstance(target, Case) else target)):
+        preds = dict(p_items)
+        missing = [n for n, _ in t_items if n not in preds]
+        if missing:
+            raise ValueError(f"no predicted boxes for case(s) {', '.join(missing[:5])}")
+        pairs = [(preds[n], ref) for n, ref in t_items]
+    else:
+        if len(p_items) != len(t_items):
+            raise ValueError(f"{len(p_items)} predicted box sets for {len(t_items)} targets")
+        pairs = [(p, t) for (_, p), (_, t) in zip(p_items, t_items)]
+    found: list[float] = []
+    false: list[float] = []
+    for det, ref in pairs:
+        if len(det) == 0:
+            found.extend([-math.inf] * len(ref))
+        elif len(ref) == 0:
+            false.extend(det.scores.tolist())
+        else:
+            hits = _hits(det, ref)
+            false.extend(det.scores[~hits.any(axis=1)].tolist())
+            found.extend(np.where(hits, det.scores[:, None], -np.inf).max(axis=0).tolist())
+    n_scans, n_ref = len(pairs), len(found)
+    f_arr, fp_arr = np.asarray(found, dtype=np.float64), np.asarray(false, dtype=np.float64)
+    thresholds = np.unique(np.concatenate([f_arr[np.isfinite(f_arr)], fp_arr]))[::-1]
+    rates = [0.0] + [float(np.count_nonzero(fp_arr >= th)) / max(n_scans, 1) for th in thresholds]
+    sens = [0.0] + [float(np.count_nonzero(f_arr >= th)) / n_ref if n_ref else math.nan for th in thresholds]
+    return np.asarray(rates), np.asarray(sens), n_scans, n_ref
+
+
+def froc_curve(pred: object, target: object) -> Figure:
+    """The FROC curve (LUNA16, Setio et al. 2017): sensitivity against false positives per
+    scan as the score threshold falls, a staircase (the best sensitivity at or below each
+    rate), on a logarithmic rate axis from 1/16 to at least 8. The LUNA16 rates (1/8 .. 8)
+    are marked with their sensitivities, and their mean (the CPM, `metrics.froc`) is in
+    the title. Detections hit references as in `metrics.froc` (see `froc_points`)."""
+    rates, sens, n_scans, n_ref = froc_points(pred, target)
+    fig = _figure(*CURVE_SIZE)
+    ax = fig.add_subplot()
+    title = "FROC"
+    if n_ref == 0:
+        _message(ax, "no reference boxes")
+    else:
+        best = np.maximum.accumulate(sens)
+        x_lo, x_hi = 1.0 / 16.0, max(8.0, float(rates.max())) * 1.25
+        xs = np.concatenate([[x_lo], rates[rates > x_lo], [x_hi]])
+        ys = [float(best[rates <= x].max()) for x in xs]
+        ax.step(xs, ys, where="post", color="C0", label="sensitivity")
+        at = [float(best[rates <= f].max()) for f in LUNA16_RATES]
+        for f in LUNA16_RATES:
+            ax.axvline(f, color="0.85", linewidth=0.8, zorder=0)
+        ax.plot(LUNA16_RATES, at, "o", color="C3", markersize=4, label="LUNA16 rates")
+        for f, s in zip(LUNA16_RATES, at):
+            ax.annotate(f"{s:.2f}", (f, s), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlim(x_lo, x_hi)
+        ax.set_xticks(LUNA16_RATES)
+        ax.set_xticklabels(["1/8", "1/4", "1/2", "1", "2", "4", "8"])
+        ax.minorticks_off()
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("false positives per scan")
+        ax.set_ylabel("sensitivity")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        title = f"FROC (CPM {float(np.mean(at)):.3f}; {n_ref} references, {n_scans} scans)"
+    ax.set_title(title, fontsize=10)
+    return _render(fig, "FROC curve")
+
+
 # ===== metrics ============================================================================
 
 
@@ -625,7 +1077,8 @@ def metric_boxplot(metric: Measured) -> Figure:
 
 OPERATORS: dict[str, Callable[..., object]] = {
     "loss_curve": loss_curve, "metric_curve": metric_curve, "overlay": overlay, "box_overlay": box_overlay,
-    "occlusion": occlusion, "roc_curve": roc_curve, "confusion_matrix": confusion_matrix,
+    "mesh": mesh, "saliency": saliency, "grad_cam": grad_cam, "occlusion": occlusion, "tsne": tsne,
+    "roc_curve": roc_curve, "confusion_matrix": confusion_matrix, "froc_curve": froc_curve,
     "metrics_table": metrics_table, "metric_boxplot": metric_boxplot,
 }
 """The std.viz operators implemented here, by the name of their stdlib signature."""
