@@ -217,11 +217,12 @@ def test_nan_values_are_e1008(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_unimplemented_operators_refuse_to_run(tmp_path: Path) -> None:
-    text = PHANTOM.replace("  written = write", "  surface = mesh(prepped.label)\n  show surface\n  written = write")
-    text = text.replace("import std.io,", "import std.viz, std.io,")
+    text = PHANTOM.replace("  written = write", "  score = dice(prepped.label, prepped.label)\n"
+                           "  show parallel_coordinates(score)\n  written = write")
+    text = text.replace("import std.io,", "import std.viz, std.metrics, std.io,")
     code, err = _run(tmp_path, text)
     assert code == 1
-    assert "error[E2001]" in err and "`mesh`" in err
+    assert "error[E2001]" in err and "`parallel_coordinates`" in err
     assert Cache(tmp_path / "cache" / "results").entries() == []
 
 

@@ -363,6 +363,17 @@ def froc(pred: Sequence[Boxes], target: Sequence[Boxes],
     LUNA16 script interpolates linearly between operating points instead). NaN when
     there is no reference box in any scan.
     """
+    rates, sens, n_scans, n_ref = froc_operating_points(pred, target)
+    if n_ref == 0 or n_scans == 0:
+        return NAN
+    return float(np.mean([sens[rates <= float(f)].max() for f in fps]))
+
+
+def froc_operating_points(pred: Sequence[Boxes], target: Sequence[Boxes]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The FROC curve's operating points, from the strictest score threshold down and
+    starting at (0, 0): false positives per scan and sensitivity (NaN without reference
+    boxes), with the number of scans and of reference boxes. The matching rule is
+    `froc`'s (its docstring)."""
     if len(pred) != len(target):
         raise ValueError(f"{len(pred)} predicted box sets for {len(target)} targets")
     n_scans = len(target)
@@ -380,16 +391,12 @@ def froc(pred: Sequence[Boxes], target: Sequence[Boxes],
         best = np.where(hits, det.scores[:, None], -np.inf).max(axis=0)
         found_scores.extend(best.tolist())
     n_ref = len(found_scores)
-    if n_ref == 0 or n_scans == 0:
-        return NAN
-    found = np.asarray(found_scores)
-    false = np.asarray(fp_scores)
+    found = np.asarray(found_scores, dtype=np.float64)
+    false = np.asarray(fp_scores, dtype=np.float64)
     thresholds = np.unique(np.concatenate([found[np.isfinite(found)], false]))[::-1]
-    # operating points from the strictest threshold down: (fp per scan, sensitivity)
-    rates = [0.0] + [float(np.count_nonzero(false >= th)) / n_scans for th in thresholds]
-    sens = [0.0] + [float(np.count_nonzero(found >= th)) / n_ref for th in thresholds]
-    rates_arr, sens_arr = np.asarray(rates), np.asarray(sens)
-    return float(np.mean([sens_arr[rates_arr <= float(f)].max() for f in fps]))
+    rates = [0.0] + [float(np.count_nonzero(false >= th)) / max(n_scans, 1) for th in thresholds]
+    sens = [0.0] + [float(np.count_nonzero(found >= th)) / n_ref if n_ref else NAN for th in thresholds]
+    return np.asarray(rates), np.asarray(sens), n_scans, n_ref
 
 
 # ===== reduction ==============================================================================

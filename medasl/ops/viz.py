@@ -925,10 +925,9 @@ def froc_points(pred: object, target: object) -> tuple[np.ndarray, np.ndarray, i
     """The operating points of the FROC curve: `(false positives per scan, sensitivity)`
     from the strictest score threshold down (starting at (0, 0)), the number of scans and
     of reference boxes. Box sets are matched by case id when both hold cases, else by
-    position. A detection hits a reference by the rule of `metrics.froc` (its private
-    `_hits`), and a reference counts as found at a threshold as there, so the curve's
-    staircase read at `LUNA16_RATES` averages to `metrics.froc`."""
-    from medasl.ops.metrics import _hits  # the matching rule of metrics.froc, not repeated here
+    position; the points are `metrics.froc_operating_points`, so the curve's staircase
+    read at `LUNA16_RATES` averages to `metrics.froc`."""
+    from medasl.ops.metrics import froc_operating_points
 
     p_items, t_items = _box_sets(pred), _box_sets(target)
     if p_items and t_items and all(isinstance(c, Case) for c in ([pred] if isinstance(pred, Case) else pred)) \
@@ -942,23 +941,7 @@ def froc_points(pred: object, target: object) -> tuple[np.ndarray, np.ndarray, i
         if len(p_items) != len(t_items):
             raise ValueError(f"{len(p_items)} predicted box sets for {len(t_items)} targets")
         pairs = [(p, t) for (_, p), (_, t) in zip(p_items, t_items)]
-    found: list[float] = []
-    false: list[float] = []
-    for det, ref in pairs:
-        if len(det) == 0:
-            found.extend([-math.inf] * len(ref))
-        elif len(ref) == 0:
-            false.extend(det.scores.tolist())
-        else:
-            hits = _hits(det, ref)
-            false.extend(det.scores[~hits.any(axis=1)].tolist())
-            found.extend(np.where(hits, det.scores[:, None], -np.inf).max(axis=0).tolist())
-    n_scans, n_ref = len(pairs), len(found)
-    f_arr, fp_arr = np.asarray(found, dtype=np.float64), np.asarray(false, dtype=np.float64)
-    thresholds = np.unique(np.concatenate([f_arr[np.isfinite(f_arr)], fp_arr]))[::-1]
-    rates = [0.0] + [float(np.count_nonzero(fp_arr >= th)) / max(n_scans, 1) for th in thresholds]
-    sens = [0.0] + [float(np.count_nonzero(f_arr >= th)) / n_ref if n_ref else math.nan for th in thresholds]
-    return np.asarray(rates), np.asarray(sens), n_scans, n_ref
+    return froc_operating_points([p for p, _ in pairs], [t for _, t in pairs])
 
 
 def froc_curve(pred: object, target: object) -> Figure:
