@@ -298,6 +298,12 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tuple[str, ...], out: Path,
         pipeline_name: str | None, seed: int, workers: int, cache_dir: Path | None) -> None:
     """Run the pipelines in FILE; results are cached, so running again resumes."""
+    import contextlib
+    import faulthandler
+    import io
+
+    with contextlib.suppress(ValueError, io.UnsupportedOperation, AttributeError):  # stderr is not a file in tests
+        faulthandler.enable()  # should a native library crash, print its Python stack, not only "Segmentation fault"
     overrides = _sets(sets)
     _require_run_extra()
     result, diags, sources = _load(file)

@@ -558,7 +558,7 @@ class LocalExecutor:
             for task in todo:
                 if self._cancel.is_set():
                     raise KeyboardInterrupt
-                yield _guarded(steps, task, lambda t=task: run_task(root, t, hooks))
+                yield _guarded(steps, task, lambda t=task: _in_process(root, t, hooks))
             return
         futures = {pool.submit(run_task, root, task): task for task in todo}
         try:
@@ -567,6 +567,18 @@ class LocalExecutor:
         finally:
             for future in futures:
                 future.cancel()
+
+
+_COMPUTING = threading.Lock()
+"""Held while a task computes in this process. Independent steps are scheduled in threads,
+but their operators run one at a time here: SimpleITK, NumPy and torch each use every
+core already, and native libraries are not all safe to call from two threads at once.
+Parallel work across cases goes to worker processes (`--workers`)."""
+
+
+def _in_process(root: str, task: Task, hooks: Hooks) -> TaskResult:
+    with _COMPUTING:
+        return run_task(root, task, hooks)
 
 
 def _guarded(steps: dict[str, Step], task: Task, call: Callable[[], TaskResult]) -> TaskResult | RunFailure:
