@@ -15,9 +15,9 @@ How a step becomes work (`prepare`):
   read from the cache on demand).
 
 The `Executor` interface is what a multi-GPU or Ray executor implements later: it gets
-the plan and the options and reports through a `Reporter`. `LocalExecutor` runs steps
-whose inputs are ready concurrently (threads), and tasks either in the main process or
-in a pool of worker processes that read their inputs from the cache and commit their
+the plan and the options and reports through a `Reporter`. `LocalExecutor` schedules
+steps whose inputs are ready concurrently (threads), and runs tasks either in the main
+process, one at a time, or in a pool of worker processes that read their inputs from the cache and commit their
 results themselves, so the main process never holds the images and memory stays
 bounded by the workers' current cases.
 """
