@@ -157,7 +157,7 @@ def test_augmentations_are_drawn_anew_in_every_epoch(tmp_path: Path) -> None:
         values[step.id] = preparer.prepare(step, values).value  # type: ignore[arg-type]
     (train,) = [s for s in plan.steps.values() if s.op == "train"]
     recipes = preparer.recipes(train)
-    assert recipes and all(any(stage.rng_seed for stage in stages) for stages in recipes.values())
+    assert recipes and all(any(stage.rng_seed for stage in r.stages) for r in recipes.values())
     augment = EpochAugmenter(options.cache, recipes)
     case, ref = result.values["train_cases"].items[0]  # type: ignore[union-attr]
     first = np.asarray(load_ref(options.cache, ref).input.array)  # type: ignore[attr-defined]
@@ -166,3 +166,37 @@ def test_augmentations_are_drawn_anew_in_every_epoch(tmp_path: Path) -> None:
     again = np.asarray(EpochAugmenter(options.cache, recipes)(case, 2).input.array)  # type: ignore[union-attr]
     assert not np.array_equal(first, second) and not np.array_equal(second, third)
     np.testing.assert_array_equal(second, again)
+
+
+def test_patch_positions_are_drawn_anew_in_every_epoch(tmp_path: Path) -> None:
+    """With `patches` before the augmentations, each epoch samples new patches too."""
+    import numpy as np
+
+    from medasl.lower.plan import lower
+    from medasl.runtime.digests import DigestMemo
+    from medasl.runtime.executor import LocalExecutor, Preparer, RunOptions
+    from medasl.runtime.progress import Reporters
+    from medasl.runtime.tasks import EpochAugmenter
+    from medasl.semantics.checker import check_source
+    from medasl.source import SourceFile
+
+    text = SMALL.replace("EPOCHS", "1").replace(
+        "|> flip(axis=0, p=0.5)", "|> patches(size=(32, 32, 16), per_case=2, positive=0.5) |> flip(axis=0, p=0.5)")
+    plan = lower(check_source(SourceFile("small.medas", text)).graphs[0])
+    options = RunOptions(cache=Cache(tmp_path / "results"), out_dir=tmp_path / "out", workers=1)
+    LocalExecutor().run(plan, options, Reporters())
+    preparer = Preparer(plan, options, DigestMemo(tmp_path / "results"))
+    values: dict[str, object] = {}
+    for step in plan.steps.values():
+        values[step.id] = preparer.prepare(step, values).value  # type: ignore[arg-type]
+    (train,) = [s for s in plan.steps.values() if s.op == "train"]
+    recipes = preparer.recipes(train)
+    assert recipes and all(r.stages[0].op == "patches" and r.pick is not None for r in recipes.values())
+    augment = EpochAugmenter(options.cache, recipes)
+    case = sorted(recipes)[0]
+    second, third = augment(case, 2), augment(case, 3)
+    assert second.input.shape == (32, 32, 16)  # type: ignore[union-attr]
+    moved = second.input.origin != third.input.origin  # type: ignore[union-attr]
+    assert moved or not np.array_equal(np.asarray(second.input.array), np.asarray(third.input.array))  # type: ignore[union-attr]
+    again = EpochAugmenter(options.cache, recipes)(case, 2)
+    np.testing.assert_array_equal(np.asarray(second.input.array), np.asarray(again.input.array))  # type: ignore[union-attr]

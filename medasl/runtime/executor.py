@@ -42,6 +42,7 @@ from medasl.runtime.errors import DataError
 from medasl.runtime.tasks import (
     Hooks,
     MissingInput,
+    Recipe,
     Task,
     TaskResult,
     case_number,
@@ -318,17 +319,39 @@ class Preparer:
         self.tasks_of[step.id] = {t.case: t for t in tasks if t.case is not None}
         return self._fused(step, tasks, Cases(tuple(items)))
 
-    def recipes(self, step: Step) -> dict[str, tuple[Task, ...]]:
-        """For `train`: the random steps that made each training case (the chain of the
-        task that stored it), so that training draws them anew in every epoch."""
+    def recipes(self, step: Step) -> dict[str, Recipe]:
+        """For `train`: how each training case was made from stored data, when random
+        steps took part (the chain of the task that stored it, and the `patches` drawn
+        before it), so that training draws them anew in every epoch. Keyed by the case
+        ids of the training data (`c.k` for the k-th patch of case `c`)."""
         if step.op != "train" or "data" not in step.inputs:
             return {}
+        data = self.plan.steps[step.inputs["data"]]
         recipes = {}
-        for case, task in self.tasks_of.get(step.inputs["data"], {}).items():
+        for case, task in self.tasks_of.get(data.id, {}).items():
             stages = (*task.chain, replace(task, chain=()))
-            if any(stage.rng_seed is not None for stage in stages):
-                recipes[case] = stages
+            if data.op in registry.EXPANDS:  # the training cases are this task's patches
+                for k in range(int(data.params[registry.EXPANDS[data.op]])):  # type: ignore[arg-type]
+                    recipes[f"{case}.{k}"] = Recipe(stages, (len(stages) - 1, k))
+                continue
+            recipe = self._after_patches(stages, case) or Recipe(stages)
+            if any(stage.rng_seed is not None for stage in recipe.stages):
+                recipes[case] = recipe
         return recipes
+
+    def _after_patches(self, stages: tuple[Task, ...], case: str) -> Recipe | None:
+        """A recipe starting at the patch sampling that made case `c.k`, when its first
+        stage reads a stored patch: patch positions are then drawn anew too."""
+        first = stages[0]
+        source = self.plan.steps[first.step].inputs.get(first.lifted_arg or "")
+        if source is None or self.plan.steps[source].op not in registry.EXPANDS or "." not in case:
+            return None
+        base, _, k = case.rpartition(".")
+        sampler = self.tasks_of.get(source, {}).get(base)
+        if sampler is None or not k.isdigit():
+            return None
+        before = (*sampler.chain, replace(sampler, chain=()))
+        return Recipe((*before, *stages), (len(before) - 1, int(k)))
 
     def _whole(self, step: Step, values: dict[str, RunValue]) -> Prepared:
         refs, datasets, inputs = {}, {}, {}

@@ -121,34 +121,42 @@ class CacheCheckpoints:
             self.cache.discard(self._key(epoch - 1))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How one training case is made from stored data: `stages` run in order, the first
+    reading its input from the cache; with `pick = (i, k)`, stage `i` makes several cases
+    (`patches`) and this case is its `k`-th."""
+
+    stages: tuple[Task, ...]
+    pick: tuple[int, int] | None = None
+
+
 class EpochAugmenter:
     """The training cases of epoch `e`, augmented anew: the random steps that made a case
-    (its recipe: the chain of the task that stored it) run again from their stored input
-    with the generator `default_rng([step seed, case number, e])`. Epoch 1 uses the cached
-    draw; every epoch is reproducible from the seed, so a resumed training continues
-    exactly. A case `c.k` made by `patches` is the k-th of the patches drawn for `c`."""
+    (its `Recipe`) run again from their stored input with the generator
+    `default_rng([step seed, case number, e])`. Epoch 1 uses the cached draw; every epoch
+    is reproducible from the seed, so a resumed training continues exactly."""
 
-    def __init__(self, cache: Cache, recipes: dict[str, tuple[Task, ...]]) -> None:
+    def __init__(self, cache: Cache, recipes: dict[str, Recipe]) -> None:
         self.cache, self.recipes = cache, recipes
-        self._drawn: dict[tuple[str, int], object] = {}  # one draw of a case's patches per epoch
+        self._sampled: dict[tuple[str, int], object] = {}  # one patch draw per case and epoch, shared by its patches
 
     def __call__(self, case: str, epoch: int) -> object | None:
-        base, index = case, None
-        if case not in self.recipes and "." in case:
-            base, _, k = case.rpartition(".")
-            index = int(k)
-        stages = self.recipes.get(base)
-        if stages is None:
+        recipe = self.recipes.get(case)
+        if recipe is None:
             return None
-        if (base, epoch) not in self._drawn:
-            self._drawn = {key: v for key, v in self._drawn.items() if key[1] == epoch}
-            value: object = None
-            for stage in stages:
-                again = replace(stage, rng_seed=(*stage.rng_seed, epoch)) if stage.rng_seed else stage
+        value: object = None
+        for position, stage in enumerate(recipe.stages):
+            again = replace(stage, rng_seed=(*stage.rng_seed, epoch)) if stage.rng_seed else stage
+            if recipe.pick is not None and position == recipe.pick[0]:
+                key = (stage.key.digest(), epoch)
+                if key not in self._sampled:
+                    self._sampled = {k: v for k, v in self._sampled.items() if k[1] == epoch}
+                    self._sampled[key] = _compute_stage(self.cache, again, value, {})
+                value = self._sampled[key][recipe.pick[1]]  # type: ignore[index]
+            else:
                 value = _compute_stage(self.cache, again, value, {})
-            self._drawn[(base, epoch)] = value
-        value = self._drawn[(base, epoch)]
-        return value[index] if index is not None else value  # type: ignore[index]
+        return value
 
 
 # ----- tasks -------------------------------------------------------------------------
@@ -181,7 +189,7 @@ class Task:
     index_id: str | None = None  # the name this result is remembered under, for `--dry-run`
     chain: tuple[Task, ...] = ()  # steps fused into this one: computed first, in memory, not stored
     device: str = "cpu"
-    recipes: dict[str, tuple[Task, ...]] = field(default_factory=dict)  # train: how each case was augmented
+    recipes: dict[str, Recipe] = field(default_factory=dict)  # train: how each training case is made
 
 
 @dataclass(frozen=True)
