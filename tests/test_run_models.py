@@ -134,21 +134,16 @@ def test_labels_the_network_cannot_predict_are_e2006(tmp_path: Path, monkeypatch
     assert "error[E2006]" in err and "case002" in err and "Traceback" not in err
 
 
-def test_augmentations_are_drawn_anew_in_every_epoch(tmp_path: Path) -> None:
-    """Training reads each case's augmentation recipe (its random steps) and draws it
-    again per epoch from the seed: epochs differ, one epoch is reproducible."""
-    import numpy as np
-
+def _recipes_after_a_run(tmp_path: Path, text: str) -> tuple[dict[str, object], Cache, object]:
+    """Run `text` in this process; the training step's recipes, the cache and the result."""
     from medasl.lower.plan import lower
     from medasl.runtime.digests import DigestMemo
     from medasl.runtime.executor import LocalExecutor, Preparer, RunOptions
     from medasl.runtime.progress import Reporters
-    from medasl.runtime.tasks import EpochAugmenter, load_ref
     from medasl.semantics.checker import check_source
     from medasl.source import SourceFile
 
-    graph = check_source(SourceFile("small.medas", SMALL.replace("EPOCHS", "1"))).graphs[0]
-    plan = lower(graph)
+    plan = lower(check_source(SourceFile("small.medas", text)).graphs[0])
     options = RunOptions(cache=Cache(tmp_path / "results"), out_dir=tmp_path / "out", workers=1)
     result = LocalExecutor().run(plan, options, Reporters())
     preparer = Preparer(plan, options, DigestMemo(tmp_path / "results"))
@@ -156,14 +151,24 @@ def test_augmentations_are_drawn_anew_in_every_epoch(tmp_path: Path) -> None:
     for step in plan.steps.values():
         values[step.id] = preparer.prepare(step, values).value  # type: ignore[arg-type]
     (train,) = [s for s in plan.steps.values() if s.op == "train"]
-    recipes = preparer.recipes(train)
-    assert recipes and all(any(stage.rng_seed for stage in r.stages) for r in recipes.values())
-    augment = EpochAugmenter(options.cache, recipes)
-    case, ref = result.values["train_cases"].items[0]  # type: ignore[union-attr]
-    first = np.asarray(load_ref(options.cache, ref).input.array)  # type: ignore[attr-defined]
+    return preparer.recipes(train), options.cache, result  # type: ignore[return-value]
+
+
+def test_augmentations_are_drawn_anew_in_every_epoch(tmp_path: Path) -> None:
+    """Training reads each case's augmentation recipe (its random steps) and draws it
+    again per epoch from the seed: epochs differ, one epoch is reproducible."""
+    import numpy as np
+
+    from medasl.runtime.tasks import EpochAugmenter, load_ref
+
+    recipes, cache, result = _recipes_after_a_run(tmp_path, SMALL.replace("EPOCHS", "1"))
+    assert recipes and all(any(stage.rng_seed for stage in r.stages) for r in recipes.values())  # type: ignore[attr-defined]
+    augment = EpochAugmenter(cache, recipes)  # type: ignore[arg-type]
+    case, ref = result.values["train_cases"].items[0]  # type: ignore[attr-defined]
+    first = np.asarray(load_ref(cache, ref).input.array)  # type: ignore[attr-defined]
     second = np.asarray(augment(case, 2).input.array)  # type: ignore[union-attr]
     third = np.asarray(augment(case, 3).input.array)  # type: ignore[union-attr]
-    again = np.asarray(EpochAugmenter(options.cache, recipes)(case, 2).input.array)  # type: ignore[union-attr]
+    again = np.asarray(EpochAugmenter(cache, recipes)(case, 2).input.array)  # type: ignore[union-attr, arg-type]
     assert not np.array_equal(first, second) and not np.array_equal(second, third)
     np.testing.assert_array_equal(second, again)
 
@@ -172,31 +177,17 @@ def test_patch_positions_are_drawn_anew_in_every_epoch(tmp_path: Path) -> None:
     """With `patches` before the augmentations, each epoch samples new patches too."""
     import numpy as np
 
-    from medasl.lower.plan import lower
-    from medasl.runtime.digests import DigestMemo
-    from medasl.runtime.executor import LocalExecutor, Preparer, RunOptions
-    from medasl.runtime.progress import Reporters
     from medasl.runtime.tasks import EpochAugmenter
-    from medasl.semantics.checker import check_source
-    from medasl.source import SourceFile
 
     text = SMALL.replace("EPOCHS", "1").replace(
         "|> flip(axis=0, p=0.5)", "|> patches(size=(32, 32, 16), per_case=2, positive=0.5) |> flip(axis=0, p=0.5)")
-    plan = lower(check_source(SourceFile("small.medas", text)).graphs[0])
-    options = RunOptions(cache=Cache(tmp_path / "results"), out_dir=tmp_path / "out", workers=1)
-    LocalExecutor().run(plan, options, Reporters())
-    preparer = Preparer(plan, options, DigestMemo(tmp_path / "results"))
-    values: dict[str, object] = {}
-    for step in plan.steps.values():
-        values[step.id] = preparer.prepare(step, values).value  # type: ignore[arg-type]
-    (train,) = [s for s in plan.steps.values() if s.op == "train"]
-    recipes = preparer.recipes(train)
-    assert recipes and all(r.stages[0].op == "patches" and r.pick is not None for r in recipes.values())
-    augment = EpochAugmenter(options.cache, recipes)
+    recipes, cache, _ = _recipes_after_a_run(tmp_path, text)
+    assert recipes and all(r.stages[0].op == "patches" and r.pick is not None for r in recipes.values())  # type: ignore[attr-defined]
+    augment = EpochAugmenter(cache, recipes)  # type: ignore[arg-type]
     case = sorted(recipes)[0]
     second, third = augment(case, 2), augment(case, 3)
     assert second.input.shape == (32, 32, 16)  # type: ignore[union-attr]
     moved = second.input.origin != third.input.origin  # type: ignore[union-attr]
     assert moved or not np.array_equal(np.asarray(second.input.array), np.asarray(third.input.array))  # type: ignore[union-attr]
-    again = EpochAugmenter(options.cache, recipes)(case, 2)
+    again = EpochAugmenter(cache, recipes)(case, 2)  # type: ignore[arg-type]
     np.testing.assert_array_equal(np.asarray(second.input.array), np.asarray(again.input.array))  # type: ignore[union-attr]
