@@ -38,12 +38,12 @@ pipeline prepare {
 """
 
 N_CASES, N_TRAIN, N_VAL = 12, 9, 3
-# What is stored: chains of per-case steps are fused and stored at their end, and before the
-# first random step (`crop_or_pad` computes resample ... crop case by case, `train_cases`
-# flip and rotate; `val_cases` resample_2 ... crop_or_pad).
-TRAIN_BRANCH = ["crop_or_pad", "train_cases", "saved_train"]
+# What is stored: chains of per-case steps are fused and stored at their end (`train_cases`
+# computes resample ... flip, rotate case by case; `val_cases` resample_2 ... crop_or_pad).
+# Nothing here trains, so the input of the random steps need not be stored.
+TRAIN_BRANCH = ["train_cases", "saved_train"]
 VAL_BRANCH = ["val_cases", "saved"]
-FUSED_TRAIN = ["resample", "window", "rescale", "flip"]
+FUSED_TRAIN = ["resample", "window", "rescale", "crop_or_pad", "flip"]
 FUSED_VAL = ["resample_2", "window_2", "rescale_2"]
 RANDOM_STEPS = {"train_cases"}  # holds the draws of `flip` and `rotate`
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
@@ -222,7 +222,7 @@ def test_killed_runs_resume_without_recomputing_and_match_an_uninterrupted_run(t
     # writers' keys), moved aside afterwards
     reference = by_step(logged_run(file, tmp_path / "ref-cache", out))
     total = sum(len(cases) for cases in reference.values())
-    assert total == N_CASES + 3 * N_TRAIN + 2 * N_VAL
+    assert total == N_CASES + 2 * N_TRAIN + 2 * N_VAL
     shutil.move(out, tmp_path / "ref-out")
     assert_no_partial_entry(tmp_path / "ref-cache")
 
@@ -342,8 +342,8 @@ def test_changing_a_parameter_reruns_only_the_steps_downstream(tmp_path: Path) -
 
     write_pipeline(tmp_path, PIPELINE.replace("window(level=40", "window(level=50"))
     previews = preview_of(file, cache_dir, out)
-    changed = {"crop_or_pad", "train_cases", "saved_train", "val_cases", "saved"}
-    changed_fused = {"window", "rescale", "flip", "window_2", "rescale_2"}
+    changed = {"train_cases", "saved_train", "val_cases", "saved"}
+    changed_fused = {"window", "rescale", "crop_or_pad", "flip", "window_2", "rescale_2"}
     assert previews["cases"].status == "cached", previews["cases"]
     for step in ("resample", "resample_2"):
         assert previews[step].status == "fused" and set(previews[step].counts) == {"unchanged"}, previews[step]
@@ -391,7 +391,7 @@ def test_force_recomputes_the_step_and_everything_downstream_only(tmp_path: Path
     assert "unchanged" in rows["resample"] and "unchanged" in rows["window_2"]
 
     forced = by_step(logged_run(file, cache_dir, out, "--force", "window"))
-    downstream = ["crop_or_pad", "train_cases", "saved_train"]  # window, rescale: inside crop_or_pad
+    downstream = ["train_cases", "saved_train"]  # window ... flip are computed inside train_cases
     assert sorted(forced) == sorted(downstream)
     for step in downstream:  # the same keys, computed again, with the same results
         assert forced[step] == first[step]

@@ -193,6 +193,7 @@ class Preparer:
         self.users = {sid: [s.id for s in plan.steps.values() if sid in s.inputs.values()] for sid in plan.steps}
         self.inline: dict[str, dict[str | None, Task]] = {}  # fused step -> its task per case
         self.tasks_of: dict[str, dict[str, Task]] = {}  # mapped step -> its task per case
+        self.augmenting = self._augmenting()
 
     def fuses_into(self, step: Step) -> str | None:
         """The step that computes `step` in memory, case by case, instead of storing it.
@@ -202,9 +203,10 @@ class Preparer:
         compute, and resuming mid-chain saves little. A step is fused into the one after
         it when that one is its only user, maps over it as its only dataset input, and
         the step itself is per-case (mapped or a source), writes nothing and does not
-        turn one case into several. A deterministic step is not fused into a random one:
-        the input of the augmentations is stored, so that training can draw them anew
-        in every epoch from there (preprocessed once, augmented on the fly).
+        turn one case into several. Where the chain makes a training's cases, a
+        deterministic step is not fused into a random one: the input of the
+        augmentations is stored, so that training can draw them anew in every epoch
+        from there (preprocessed once, augmented on the fly).
         """
         users = self.users[step.id]
         per_case = step.mapped or (not step.inputs and registry.source(step.op) is not None)
@@ -216,9 +218,22 @@ class Preparer:
             return None
         if user.inputs[lifted] != step.id or user.dataset_inputs != {lifted}:
             return None
-        if user.random and not step.random:
+        if user.random and not step.random and user.id in self.augmenting:
             return None
         return user.id
+
+    def _augmenting(self) -> set[str]:
+        """The per-case steps that make a training's cases (walking back from each `train`'s
+        data along mapped steps): only there is the input of random steps stored, because
+        only there are they drawn again, in every epoch."""
+        found: set[str] = set()
+        for step in self.plan.steps.values():
+            current = self.plan.steps.get(step.inputs.get("data", "")) if step.op == "train" else None
+            while current is not None and current.id not in found and (current.mapped or current.op in registry.EXPANDS):
+                found.add(current.id)
+                lifted = next(iter(current.inputs), None)
+                current = self.plan.steps.get(current.inputs[lifted]) if lifted else None
+        return found
 
     def _fused(self, step: Step, tasks: list[Task], value: RunValue) -> Prepared:
         """Tasks as prepared, or, for a step fused into the next, kept for that step's chain."""
