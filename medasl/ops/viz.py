@@ -500,26 +500,9 @@ def occlusion(model: Trained, data: object, patch: int = 8, stride: int = 8) -> 
     depends on. A 3-D case is shown on its axial slice with the largest change, the
     image on the left and the map over it on the right.
     """
-    rows = occlusion_maps(model, data, patch, stride)
-    fig = _figure(2 * PANEL, (PANEL + 0.3) * len(rows) + 0.4)
-    axes = fig.subplots(len(rows), 2, squeeze=False)
-    limit = max(float(np.max(np.abs(r[4]))) for r in rows) or 1.0
-    for (name, vol, cls, p, drop), (ax_img, ax_map) in zip(rows, axes):
-        img = _spatial(vol)
-        d3 = drop if drop.ndim == 3 else drop[np.newaxis]
-        z = int(np.argmax(np.abs(d3).reshape(d3.shape[0], -1).max(axis=1)))
-        vrange = _gray_range(img)
-        _show_slice(ax_img, img, z, vol.spacing, vrange)
-        _show_slice(ax_map, img, z, vol.spacing, vrange)
-        im = ax_map.imshow(d3[z], cmap="coolwarm", vmin=-limit, vmax=limit, alpha=0.6,
-                           aspect=float(vol.spacing[1]) / float(vol.spacing[0]), interpolation="nearest")
-        where = f", z = {z}" if vol.dim >= 3 else ""
-        ax_img.set_title(f"{name}{where}", fontsize=9)
-        ax_map.set_title(f"class {cls} (p = {p:.2f}): drop", fontsize=9)
-    fig.colorbar(im, ax=axes[:, 1].tolist(), shrink=0.8, label="probability drop")
-    title = "Occlusion sensitivity"
-    fig.suptitle(title)
-    return _render(fig, title)
+    rows = [(name, vol, f"class {cls} (p = {p:.2f}): drop", drop)
+            for name, vol, cls, p, drop in occlusion_maps(model, data, patch, stride)]
+    return _draw_maps(rows, "Occlusion sensitivity", "probability drop", "coolwarm", symmetric=True)
 
 
 EXPLAIN_CASES = 3

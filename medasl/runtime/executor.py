@@ -210,7 +210,7 @@ class Preparer:
         """
         users = self.users[step.id]
         per_case = step.mapped or (not step.inputs and registry.source(step.op) is not None)
-        if len(users) != 1 or not per_case or step.stage == "output" or step.op in registry.EXPANDS:
+        if len(users) != 1 or not per_case or step.writes or step.op in registry.EXPANDS:
             return None
         user = self.plan.steps[users[0]]
         lifted = next(iter(user.inputs), None)
@@ -266,6 +266,13 @@ class Preparer:
                 sources[name] = "missing"  # the operator reports E1001 when it runs
         return sources
 
+    def _params(self, step: Step, case: str | None) -> dict[str, object]:
+        """The step's constant arguments for one case: a writer's `path` resolved."""
+        params = dict(step.params)
+        if step.writes:
+            params["path"] = self._writer_path(step, case)
+        return params
+
     def _writer_path(self, step: Step, case: str | None) -> str:
         path = str(step.params["path"])
         if case is not None:
@@ -317,10 +324,7 @@ class Preparer:
         for case in ids:
             refs = {arg: found[case] for arg, found in by_case.items()}
             refs.update({arg: v.ref for arg, v in singles.items() if isinstance(v, Single)})
-            params = dict(step.params)
-            writes = step.writes
-            if writes:
-                params["path"] = self._writer_path(step, case)
+            params, writes = self._params(step, case), step.writes
             key, rng = self._key(step, params, refs, self._sources(step, params, writes), case)
             before = upstream.get(case)
             chain = (*before.chain, replace(before, chain=())) if before is not None else ()
@@ -379,10 +383,7 @@ class Preparer:
                 datasets[arg] = value.items
             else:
                 raise RunFailure("E2001", f"`{step.op}` cannot take a split or folds as a whole yet", step)
-        params = dict(step.params)
-        writes = step.writes
-        if writes:
-            params["path"] = self._writer_path(step, None)
+        params, writes = self._params(step, None), step.writes
         key, rng = self._key(step, params, inputs, self._sources(step, params, writes), None)
         task = Task(key, step.id, step.op, None, call_params(params), refs=refs, datasets=datasets, lift=step.lift,
                     lifted_arg=next(iter(step.inputs), None), rng_seed=rng, writes=writes,

@@ -43,6 +43,9 @@ def area(op: str) -> str | None:
     return sig.module.removeprefix("std.") if sig is not None else None
 
 
+_MISSING: dict[str, str] = {}  # area -> the library its module could not import
+
+
 def _module(name: str) -> ModuleType | None:
     """medasl.ops.<name>, or None when it does not exist yet or its dependencies are missing."""
     if name not in _MODULES:
@@ -52,6 +55,8 @@ def _module(name: str) -> ModuleType | None:
             if exc.name != f"medasl.ops.{name}" and exc.name not in ("torch", "monai", "matplotlib", "openpyxl",
                                                                      "sklearn", "safetensors"):
                 raise
+            if exc.name != f"medasl.ops.{name}":
+                _MISSING[name] = exc.name
             _MODULES[name] = None
     return _MODULES[name]
 
@@ -59,13 +64,9 @@ def _module(name: str) -> ModuleType | None:
 def missing_dependency(op: str) -> str | None:
     """The library an operator's module needs but cannot import (torch, monai, ...), if any."""
     name = area(op)
-    if name is None:
+    if name is None or _module(name) is not None:
         return None
-    try:
-        importlib.import_module(f"medasl.ops.{name}")
-    except ModuleNotFoundError as exc:
-        return exc.name if exc.name != f"medasl.ops.{name}" else None
-    return None
+    return _MISSING.get(name)
 
 
 def implemented(op: str) -> bool:
