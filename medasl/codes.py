@@ -358,7 +358,7 @@ CODES: dict[str, Code] = {
     ),
     "E1011": Code(
         "a split part would be empty",
-        'A split would leave one of its parts with no cases. `split` gives test floor(test x n) cases and val the cases up to floor((test + val) x n); train gets the rest, so `val=0.2` with 3 cases leaves val empty. `kfold` needs 2 <= k <= the number of cases. With `stratify=true` the rounding happens within each class. Use more cases, a larger fraction or a smaller `k`, or set the fraction to 0 when the part is not wanted.',
+        'A split would leave one of its parts with no cases. `split` gives test floor(test x n) cases and val the cases up to floor((test + val) x n); train gets the rest, so `val=0.2` with 3 cases leaves val empty. `kfold` needs 1 <= k <= the number of cases (k=1 trains and validates on all of them). With `stratify=true` the rounding happens within each class. Use more cases, a larger fraction or a smaller `k`, or set the fraction to 0 when the part is not wanted.',
     ),
     "E1012": Code(
         "a case id occurs more than once",

@@ -29,20 +29,15 @@ def test_example_checks_clean_and_matches_ir_snapshot(example: Path) -> None:
     compare_golden(dump, ROOT / "tests" / "golden" / "ir" / f"{example.stem}.ir")
 
 
-def test_every_example_runs_or_names_what_cannot_run_yet(tmp_path: Path) -> None:
-    """`medasc run --dry-run` on each example: the runnable ones preview cleanly, the
-    others stop with E2001 naming the operators still to be implemented, or E1001 naming
-    the full-size data set they expect; never worse."""
+def test_every_example_previews_cleanly(tmp_path: Path) -> None:
+    """`medasc run --dry-run` on each example: every one runs by default (its smoke
+    setting), so every preview lists its steps without a diagnostic."""
     from tests.test_cli import run
 
     for example in sorted((ROOT / "examples").glob("*.medas")):
         code, _, err = run("run", str(example), "--dry-run", "--cache-dir", str(tmp_path / "cache"),
                            "--out", str(tmp_path / "out"))
-        if example.stem in ("preprocess", "quickstart", "liver", "thorax_organs", "nuclei"):
-            assert code == 0 and "dry run" in err, err
-        else:  # an operator not implemented yet, or the full-size data set is not here
-            assert code == 1 and ("error[E2001]" in err or "error[E1001]" in err), (example.name, err)
-            assert "Traceback" not in err
+        assert code == 0 and "dry run" in err and "error" not in err, (example.name, err)
 
 
 def test_the_main_job_runs_the_preprocess_example(tmp_path: Path) -> None:

@@ -66,3 +66,33 @@ def test_thorax_smoke_writes_contours_on_the_dicom_grid(tmp_path: Path) -> None:
         assert all(abs(a - b) < 1e-3 for a, b in zip(got, want)), (got, want)
     values = set(sitk.GetArrayFromImage(written).ravel().tolist())
     assert values <= {0, 1, 2, 3, 4}  # label values only: never interpolated
+
+
+LUNG_SERIES = "1.3.6.1.4.1.14519.5.2.1.6655.2359.207154000096236603057216610983"
+
+
+def test_lung_nodules_smoke_detects_in_world_mm_and_classifies_cubes(tmp_path: Path) -> None:
+    """Both pipelines on the one annotated chest CT (train and validate on it: `k=1`)."""
+    import csv
+
+    err = _run_example("lung_nodules", tmp_path)
+    metrics = _metrics(err)
+    assert 0.0 <= metrics["cpm"] <= 1.0 and 0.0 <= metrics["val_auc"] <= 1.0, metrics
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    detection = tmp_path / "out" / "lung_nodule_detection"
+    (candidates,) = (detection / "out" / "luna16").glob("*_candidates.csv")
+    assert candidates.name == f"{LUNG_SERIES}_candidates.csv"
+    with open(candidates, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["seriesuid"] for r in rows} == {LUNG_SERIES}  # the case id, as LUNA16 submissions want
+    # candidates lie in the scan (world mm, LPS): x -173..158, y -294..37, z 80..312 (loose: boxes may stick out)
+    for r in rows:
+        x, y, z = (float(r[k]) for k in ("coordX", "coordY", "coordZ"))
+        assert -200 < x < 190 and -320 < y < 70 and 40 < z < 350, r
+    malignancy = tmp_path / "out" / "nodule_malignancy"
+    for path in (detection / "lung_nodule_detection.html", detection / "luna16_froc.csv",
+                 detection / "figures" / "froc_curve.png", malignancy / "nodule_malignancy.html",
+                 malignancy / "malignancy_auc.csv", malignancy / "figures" / "grad_cam.png",
+                 malignancy / "figures" / "roc_curve.png"):
+        assert path.stat().st_size > 0, path
+    assert list((detection / "figures").glob("box_overlay*.png"))

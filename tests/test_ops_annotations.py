@@ -40,10 +40,11 @@ def test_luna16_table_on_the_real_series() -> None:
     assert ann.ids == (UID,) and ann.coords == "world" and ann.lines == (2,)
     assert np.allclose(ann.centres, [[-62.63, -97.32, 212.0]]) and np.allclose(ann.diameters, [74.02])
     assert ann.classes.tolist() == [1]
-    cases = io.boxed(images=io.dicom_folder(root=LUNG / "dicom"), annotations=ann)
-    (case,) = cases
-    assert case.id == UID and isinstance(case.value, Pair)
-    image, boxes = case.value.input, case.value.target
+    (scan,) = io.dicom_folder(root=LUNG / "dicom")
+    assert scan.id == UID
+    pair = io.boxed(images=scan.value, annotations=ann, case=scan.id)
+    assert isinstance(pair, Pair)
+    image, boxes = pair.input, pair.target
     assert isinstance(image, Volume) and image.shape == (512, 512, 30)
     assert isinstance(boxes, Boxes) and len(boxes) == 1 and boxes.scores.tolist() == [1.0]
     assert np.allclose(boxes.lo, [[-62.63 - 37.01, -97.32 - 37.01, 212.0 - 37.01]])
@@ -60,27 +61,21 @@ def test_boxed_voxel_coordinates_use_the_geometry(tmp_path: Path) -> None:
     table = _table(tmp_path / "a.csv", [["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "class"],
                                         ["c1", 4, 6, 2, 3.0, 2], ["c1", 0, 0, 0, 1.0, 1], ["other", 1, 1, 1, 1, 1]])
     ann = io.csv_annotations(path=table, coords="voxel")
-    cases = io.boxed(images=[Case("c1", vol), Case("c2", vol)], annotations=ann)
-    boxes = cases[0].value.target
+    boxes = io.boxed(images=vol, annotations=ann, case="c1").target
     img = vol.to_sitk()
     for i, idx in enumerate([(4, 6, 2), (0, 0, 0)]):
         centre = np.array(img.TransformContinuousIndexToPhysicalPoint(idx))
         d = ann.diameters[i]
         assert np.allclose(boxes.lo[i], centre - d / 2) and np.allclose(boxes.hi[i], centre + d / 2)
     assert boxes.classes.tolist() == [2, 1]
-    empty = cases[1].value.target
-    assert len(empty) == 0 and empty.lo.shape == (0, 3) and cases[1].value.input is vol
+    without = io.boxed(images=vol, annotations=ann, case="c2")
+    empty = without.target
+    assert len(empty) == 0 and empty.lo.shape == (0, 3) and without.input is vol
 
 
-def test_boxed_with_no_matching_id_is_e1006(tmp_path: Path) -> None:
-    table = _table(tmp_path / "a.csv", [["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"],
-                                        ["x", 1, 2, 3, 4]])
-    with pytest.raises(DataError) as info:
-        io.boxed(images=[Case("c1", _volume())], annotations=io.csv_annotations(path=table))
-    assert info.value.code == "E1006" and "a.csv" in str(info.value)
+def test_a_case_without_rows_gets_no_boxes(tmp_path: Path) -> None:
     header_only = _table(tmp_path / "b.csv", [["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]])
-    (case,) = io.boxed(images=[Case("c1", _volume())], annotations=io.csv_annotations(path=header_only))
-    assert len(case.value.target) == 0
+    assert len(io.boxed(images=_volume(), annotations=io.csv_annotations(path=header_only), case="c1").target) == 0
 
 
 @pytest.mark.parametrize(("rows", "line", "words"), [
@@ -132,8 +127,11 @@ def test_write_boxes_round_trip(tmp_path: Path) -> None:
     (single,) = io.write_boxes(x=cube, path=tmp_path / "one.csv")
     again = io.csv_annotations(path=single)
     assert again.ids == ("scan7",) and again.diameters.tolist() == [4.0]
-    (case,) = io.boxed(images=[Case("scan7", _volume())], annotations=again)
-    assert np.array_equal(case.value.target.lo, cube.lo) and np.array_equal(case.value.target.hi, cube.hi)
+    # written case by case, a dataset's boxes are named by the case id, not the file
+    (named,) = io.write_boxes(x=cube, path=tmp_path / "named.csv", case="1.2.840.99")
+    assert io.csv_annotations(path=named).ids == ("1.2.840.99",)
+    target = io.boxed(images=_volume(), annotations=again, case="scan7").target
+    assert np.array_equal(target.lo, cube.lo) and np.array_equal(target.hi, cube.hi)
 
 
 def test_write_boxes_replaces_atomically(tmp_path: Path) -> None:

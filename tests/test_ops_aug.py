@@ -130,7 +130,8 @@ OPS = [*ALL, "stain_jitter"]
 
 
 def test_every_operator_is_tested() -> None:
-    assert set(aug.OPERATORS) == set(OPS) | {"motion"}  # motion: tests/test_ops_motion.py
+    # motion: tests/test_ops_motion.py; box_patches: tests/test_ops_box_patches.py
+    assert set(aug.OPERATORS) == set(OPS) | {"motion", "box_patches"}
 
 
 @pytest.mark.parametrize("name", OPS)

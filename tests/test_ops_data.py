@@ -234,7 +234,16 @@ def test_stratified_empty_part_is_e1011() -> None:
 def test_k_out_of_range_is_e1011() -> None:
     e = error_of(data.kfold, cases(4), k=5)
     assert e.code == "E1011" and "5-fold" in e.message and "4 cases" in e.message
-    assert error_of(data.kfold, cases(4), k=1).code == "E1011"
+    assert error_of(data.kfold, cases(4), k=0).code == "E1011"
+    assert error_of(data.kfold, [], k=1).code == "E1011"
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_single_fold_trains_and_validates_on_every_case(n: int) -> None:
+    """k=1 is nnU-Net's fold "all"."""
+    folds = data.kfold(cases(n), k=1, seed=3)
+    s = data.fold(folds, 0)
+    assert ids(s.train) == ids(s.val) == sorted(ids(cases(n))) and s.test == []
 
 
 def test_duplicate_ids_are_e1012() -> None:

@@ -263,8 +263,10 @@ def test_froc_hand_made() -> None:
     det2 = _boxes([(30, 30, 30)], 2.0, [0.6])
     # operating points (threshold: FP/scan, sensitivity):
     #   >0.9: 0, 0;  0.9: 0, 1/3;  0.7: 0.5, 1/3;  0.6: 1.0, 1/3;  0.4: 1.0, 2/3;  0.3: 1.5, 2/3
+    # read as LUNA16 does: the grid rate nearest 1.0 is 0.99991, still on the segment from
+    # (0.5, 1/3) to (1.0, 1/3), so rate 1 counts 1/3 (a staircase would say 2/3)
     fps = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-    expected = np.mean([1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+    expected = np.mean([1 / 3, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
     assert metrics.froc([det1, det2], [ref1, ref2], fps=fps) == pytest.approx(expected)
     # the radius rule: a centre outside a thin box but within half its largest side
     thin = Boxes(np.array([[-10.0, -1.0, -1.0]]), np.array([[10.0, 1.0, 1.0]]), [1], [1.0])
@@ -275,6 +277,38 @@ def test_froc_hand_made() -> None:
     empty = Boxes(np.zeros((0, 3)), np.zeros((0, 3)), [], [])
     assert math.isnan(metrics.froc([det2], [empty]))
     assert metrics.froc([empty], [ref2]) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_froc_matches_the_luna16_script_s_computation(seed: int) -> None:
+    """The CPM as noduleCADEvaluationLUNA16.py computes it: scikit-learn's ROC curve over
+    the found references (their best hitting score) and the false positives, scaled to
+    false positives per scan and to the share of references found, interpolated with
+    np.interp on 10,001 rates from 1/8 to 8 and read at the grid point nearest each rate."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(seed)
+    preds, targets, labels, scores = [], [], [], []
+    n_ref = 0
+    for _ in range(6):
+        refs = rng.uniform(0, 200, (int(rng.integers(1, 4)), 3))
+        targets.append(_boxes([tuple(r) for r in refs], 10.0, [1.0] * len(refs)))
+        n_ref += len(refs)
+        hits = refs[rng.random(len(refs)) < 0.7] + rng.uniform(-2, 2, (1, 3))  # some references are missed
+        noise = rng.uniform(300, 500, (int(rng.integers(0, 12)), 3))  # far from every reference: false positives
+        centres = np.concatenate([hits, noise])
+        s = np.round(rng.random(len(centres)), 3)  # ties happen
+        preds.append(_boxes([tuple(c) for c in centres], 2.0, list(s)))
+        labels += [1] * len(hits) + [0] * len(noise)
+        scores += list(s)
+    labels_a, scores_a = np.array(labels), np.array(scores)
+    fpr, tpr, _ = roc_curve(labels_a, scores_a)
+    fps_curve = fpr * np.count_nonzero(labels_a == 0) / len(targets)
+    sens_curve = tpr * np.count_nonzero(labels_a == 1) / n_ref
+    grid = np.linspace(0.125, 8, num=10001)
+    itp = np.interp(grid, fps_curve, sens_curve)
+    expected = np.mean([itp[np.argmin(np.abs(grid - f))] for f in (0.125, 0.25, 0.5, 1, 2, 4, 8)])
+    assert metrics.froc(preds, targets) == pytest.approx(expected, abs=1e-12)
 
 
 # ----- reduction and tables -------------------------------------------------------------------

@@ -220,6 +220,20 @@ def test_the_nodule_detector_trains_on_boxes_and_detects_in_world_mm() -> None:
     assert np.all(boxes.lo >= np.array(image.origin) - 20) and np.all(boxes.hi <= extent + 20)  # world mm
 
 
+def test_a_detector_whose_training_cases_have_no_box_is_e1006() -> None:
+    """Annotation ids that match no scan leave every case without boxes: a diagnostic, not
+    a detector trained to find nothing."""
+    from medasl.runtime.values import Boxes
+
+    image = Volume(np.zeros((32, 32, 32), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    none = Boxes(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0))
+    net = Network("nodule_detector", {"in_channels": 1, "classes": 2, "depth": 10, "anchors": (6, 8, 10)}, None)
+    with pytest.raises(DataError) as info:
+        training.train(net, [Case("scan1", Pair(image, none)), Case("scan2", Pair(image, none))],
+                       OperatorRef("box_loss"), epochs=1, batch=1)
+    assert info.value.code == "E1006" and "none of the 2 training cases (scan1, scan2) has a box" in info.value.message
+
+
 def test_boxes_and_detector_voxels_convert_both_ways() -> None:
     image = Volume(np.zeros((10, 12, 14)), (0.7, 0.8, 2.5), (5.0, -3.0, 10.0), (-1, 0, 0, 0, 1, 0, 0, 0, 1))
     mask = np.zeros((10, 12, 14), np.uint8)

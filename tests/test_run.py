@@ -332,3 +332,20 @@ def test_a_stratified_split_reads_classes_from_the_cache(tmp_path: Path, monkeyp
     expected = data.split(io.classified("imgs", "*.png", "labels.csv", "finding"), val=0.25, seed=3, stratify=True)
     written = sorted(p.name[: -len(".png")] for p in (tmp_path / "out" / "cls" / "train").glob("*.png"))
     assert written == [c.id for c in expected.train]
+
+
+SINGLE_FOLD = """import std.io, std.data
+pipeline cv {
+  param k: int = 1
+  cases = phantom(cases=3)
+  folds = fold(kfold(cases, k=k), 0)
+}
+"""
+
+
+def test_a_single_fold_is_announced() -> None:
+    from medasl.runtime.session import notices
+
+    (note,) = notices(lower(_graph(SINGLE_FOLD)), "cpu")  # type: ignore[arg-type]
+    assert note.startswith("note: `kfold` (p.medas:5)") and "training and validation are the same cases" in note
+    assert notices(lower(_graph(SINGLE_FOLD), {"k": "3"}), "cpu") == []  # type: ignore[arg-type]

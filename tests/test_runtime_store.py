@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from medasl.runtime import store
 from medasl.runtime.store import StoreError, load_value, save_value
-from medasl.runtime.values import Boxes, Case, DicomSeries, Pair, Volume
+from medasl.runtime.values import Annotations, Boxes, Case, DicomSeries, Pair, Volume
 from tests.conftest import shared_data
 
 
@@ -184,6 +184,20 @@ def test_boxes(n: int, tmp_path: Path) -> None:
     for name in ("lo", "hi", "classes", "scores"):
         a, b = getattr(boxes, name), getattr(back, name)
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_annotations(tmp_path: Path) -> None:
+    """A table read by `csv_annotations` is cached like any step's value."""
+    table = Annotations(("1.2.3", "1.2.3", "4.5"), np.array([[-62.6, -97.3, 212.0], [1.0, 2.0, 3.0], [0, 0, 0.5]]),
+                        np.array([74.0, 5.5, 3.0]), np.array([1, 2, 1]), coords="voxel", source="a.csv",
+                        lines=(2, 3, 5))
+    back = roundtrip(table, tmp_path)
+    assert isinstance(back, Annotations)
+    assert (back.ids, back.coords, back.source, back.lines) == (table.ids, "voxel", "a.csv", (2, 3, 5))
+    for name in ("centres", "diameters", "classes"):
+        a, b = getattr(table, name), getattr(back, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert list(back.rows("1.2.3")) == [0, 1]
 
 
 def test_dicom_series(tmp_path: Path) -> None:

@@ -360,6 +360,65 @@ def _apply_patches(x: Value, drawn: Drawn) -> list[Value]:
     return [_spatial(x, lambda v, s=patch["start"]: _window(v, s, drawn["size"])) for patch in drawn["patches"]]
 
 
+def box_patches(x: Pair, size: Sequence[int], per_case: int = 8, negative: float = 0.5, jitter: int = 2, *,
+                rng: np.random.Generator) -> tuple[list[Pair], Drawn]:
+    """`per_case` windows of `size` voxels cut around the boxes of an (image, boxes)
+    pair, as (image, class) classification cases: the candidate cubes of nodule
+    false-positive reduction and nodule attribute classification (DeepLung's cubes).
+
+    Each patch is, with probability `negative`, a negative: centred on a random voxel
+    whose centre lies in no box, class 0. Otherwise it is centred on a box (the boxes
+    taken in turn, starting at a random one), shifted by up to `jitter` voxels along
+    each axis, with the box's class. A case without boxes gives negatives only. Boxes
+    are matched to voxels through the image's geometry (`io.boxes_to_voxels`), so any
+    orientation works. Patches reaching outside the image are padded with its minimum.
+
+    Example: `box_patches(Pair(ct, nodules), size=(32, 32, 32), per_case=8, rng=rng)`
+    gives 8 pairs `(32 x 32 x 32 cube, class)`, about half of them around nodules.
+    """
+    from medasl.ops import io  # the box geometry lives with the box readers and writers
+
+    if not isinstance(x, Pair) or not isinstance(x.input, Volume) or not hasattr(x.target, "classes"):
+        raise ValueError("box_patches needs (image, boxes) pairs")
+    vol, boxes = x.input, x.target
+    size = _check_size(vol, size, "box_patches")
+    if per_case <= 0 or jitter < 0:
+        raise ValueError(f"box_patches: per_case must be positive and jitter not negative, not {per_case}, {jitter}")
+    voxel_boxes = io.boxes_to_voxels(boxes, vol)  # (n, 6): [z0, y0, x0, z1, y1, x1], voxel i covers [i, i + 1)
+    shape = vol.array.shape[: vol.dim]
+    first = int(rng.integers(0, len(voxel_boxes))) if len(voxel_boxes) else 0
+    drawn_patches = []
+    for k in range(int(per_case)):
+        is_negative = bool(rng.random() < negative) or not len(voxel_boxes)
+        if is_negative:
+            zyx, label = _outside_boxes(shape, voxel_boxes, rng), 0
+        else:
+            j = (first + k) % len(voxel_boxes)
+            middle = (voxel_boxes[j, :3] + voxel_boxes[j, 3:]) / 2.0 - 0.5  # the centre as a voxel index
+            zyx = [int(round(c)) + int(rng.integers(-jitter, jitter + 1)) for c in middle]
+            label = int(boxes.classes[j])
+        centre = list(reversed(zyx))  # (x, y, z)
+        drawn_patches.append({"centre": centre, "start": [c - s // 2 for c, s in zip(centre, size)], "class": label})
+    drawn = {"size": size, "patches": drawn_patches}
+    return _apply_box_patches(x, drawn), drawn
+
+
+def _outside_boxes(shape: Sequence[int], voxel_boxes: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """A uniformly drawn voxel `(z, y, x)` whose centre lies in none of the boxes (any
+    voxel when the boxes cover everything, after a bounded number of tries)."""
+    for _ in range(1000):
+        zyx = [int(rng.integers(0, n)) for n in shape]
+        centre = np.array(zyx) + 0.5
+        inside = np.all((voxel_boxes[:, :3] <= centre) & (centre <= voxel_boxes[:, 3:]), axis=1)
+        if not inside.any():
+            break
+    return zyx
+
+
+def _apply_box_patches(x: Pair, drawn: Drawn) -> list[Pair]:
+    return [Pair(_window(x.input, patch["start"], drawn["size"]), int(patch["class"])) for patch in drawn["patches"]]
+
+
 # ===== intensity ==============================================================================
 
 
@@ -621,6 +680,7 @@ def _apply_motion(x: Value, drawn: Drawn) -> Value:
 _APPLY: dict[str, Callable[[Value, Drawn], Any]] = {
     "flip": _apply_flip, "rotate": _apply_rotate, "affine": _apply_affine, "elastic": _apply_elastic,
     "random_rescale": _apply_random_rescale, "random_crop": _apply_random_crop, "patches": _apply_patches,
+    "box_patches": _apply_box_patches,
     "gaussian_noise": _apply_gaussian_noise, "gaussian_blur": _apply_gaussian_blur, "gamma": _apply_gamma,
     "contrast": _apply_contrast, "brightness": _apply_brightness, "bias_field": _apply_bias_field,
     "stain_jitter": _apply_stain_jitter, "motion": _apply_motion,
@@ -641,7 +701,7 @@ def replay(op_name: str, x: Value, drawn: Drawn) -> Any:
 
 OPERATORS: dict[str, Callable[..., object]] = {
     "flip": flip, "rotate": rotate, "affine": affine, "elastic": elastic, "random_rescale": random_rescale,
-    "random_crop": random_crop, "patches": patches,
+    "random_crop": random_crop, "patches": patches, "box_patches": box_patches,
     "gaussian_noise": gaussian_noise, "gaussian_blur": gaussian_blur, "gamma": gamma, "contrast": contrast,
     "brightness": brightness, "bias_field": bias_field, "stain_jitter": stain_jitter, "motion": motion,
 }

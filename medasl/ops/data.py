@@ -181,15 +181,20 @@ def kfold(data: Iterable[Case], k: int = 5, seed: int = 0) -> Folds:
 
     Cases are ranked by `sha256(seed:id)` and cut into `k` contiguous blocks at
     `floor(j * n / k)`, so fold sizes differ by at most one and adding one case moves at
-    most one existing case across each of the `k - 1` cuts. E1011 when `k` is below 2 or
-    above the number of cases (a fold, or every training part, would be empty).
+    most one existing case across each of the `k - 1` cuts.
+
+    `k=1` is nnU-Net's fold "all": one fold holding every case, which `fold` turns into
+    a split whose training and validation parts are both all the cases. It trains a
+    final model on everything, or checks on a single case that a pipeline runs and can
+    fit; its validation scores are on training data and say nothing about new cases.
+    E1011 when `k` is below 1 or above the number of cases (a fold would be empty).
     """
     cases = _cases(data)
     n = len(cases)
-    if k < 2 or k > n:
-        raise DataError("E1011", f"{k}-fold cross-validation of {n} cases would leave a fold "
-                                 f"{'or its training part ' if k < 2 else ''}empty",
-                        help="k must be at least 2 and at most the number of cases")
+    if k < 1 or k > n:
+        raise DataError("E1011", f"{k}-fold cross-validation of {n} cases would leave a fold empty",
+                        help="k must be at least 1 (1: train and validate on all cases) and at most the "
+                             "number of cases")
     ranked = _ranked(cases, seed)
     cuts = [j * n // k for j in range(k + 1)]
     return Folds([_by_id(ranked[cuts[j]:cuts[j + 1]]) for j in range(k)])
@@ -197,9 +202,12 @@ def kfold(data: Iterable[Case], k: int = 5, seed: int = 0) -> Folds:
 
 def fold(folds: Folds, index: int) -> Split:
     """The split of one cross-validation fold: fold `index` (0-based) is val, the others,
-    together, are train (in case-id order); test is empty."""
+    together, are train (in case-id order); test is empty. With a single fold (`k=1`)
+    train and val are both every case."""
     if not 0 <= index < folds.k:
         raise ValueError(f"fold index {index} is out of range for {folds.k} folds (0 to {folds.k - 1})")
+    if folds.k == 1:
+        return Split(list(folds.folds[0]), list(folds.folds[0]), [])
     train = [c for j, f in enumerate(folds.folds) if j != index for c in f]
     return Split(_by_id(train), list(folds.folds[index]), [])
 

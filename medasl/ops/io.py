@@ -46,7 +46,7 @@ import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
 
 from medasl.runtime.cache import pid_alive
 from medasl.runtime.errors import DataError
-from medasl.runtime.values import LABEL_KINDS, Boxes, Case, CaseSpec, DicomSeries, Pair, Volume
+from medasl.runtime.values import LABEL_KINDS, Annotations, Boxes, Case, CaseSpec, DicomSeries, Pair, Volume
 
 PathLike = str | os.PathLike[str]
 
@@ -1100,6 +1100,200 @@ def _load_phantom(spec: CaseSpec) -> Pair[Volume, Volume]:
     return Pair(img, lab)
 
 
+# ===== the simulated-atrophy brain phantom ===================================================
+
+_ATROPHY_CLASSES = ("CN", "AD")  # class 0 cognitively normal, class 1 Alzheimer's disease (simulated)
+# Medial temporal lobes (hippocampus and amygdala) in MNI space, RAS mm, and the spread of the
+# thinning around them: elongated front to back like the hippocampus (about 4 cm long).
+_MTL_CENTRES_RAS = ((25.0, -20.0, -15.0), (-25.0, -20.0, -15.0))
+_MTL_SIGMA_MM = (7.0, 12.0, 7.0)
+# Where the lateral and third ventricles lie (RAS mm), and how deep inside the brain a dark
+# voxel must be to count as ventricle rather than sulcal CSF.
+_VENTRICLE_BOX_RAS = ((-30.0, 30.0), (-50.0, 35.0), (-10.0, 40.0))
+_VENTRICLE_DEPTH_MM = 15.0
+_VENTRICLE_MIN_ML = 1.0
+
+
+@dataclass(frozen=True)
+class _BrainTemplate:
+    """A T1 template prepared once for `atrophy_phantom` (arrays (z, y, x) on the template's grid)."""
+
+    t1: np.ndarray  # float32 intensities of the template
+    gm: np.ndarray  # float32 grey-matter probability, 0..1
+    mtl: np.ndarray  # float32 weight 0..1: closeness to either medial temporal lobe
+    ventricle_mm: np.ndarray  # float32 distance (mm) to the ventricle mask, 0 inside
+    csf: float  # median T1 intensity inside the ventricles
+    wm: float  # 95th percentile of the brain's intensities (white matter)
+    reference: sitk.Image  # an empty image with the template's geometry
+
+
+def atrophy_phantom(template: PathLike, gm: PathLike, cases: int = 12, spacing: Sequence[float] = (3.0, 3.0, 3.0),
+                    seed: int = 0) -> list[Case[Pair[Volume, int]]]:
+    """A SIMULATED Alzheimer's disease (AD) vs cognitively normal (CN) T1 MRI cohort, made
+    from one real brain template (e.g. MNI152 2009a) and its grey-matter probability map.
+
+    For smoke runs and teaching only: every case is the same template, warped and
+    degraded; the atrophy is a crude intensity model, so nothing learnt here is evidence
+    about real AD. Case `i` depends only on (`seed`, `i`); odd `i` are class 1 ("AD"),
+    even `i` class 0 ("CN"), so exactly `cases // 2` cases are AD. Each case, in order:
+
+    - atrophy on the template grid: T1 intensity is pulled towards CSF intensity by a
+      fraction `a` = severity x MTL weight x GM probability, the MTL weight a Gaussian
+      (sigma 7, 12, 7 mm) around MNI (+-25, -20, -15) mm (hippocampus, amygdala), placed
+      with the image's physical coordinates; and the ventricles (dark voxels at least 15 mm
+      inside the brain, lateral and third ventricles) grow by a radius r, the voxels within
+      r mm of them set to CSF intensity (a dilation by distance transform). AD: severity
+      0.4-0.8, r 1.5-4 mm; CN: severity 0-0.1, r 0-1 mm (normal ageing);
+    - a random affine about the grid centre (scale +-4 % per axis, rotation +-3 degrees,
+      shift +-3 mm) and resampling, anti-aliased and linear, to `spacing` mm; origin and
+      direction stay the template's, the size is the template's extent / `spacing`;
+    - a smooth multiplicative bias field (exp of a random quadratic, about +-15 %), a
+      global gain 0.9-1.1 and Rician noise (sigma 1-4 % of white-matter intensity).
+
+    Returns float32 MR images in the template's intensity units, each with its class
+    index (a Python int, as `classified` gives); the class names are
+    `args["classes"]` of the listed cases: ("CN", "AD").
+    """
+    return _eager("atrophy_phantom", template=template, gm=gm, cases=cases, spacing=spacing, seed=seed)
+
+
+def _list_atrophy_phantom(template: PathLike, gm: PathLike, cases: int = 12,
+                          spacing: Sequence[float] = (3.0, 3.0, 3.0), seed: int = 0) -> list[CaseSpec]:
+    """The simulated cohort's cases: both files must exist (E1001 now); voxels are read at load."""
+    t1_path, gm_path = _existing_file(template), _existing_file(gm)
+    sx, sy, sz = (float(v) for v in spacing)
+    if min(sx, sy, sz) <= 0 or cases < 0:
+        raise ValueError("atrophy_phantom needs a positive number of cases and spacing")
+    return [CaseSpec(f"subj{i:03d}", (str(t1_path), str(gm_path)),
+                     {"template": str(t1_path), "gm": str(gm_path), "index": i, "spacing": [sx, sy, sz],
+                      "seed": int(seed), "class": i % 2, "classes": list(_ATROPHY_CLASSES)})
+            for i in range(int(cases))]
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    """A file's size and mtime: part of a cache key, so that a changed file is read again."""
+    st = Path(path).stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _ras_coordinates(vol: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World RAS mm (x right, y anterior, z superior) of every voxel centre, (z, y, x)
+    arrays: from the volume's LPS geometry, so any origin, spacing and direction work."""
+    d = np.asarray(vol.direction, dtype=np.float64).reshape(3, 3)
+    steps = [np.arange(n, dtype=np.float64) * s for n, s in zip(reversed(vol.array.shape[:3]), vol.spacing)]
+    grids = (steps[0][None, None, :], steps[1][None, :, None], steps[2][:, None, None])
+    lps = [vol.origin[c] + sum(d[c, k] * grids[k] for k in range(3)) for c in range(3)]
+    return (-lps[0]).astype(np.float32), (-lps[1]).astype(np.float32), lps[2].astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)  # ~200 MB per 1 mm template
+def _brain_template(template: str, gm: str, stamps: tuple[tuple[int, int], ...]) -> _BrainTemplate:
+    """Read and prepare a template once per process (`stamps`, the files' sizes and mtimes,
+    make a changed file re-read)."""
+    from scipy import ndimage
+
+    t1_vol, gm_vol = read_image(template), read_image(gm)
+    if t1_vol.dim != 3 or t1_vol.channels != 1:
+        raise DataError("E1002", f"{template} is not a 3-D single-channel image", template)
+    aligned = gm_vol.aligned_to(t1_vol)
+    if aligned is None:
+        how = "; ".join(t1_vol.grid_differences(gm_vol))
+        raise DataError("E1007", f"the template {template} and the grey-matter map {gm} are on different voxel "
+                        f"grids: {how} (template vs map)", gm, help="the GM map must be on the template's grid")
+    t1 = t1_vol.array.astype(np.float32)
+    g = aligned.array.astype(np.float32)
+    g = np.clip(g / max(float(g.max()), 1e-6), 0.0, 1.0)  # a probability however it is stored (0..1, 0..255)
+    x, y, z = _ras_coordinates(t1_vol)
+    mtl = np.zeros_like(t1)
+    for cx, cy, cz in _MTL_CENTRES_RAS:
+        sx, sy, sz = _MTL_SIGMA_MM
+        mtl = np.maximum(mtl, np.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2 + ((z - cz) / sz) ** 2)))
+    brain = t1 > 0.05 * float(t1.max())
+    wm = float(np.percentile(t1[brain], 95))
+    spacing_zyx = tuple(reversed(t1_vol.spacing))
+    depth = ndimage.distance_transform_edt(brain, sampling=spacing_zyx)
+    (x0, x1), (y0, y1), (z0, z1) = _VENTRICLE_BOX_RAS
+    dark = brain & (t1 < 0.5 * wm) & (depth > _VENTRICLE_DEPTH_MM)
+    dark &= (x > x0) & (x < x1) & (y > y0) & (y < y1) & (z > z0) & (z < z1)
+    labels, n = ndimage.label(dark)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1) * float(np.prod(t1_vol.spacing)) / 1000.0
+    ventricles = np.isin(labels, [k for k in range(1, n + 1) if sizes[k] >= _VENTRICLE_MIN_ML])
+    if not ventricles.any():
+        raise DataError("E1002", f"{template}: no ventricles found (dark voxels deep inside the brain near the "
+                        "midline); atrophy_phantom needs a skull-stripped T1 template in MNI space", template)
+    ventricle_mm = ndimage.distance_transform_edt(~ventricles, sampling=spacing_zyx).astype(np.float32)
+    reference = sitk.Image([int(v) for v in reversed(t1.shape)], sitk.sitkUInt8)
+    reference.SetSpacing(t1_vol.spacing)
+    reference.SetOrigin(t1_vol.origin)
+    reference.SetDirection(t1_vol.direction)
+    return _BrainTemplate(t1, g, mtl.astype(np.float32), ventricle_mm, float(np.median(t1[ventricles])), wm,
+                          reference)
+
+
+def _random_affine(rng: np.random.Generator, centre: Sequence[float]) -> sitk.AffineTransform:
+    """Scale +-4 % per axis, rotation +-3 degrees about each axis, shift +-3 mm, about `centre`."""
+    ax, ay, az = np.deg2rad(rng.uniform(-3.0, 3.0, 3))
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    matrix = rz @ ry @ rx @ np.diag(rng.uniform(0.96, 1.04, 3))
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter([float(c) for c in centre])
+    affine.SetMatrix([float(v) for v in matrix.ravel()])
+    affine.SetTranslation([float(v) for v in rng.uniform(-3.0, 3.0, 3)])
+    return affine
+
+
+def _bias_field(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
+    """exp of a random quadratic polynomial in coordinates scaled to -1..1: a smooth gain of
+    about +-15 %, as a receive coil gives."""
+    z, y, x = (np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape)
+    z, y, x = z[:, None, None], y[None, :, None], x[None, None, :]
+    terms = (x, y, z, x * x, y * y, z * z, x * y, y * z, x * z)
+    c = rng.normal(0.0, 0.05, len(terms))
+    return np.exp(sum(ci * t for ci, t in zip(c, terms))).astype(np.float32)
+
+
+def _load_atrophy_phantom(spec: CaseSpec) -> Pair[Volume, int]:
+    """Generate case `index` of the simulated cohort (see `atrophy_phantom`)."""
+    a = spec.args
+    template, gm = str(a["template"]), str(a["gm"])
+    _existing_file(template)
+    _existing_file(gm)
+    base = _brain_template(template, gm, (_stamp(template), _stamp(gm)))
+    i, label = int(a["index"]), int(a["class"])
+    rng = np.random.default_rng([int(a["seed"]) % (1 << 64), i])
+    # severities first, so that one case's draws never depend on the template's size
+    severity = rng.uniform(0.4, 0.8) if label else rng.uniform(0.0, 0.1)
+    radius = rng.uniform(1.5, 4.0) if label else rng.uniform(0.0, 1.0)
+    ref = base.reference
+    centre = ref.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in ref.GetSize()])
+    affine = _random_affine(rng, centre)
+    gain, noise = rng.uniform(0.9, 1.1), rng.uniform(0.01, 0.04) * base.wm
+    # grey matter fades to CSF in the MTL; tissue next to the ventricles becomes CSF (a
+    # dilation by `radius` mm, with a 1 mm soft edge against aliasing)
+    grown = np.clip(radius - base.ventricle_mm + 0.5, 0.0, 1.0)
+    amount = np.clip(severity * base.mtl * base.gm + grown, 0.0, 1.0)
+    t1 = base.t1 - amount * np.maximum(base.t1 - base.csf, 0.0)
+    img = sitk.GetImageFromArray(t1.astype(np.float32))
+    img.CopyInformation(ref)
+    spacing = [float(v) for v in a["spacing"]]
+    sigma = [max(0.0, (s - r) / 2.0) for s, r in zip(spacing, ref.GetSpacing())]  # anti-aliasing, as skimage
+    if max(sigma) > 0:
+        img = sitk.DiscreteGaussian(img, [s * s for s in sigma], 32, 0.01, True)
+    size = [max(1, round(n * r / s)) for n, r, s in zip(ref.GetSize(), ref.GetSpacing(), spacing)]
+    out = sitk.Resample(img, size, affine, sitk.sitkLinear, ref.GetOrigin(), spacing, ref.GetDirection(), 0.0,
+                        sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(out)
+    arr = arr * _bias_field(rng, arr.shape) * gain
+    real = arr + rng.normal(0.0, noise, arr.shape)
+    imag = rng.normal(0.0, noise, arr.shape)
+    rician = np.sqrt(real * real + imag * imag).astype(np.float32)  # magnitude image: Rician noise
+    vol = Volume(rician, tuple(spacing), out.GetOrigin(), out.GetDirection(), kind="image", modality="MR",
+                 source=template)
+    return Pair(vol, label)
+
+
 # ===== writers ================================================================================
 
 
@@ -1508,33 +1702,6 @@ def _load_classified(spec: CaseSpec) -> Pair[Volume, int]:
     return Pair(read_image(str(spec.args["path"])), int(spec.args["class"]))
 
 
-@dataclass(eq=False)
-class Annotations:
-    """An `Annotations[3]` value: objects from a table (LUNA16 `annotations.csv` layout),
-    not yet attached to images.
-
-    Row i is the object of case `ids[i]` centred at `centres[i]` (`(x, y, z)`: world LPS
-    mm when `coords` is `"world"`, voxel indices of the case's image when `"voxel"`)
-    with diameter `diameters[i]` mm and class `classes[i]` (1 without a `class`
-    column); `lines[i]` is its line in the file `source`, for diagnostics.
-    """
-
-    ids: tuple[str, ...]
-    centres: np.ndarray
-    diameters: np.ndarray
-    classes: np.ndarray
-    coords: str = "world"
-    source: str | None = None
-    lines: tuple[int, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def rows(self, case_id: str) -> np.ndarray:
-        """The indices of the rows of case `case_id`, in file order."""
-        return np.array([i for i, c in enumerate(self.ids) if c == case_id], dtype=np.int64)
-
-
 _ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 
 
@@ -1587,39 +1754,29 @@ def csv_annotations(path: PathLike, coords: str = "world") -> Annotations:
                        tuple(lines))
 
 
-def boxed(images: Sequence[Case[Volume]], annotations: Annotations) -> list[Case[Pair[Volume, Boxes]]]:
-    """Each case's image with its annotation rows as `Boxes` in world mm: an object of
+def boxed(images: Volume | DicomSeries, annotations: Annotations, case: str) -> Pair[Volume, Boxes]:
+    """One case's image with its annotation rows as `Boxes` in world mm: an object of
     diameter d centred at c is the cube c +- d/2 (aligned with the world axes), score 1.
-    Rows are matched by case id (the SeriesInstanceUID of `dicom_folder`, the `*` part of
-    `folder`); voxel centres are converted with the image's geometry. A case without
-    rows gets zero boxes; rows of ids that are not cases are left out, but when no row
-    matches any case (and there are rows) that is E1006. A DICOM series is decoded.
+
+    In the language `boxed` takes a dataset; the runtime applies it case by case (so no
+    more than one scan is in memory) and passes the case id as `case`. Rows are matched
+    by that id (the SeriesInstanceUID of `dicom_folder`, the `*` part of `folder`);
+    voxel centres are converted with the image's geometry. A case without rows gets
+    zero boxes, as a scan without nodules should; that no training case has a box at
+    all is found by `train` (E1006). A DICOM series is decoded.
+
+    Example: `io.boxed(io.nifti("scan7.nii.gz"), io.csv_annotations("annotations.csv"), "scan7")`
     """
-    out = []
-    matched = 0
-    for case in images:
-        vol = case.value
-        if isinstance(vol, DicomSeries):
-            vol = dicom_to_image(vol)
-        if not isinstance(vol, Volume) or vol.dim != 3:
-            raise ValueError(f"boxed: case {case.id} is not a 3-D image")
-        idx = annotations.rows(case.id)
-        matched += len(idx)
-        centres = annotations.centres[idx].reshape(-1, 3)
-        if annotations.coords == "voxel" and len(idx):
-            centres = np.array(vol.origin) + centres @ _index_matrix(vol).T
-        half = annotations.diameters[idx].reshape(-1, 1) / 2.0
-        boxes = Boxes(centres - half, centres + half, annotations.classes[idx], np.ones(len(idx)),
-                      source=annotations.source)
-        out.append(Case(case.id, Pair(vol, boxes)))
-    if len(annotations) and out and not matched:
-        ids = sorted(set(annotations.ids))
-        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
-        raise DataError("E1006", f"no annotation in {annotations.source} belongs to a case: the table's ids ({shown}) "
-                        f"are not case ids (such as {out[0].id})", annotations.source,
-                        help="rows are matched by the case id: the SeriesInstanceUID for DICOM, the part matched "
-                             "by `*` for a folder")
-    return out
+    vol = dicom_to_image(images) if isinstance(images, DicomSeries) else images
+    if not isinstance(vol, Volume) or vol.dim != 3:
+        raise ValueError(f"boxed: case {case} is not a 3-D image")
+    idx = annotations.rows(case)
+    centres = annotations.centres[idx].reshape(-1, 3)
+    if annotations.coords == "voxel" and len(idx):
+        centres = np.array(vol.origin) + centres @ _index_matrix(vol).T
+    half = annotations.diameters[idx].reshape(-1, 1) / 2.0
+    return Pair(vol, Boxes(centres - half, centres + half, annotations.classes[idx], np.ones(len(idx)),
+                           source=annotations.source))
 
 
 _BOX_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "sizeX", "sizeY", "sizeZ", "class",
@@ -1644,10 +1801,11 @@ def _stem(source: str | None) -> str:
     return name
 
 
-def write_boxes(x: Boxes | Sequence[Case[Boxes]], path: PathLike) -> list[Path]:
+def write_boxes(x: Boxes | Sequence[Case[Boxes]], path: PathLike, case: str | None = None) -> list[Path]:
     """Write boxes as one CSV table in the LUNA16 submission layout, every case of a
-    dataset in the same file: `seriesuid` (the case id; for a single Boxes the stem of
-    its source file), `coordX`, `coordY`, `coordZ` (box centre, world mm), `diameter_mm`
+    dataset in the same file: `seriesuid` (the case id: `case` for a single Boxes, which
+    the runtime passes when it writes a dataset case by case, else the stem of its source
+    file), `coordX`, `coordY`, `coordZ` (box centre, world mm), `diameter_mm`
     (the mean of the box's extents: exact for the cubes of `boxed`), `sizeX`, `sizeY`,
     `sizeZ` (the extents, so the box is kept exactly), `class`, `probability` (the
     score). 2-D boxes leave the z columns empty. Numbers are written to round-trip
@@ -1658,7 +1816,7 @@ def write_boxes(x: Boxes | Sequence[Case[Boxes]], path: PathLike) -> list[Path]:
         items = [(c.id, _boxes_of(c.value, f"case {c.id}")) for c in x]
     else:
         b = _boxes_of(x, "write_boxes")
-        items = [(_stem(b.source), b)]
+        items = [(case if case is not None else _stem(b.source), b)]
     target = _with_suffix(Path(path), (".csv",)) if not Path(path).suffix else Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_beside(target)
@@ -1821,7 +1979,7 @@ OPERATORS: dict[str, Callable[..., object]] = {
     "nifti": nifti, "nrrd": nrrd, "mha": mha, "png": png, "tiff": tiff, "jpeg": jpeg, "numpy": numpy,
     "dicom_file": dicom_file, "dicom_series": dicom_series, "dicom_to_image": dicom_to_image,
     "dicom_folder": dicom_folder, "folder": folder, "instance_folder": instance_folder, "images": images,
-    "pair_input": pair_input, "phantom": phantom, "datalist": datalist,
+    "pair_input": pair_input, "phantom": phantom, "atrophy_phantom": atrophy_phantom, "datalist": datalist,
     "write_nifti": write_nifti, "write_nrrd": write_nrrd, "write_mha": write_mha, "write_png": write_png,
     "one_hot": one_hot, "onehot_to_labels": onehot_to_labels, "instances_to_labels": instances_to_labels,
     "labels_to_instances": labels_to_instances, "boxes_to_mask": boxes_to_mask, "mask_to_boxes": mask_to_boxes,
@@ -1856,6 +2014,7 @@ SOURCES: dict[str, Source] = {
     "images": Source(_list_images, _load_image),
     "dicom_folder": Source(_list_dicom_folder, _load_dicom_series),
     "phantom": Source(_list_phantom, _load_phantom),
+    "atrophy_phantom": Source(_list_atrophy_phantom, _load_atrophy_phantom),
     "classified": Source(_list_classified, _load_classified),
     "slide_tiles": Source(_list_slide_tiles, _load_slide_tile),
     "datalist": Source(_list_datalist, _load_paired),

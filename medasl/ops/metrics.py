@@ -358,15 +358,20 @@ def froc(pred: Sequence[Boxes], target: Sequence[Boxes],
     centre. A reference is found at threshold t when a detection of score >= t hits it
     (its score is the highest such score); detections hitting no reference are false
     positives; detections hitting an already found reference are neither (LUNA16 ignores
-    duplicates). Sensitivity at rate f is the highest sensitivity over all thresholds
-    whose false positives per scan are at most f (the FROC curve as a staircase; the
-    LUNA16 script interpolates linearly between operating points instead). NaN when
+    duplicates). Sensitivity at rate f is read as the LUNA16 evaluation script
+    (noduleCADEvaluationLUNA16.py) reads it, so that scores compare with published ones:
+    the operating points are interpolated linearly (`np.interp`) on 10,001 evenly spaced
+    rates from the smallest to the largest of `fps`, and the value at the grid rate
+    nearest f is taken (beyond the last operating point the curve stays flat). NaN when
     there is no reference box in any scan.
     """
     rates, sens, n_scans, n_ref = froc_operating_points(pred, target)
     if n_ref == 0 or n_scans == 0:
         return NAN
-    return float(np.mean([sens[rates <= float(f)].max() for f in fps]))
+    asked = np.asarray(fps, dtype=np.float64)
+    grid = np.linspace(asked.min(), asked.max(), num=10001)
+    curve = np.interp(grid, rates, sens)
+    return float(np.mean([curve[np.argmin(np.abs(grid - f))] for f in asked]))
 
 
 def froc_operating_points(pred: Sequence[Boxes], target: Sequence[Boxes]) -> tuple[np.ndarray, np.ndarray, int, int]:

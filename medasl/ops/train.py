@@ -299,13 +299,25 @@ def _detector_targets(pairs: Sequence[Pair], classes: int, ids: Sequence[str]) -
     targets = []
     for case, pair in zip(ids, pairs):
         boxes = pair.target
-        labels = np.asarray(boxes.classes, dtype=np.int64)  # type: ignore[attr-defined]
+        labels = np.array(boxes.classes, dtype=np.int64)  # type: ignore[attr-defined]  # a copy: cached arrays are read-only
         if labels.size and (int(labels.min()) < 1 or int(labels.max()) >= classes):
             raise DataError("E2006", f"case {case}: a box has class {int(labels.max())}, but the detector predicts "
                             f"classes 1..{classes - 1}")
         targets.append({"boxes": torch.from_numpy(io.boxes_to_voxels(boxes, pair.input)),  # type: ignore[arg-type]
                         "labels": torch.from_numpy(labels)})
     return targets
+
+
+def _check_some_box(cases: Sequence[Case]) -> None:
+    """E1006 when no training case has a box: the annotations' ids most likely do not
+    match the case ids, and the detector would only learn that nothing is there."""
+    if cases and not any(len(c.value.target) for c in cases):  # type: ignore[attr-defined]
+        ids = [c.id for c in cases]
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        raise DataError("E1006", f"none of the {len(ids)} training cases ({shown}) has a box, so the detector has "
+                        f"nothing to learn", help="annotation rows are matched to scans by the case id: the "
+                                                  "SeriesInstanceUID of a DICOM series, the part matched by `*` for "
+                                                  "a folder; check that the table's ids are those")
 
 
 def _detect(module: torch.nn.Module, image: Volume, window: Sequence[int] | None, overlap: float, batch: int,
@@ -439,6 +451,7 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
     to_labels = _conversion(loss, "target", 2) or (lambda value: value)  # e.g. instances -> labels
     targets: dict[str, torch.Tensor] = {}
     if detector:
+        _check_some_box(cases)
         _detector_targets([c.value for c in [*cases, *val_cases]], classes, [c.id for c in [*cases, *val_cases]])  # type: ignore[misc]
     else:
         targets = {c.id: _target_tensor(to_labels(c.value.target), classes, c.id) for c in cases}  # type: ignore[attr-defined]

@@ -466,14 +466,11 @@ def occlusion_maps(model: Trained, data: object, patch: int = 8, stride: int = 8
     rows = []
     try:
         for name, vol in items:
-            a = np.asarray(vol.array, dtype=np.float32)
-            x = a[np.newaxis] if a.ndim == vol.dim else np.moveaxis(a, -1, 0)
-            spatial = x.shape[1:]
-            mask = [min(int(patch), n) for n in spatial]
+            t = _tensor(vol)
+            mask = [min(int(patch), n) for n in t.shape[2:]]
             # activate=True would choose sigmoid or softmax by the number of *input* channels
             occ = OcclusionSensitivity(module, mask_size=mask, n_batch=16, verbose=False, mode="mean_img",
                                        overlap=overlap, activate=_activate)
-            t = torch.from_numpy(np.ascontiguousarray(x))[None]
             with torch.no_grad():
                 logits = module(t)
                 probs = _activate(logits)
@@ -513,7 +510,7 @@ def _tensor(vol: Volume) -> object:
     """`vol` as the `(1, C, *spatial)` float32 tensor a network takes (array order)."""
     import torch
 
-    a = np.asarray(vol.array, dtype=np.float32)
+    a = np.array(vol.array, dtype=np.float32)  # a copy: cached arrays are read-only memory maps
     x = a[np.newaxis] if a.ndim == vol.dim else np.moveaxis(a, -1, 0)
     return torch.from_numpy(np.ascontiguousarray(x))[None]
 

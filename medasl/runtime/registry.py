@@ -28,8 +28,9 @@ from medasl.lower.plan import COLLECTING_REPORTS
 
 SELECTIONS = frozenset({"field", "split", "kfold", "fold", "take", "shuffle", "concat", "subset"})
 TAKES_PAIRS = frozenset({"crop_foreground"})
-EXPANDS = {"patches": "per_case"}  # operator -> the parameter giving how many cases one case becomes
-PER_CASE = {"infer": "data"}  # operator -> the dataset argument it is applied to case by case
+EXPANDS = {"patches": "per_case", "box_patches": "per_case"}  # operator -> the parameter giving how many cases one case becomes
+PER_CASE = {"infer": "data", "boxed": "images"}  # operator -> the dataset argument it is applied to case by case
+GETS_CASE_ID = {"boxed": "case", "write_boxes": "case"}  # operator -> the parameter through which it learns the id of its case
 COLLECTS = COLLECTING_REPORTS  # report operators given the shown figures and the metrics
 
 _MODULES: dict[str, ModuleType | None] = {}

@@ -137,13 +137,25 @@ def check_force(all_plans: list[Plan], names: tuple[str, ...]) -> None:
             raise UsageProblem(f"--force {name}: no step of that name (steps: {', '.join(steps)})")
 
 
+def notices(plan: Plan, device: str) -> list[str]:
+    """What the user should know before the run starts: a step asking for a GPU on a
+    CPU run, and a single cross-validation fold, whose validation is on training cases."""
+    found = []
+    for step in plan.steps.values():
+        if step.params.get("on") == "gpu" and device == "cpu":
+            found.append(f"warning: `{step.label}` ({step.location()}) asks for a GPU (`on=gpu`), but this run is on "
+                         "the CPU; run with `--device cuda` to use one")
+        if step.op == "kfold" and step.params.get("k") == 1:
+            found.append(f"note: `{step.label}` ({step.location()}) makes a single fold (`k=1`): training and "
+                         "validation are the same cases, so validation scores show fit, not performance on new cases")
+    return found
+
+
 def execute(plan: Plan, request: RunRequest, source: str, console: Console) -> RunResult:
     """Run one plan with a progress display and a run log; print the timing table."""
     options = options_for(plan, request)
-    for step in plan.steps.values():
-        if step.params.get("on") == "gpu" and options.device == "cpu":
-            console.print(f"warning: `{step.label}` ({step.location()}) asks for a GPU (`on=gpu`), but this run is on "
-                          "the CPU; run with `--device cuda` to use one")
+    for line in notices(plan, options.device):
+        console.print(line)
     log = RunLog(options.out_dir / "logs", plan, source,
                  {"seed": options.seed, "device": options.device, "workers": options.workers,
                   "cache": str(options.cache.root), "force": sorted(options.force)})

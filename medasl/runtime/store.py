@@ -14,7 +14,7 @@ The JSON file is `{"format": 1, "value": <node>}`, where a node is
 - a JSON object with a `"$"` tag naming its codec, one per type (see `_CODECS`):
   `float` (nan/inf, as `repr`), `tuple`, `dict` (string keys), `path`, `array`
   (`{"index": i, "dtype": "<f4", "shape": [...]}`, stored in `<name>.<i>.npy`),
-  `npscalar`, `Volume`, `Pair`, `Case`, `Boxes`, `DicomSeries`, `OperatorRef`,
+  `npscalar`, `Volume`, `Pair`, `Case`, `Boxes`, `Annotations`, `DicomSeries`, `OperatorRef`,
   `Measured`, `Figure` (its PNG bytes as a uint8 array), `Network` (operator, arguments
   and one array per weight tensor; rebuilt with `medasl.ops.nets.build`, then loaded)
   and `Trained` (a network and its history).
@@ -41,6 +41,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from medasl.runtime.values import (
+    Annotations,
     Boxes,
     Case,
     DicomSeries,
@@ -179,6 +180,17 @@ def _boxes_dec(node: dict[str, Json], r: _Reader) -> Boxes:
     return Boxes(*(r.array(node[k]) for k in ("lo", "hi", "classes", "scores")), source=_opt_str(node["source"]))
 
 
+def _annotations_enc(a: Annotations, w: _Writer, where: str) -> dict[str, Json]:
+    return {"ids": list(a.ids), **{k: w.array(getattr(a, k), f"{where}.{k}") for k in ("centres", "diameters", "classes")},
+            "coords": a.coords, "source": a.source, "lines": list(a.lines)}
+
+
+def _annotations_dec(node: dict[str, Json], r: _Reader) -> Annotations:
+    return Annotations(tuple(map(_str, _list(node["ids"]))), *(r.array(node[k]) for k in ("centres", "diameters", "classes")),
+                       coords=_str(node["coords"]), source=_opt_str(node["source"]),
+                       lines=tuple(int(_float_dec(x)) for x in _list(node["lines"])))
+
+
 def _series_enc(s: DicomSeries, w: _Writer, where: str) -> dict[str, Json]:
     return {"uid": s.uid, "files": list(s.files), "description": s.description, "modality": s.modality,
             "source": s.source}
@@ -296,6 +308,7 @@ _CODECS: tuple[_Codec, ...] = (
            lambda c, w, where: {"id": c.id, "value": _encode(c.value, w, f"{where}.value")},
            lambda n, r: Case(_str(n["id"]), _decode(n["value"], r))),
     _Codec("Boxes", Boxes, _boxes_enc, _boxes_dec),
+    _Codec("Annotations", Annotations, _annotations_enc, _annotations_dec),
     _Codec("DicomSeries", DicomSeries, _series_enc, _series_dec),
     _Codec("Network", Network, _network_enc, _network_dec),
     _Codec("Trained", Trained, _trained_enc, _trained_dec),

@@ -306,6 +306,8 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
                     augment=EpochAugmenter(cache, task.recipes) if task.recipes else None)
     elif task.op == "infer":
         args["device"] = task.device
+    if task.op in registry.GETS_CASE_ID:
+        args[registry.GETS_CASE_ID[task.op]] = task.case
     if "reduce" in task.lift:
         return _reduce(task, args)
     function = registry.function(task.op)

@@ -283,6 +283,33 @@ class Boxes:
         return int(self.classes.shape[0])
 
 
+@dataclass(eq=False)
+class Annotations:
+    """An `Annotations[3]` value: objects from a table (LUNA16 `annotations.csv` layout),
+    not yet attached to images.
+
+    Row i is the object of case `ids[i]` centred at `centres[i]` (`(x, y, z)`: world LPS
+    mm when `coords` is `"world"`, voxel indices of the case's image when `"voxel"`)
+    with diameter `diameters[i]` mm and class `classes[i]` (1 without a `class`
+    column); `lines[i]` is its line in the file `source`, for diagnostics.
+    """
+
+    ids: tuple[str, ...]
+    centres: np.ndarray
+    diameters: np.ndarray
+    classes: np.ndarray
+    coords: str = "world"
+    source: str | None = None
+    lines: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, case_id: str) -> np.ndarray:
+        """The indices of the rows of case `case_id`, in file order."""
+        return np.array([i for i, c in enumerate(self.ids) if c == case_id], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class CaseSpec:
     """One case of a source dataset (`folder`, `phantom`, ...) before it is read.
