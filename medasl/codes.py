@@ -398,7 +398,7 @@ CODES: dict[str, Code] = {
     ),
     "E2008": Code(
         "size not divisible by the network's down-sampling",
-        'A window or patch size given on the command line (`--set patch=(64, 64, 30)`) is not a multiple of the factor by which the network halves the image (16 for a U-Net with four strides). `medasc check` reports the same for sizes written in the file (E0230); this is the check of the value the run actually uses.',
+        'A window or patch size given on the command line (`--set patch=(64, 64, 30)`), or a training case whose size came out so, is not a multiple of the factor by which the network halves the image (16 for a U-Net with four strides). `medasc check` reports the same for sizes written in the file (E0230); this is the check of the value the run actually uses.',
     ),
     "W0001": Code(
         "unused value",

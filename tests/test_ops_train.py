@@ -246,6 +246,16 @@ def test_boxes_and_detector_voxels_convert_both_ways() -> None:
     np.testing.assert_allclose(back.hi, boxes.hi)
 
 
+def test_a_training_case_the_network_cannot_take_is_e2008(cases: list[Case]) -> None:
+    """A size set with `--set` escapes the checker: a clear diagnostic instead of a
+    tensor-size error deep inside the U-Net."""
+    odd = Case("odd", Pair(pre.crop_or_pad(cases[1].value.input, (30, 32, 16)),
+                            pre.crop_or_pad(cases[1].value.target, (30, 32, 16))))
+    with pytest.raises(DataError) as caught:
+        training.train(_net(), [cases[0], odd], OperatorRef("dice_ce"), epochs=1)
+    assert caught.value.code == "E2008" and "case odd: its size (30, 32, 16) is not divisible by" in caught.value.message
+
+
 def test_a_window_the_network_cannot_take_is_e2008(cases: list[Case]) -> None:
     fit = training.train(_net(), cases[:2], OperatorRef("dice_ce"), epochs=1)
     with pytest.raises(DataError) as caught:

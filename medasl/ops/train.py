@@ -308,6 +308,21 @@ def _detector_targets(pairs: Sequence[Pair], classes: int, ids: Sequence[str]) -
     return targets
 
 
+def _check_divisible(cases: Sequence[Case], divisor: int) -> None:
+    """E2008 for a training case the network cannot take whole: a U-Net's skip
+    connections need every spatial size divisible by its down-sampling factor (a size
+    set with `--set` escapes the checker's E0230). Classifiers pool globally (divisor 1)."""
+    if divisor <= 1:
+        return
+    for case in cases:
+        shape = tuple(case.value.input.shape)  # type: ignore[attr-defined]
+        if any(int(n) % divisor for n in shape):
+            fixed = tuple(-(-int(n) // divisor) * divisor for n in shape)
+            raise DataError("E2008", f"case {case.id}: its size {shape} is not divisible by {divisor}, the network's "
+                            "down-sampling factor", help=f"crop or pad the training cases to multiples of {divisor} "
+                                                         f"(e.g. crop_or_pad({fixed})) or train on patches of such a size")
+
+
 def _check_some_box(cases: Sequence[Case]) -> None:
     """E1006 when no training case has a box: the annotations' ids most likely do not
     match the case ids, and the detector would only learn that nothing is there."""
@@ -454,6 +469,7 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
         _check_some_box(cases)
         _detector_targets([c.value for c in [*cases, *val_cases]], classes, [c.id for c in [*cases, *val_cases]])  # type: ignore[misc]
     else:
+        _check_divisible(cases, divisor)
         targets = {c.id: _target_tensor(to_labels(c.value.target), classes, c.id) for c in cases}  # type: ignore[attr-defined]
         val_labels = _conversion(metric, "target", 2) or to_labels
         for c in val_cases:

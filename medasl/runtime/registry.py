@@ -13,8 +13,9 @@ spread over the executor:
 - random operators (std.aug) take `rng` and return `(result, drawn)`; they are given a
   whole `Pair`, so that image and label get one draw; so is `crop_foreground`, whose
   box comes from the image and applies to both;
-- `patches` turns one case into `per_case` cases;
-- `infer` takes a whole dataset in the language but runs case by case;
+- `patches` and `box_patches` turn one case into `per_case` cases;
+- `infer` and `boxed` take a whole dataset in the language but run case by case;
+- `boxed` and `write_boxes` are told the id of their case (it names their rows);
 - `html` collects every figure the pipeline shows and every metric it computes.
 """
 
