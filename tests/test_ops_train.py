@@ -151,6 +151,20 @@ def test_inference_matches_monai_sliding_window(cases: list[Case]) -> None:
     np.testing.assert_allclose(ours.array, np.moveaxis(theirs.numpy(), 0, -1), atol=1e-6)
 
 
+def test_a_tied_validation_score_keeps_the_later_weights_but_is_no_improvement(cases: list[Case]) -> None:
+    """With a learning rate of 0 nothing changes, so every validation ties the first:
+    the latest weights are kept, and patience still stops the training."""
+    fit = training.train(_net(), cases[:2], OperatorRef("dice_ce"), optimizer=OperatorRef("adam", {"lr": 0.0}),
+                         epochs=6, validate=cases[2:], metric=OperatorRef("dice", inputs={"pred": OperatorRef("argmax")}),
+                         patience=2)
+    assert [h["epoch"] for h in fit.history] == [1, 2, 3]  # epochs 2 and 3 tie: two validations without gain
+    assert len({h["val_dice"] for h in fit.history}) == 1
+    assert fit.best_epoch == 3
+    assert training._judge(0.5, 0.5, "max") == (True, False) and training._judge(0.6, 0.5, "max") == (True, True)
+    assert training._judge(0.4, 0.5, "max") == (False, False) and training._judge(0.4, 0.5, "min") == (True, True)
+    assert training._judge(float("nan"), None, "max") == (False, False)
+
+
 def test_classifiers_train_on_classes_and_give_scores() -> None:
     rng = np.random.default_rng(0)
     data = []
