@@ -4,6 +4,7 @@ quickstart is tested in tests/test_run_models.py, nuclei in tests/test_example_n
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -73,8 +74,6 @@ LUNG_SERIES = "1.3.6.1.4.1.14519.5.2.1.6655.2359.207154000096236603057216610983"
 
 def test_lung_nodules_smoke_detects_in_world_mm_and_classifies_cubes(tmp_path: Path) -> None:
     """Both pipelines on the one annotated chest CT (train and validate on it: `k=1`)."""
-    import csv
-
     err = _run_example("lung_nodules", tmp_path)
     metrics = _metrics(err)
     assert 0.0 <= metrics["cpm"] <= 1.0 and 0.0 <= metrics["val_auc"] <= 1.0, metrics

@@ -1179,10 +1179,10 @@ def _stamp(path: str) -> tuple[int, int]:
 def _ras_coordinates(vol: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World RAS mm (x right, y anterior, z superior) of every voxel centre, (z, y, x)
     arrays: from the volume's LPS geometry, so any origin, spacing and direction work."""
-    d = np.asarray(vol.direction, dtype=np.float64).reshape(3, 3)
-    steps = [np.arange(n, dtype=np.float64) * s for n, s in zip(reversed(vol.array.shape[:3]), vol.spacing)]
+    m = _index_matrix(vol)
+    steps = [np.arange(n, dtype=np.float64) for n in reversed(vol.array.shape[:3])]  # x, y, z indices
     grids = (steps[0][None, None, :], steps[1][None, :, None], steps[2][:, None, None])
-    lps = [vol.origin[c] + sum(d[c, k] * grids[k] for k in range(3)) for c in range(3)]
+    lps = [vol.origin[c] + sum(m[c, k] * grids[k] for k in range(3)) for c in range(3)]
     return (-lps[0]).astype(np.float32), (-lps[1]).astype(np.float32), lps[2].astype(np.float32)
 
 
