@@ -141,12 +141,17 @@ def flip(x: Value, axis: int = 0, p: float = 0.5, *, rng: np.random.Generator) -
     """Mirror along spatial `axis` (0 = x, the first axis of `shape` and `spacing`) with
     probability `p`. Exact (an array flip about the grid centre), so the grid is kept."""
     vol, _ = _volumes(x)
-    if not 0 <= axis < vol.dim:
-        raise ValueError(f"flip: axis {axis} is not an axis of a {vol.dim}-D volume")
+    drawn = _draw_flip(vol.dim, axis, p, rng)
+    return (_apply_flip(x, drawn) if drawn["applied"] else x), drawn
+
+
+def _draw_flip(dim: int, axis: int, p: float, rng: np.random.Generator) -> Drawn:
+    """flip's random draw, apart from the volume (medasl/runtime/fused_spatial.py draws with it too)."""
+    if not 0 <= axis < dim:
+        raise ValueError(f"flip: axis {axis} is not an axis of a {dim}-D volume")
     if not _applies(rng, p):
-        return x, {"applied": False}
-    drawn = {"applied": True, "axis": int(axis)}
-    return _apply_flip(x, drawn), drawn
+        return {"applied": False}
+    return {"applied": True, "axis": int(axis)}
 
 
 def _apply_flip(x: Value, drawn: Drawn) -> Value:
@@ -160,20 +165,29 @@ def rotate(x: Value, angle: float = 10.0, p: float = 0.5, *, rng: np.random.Gene
     """Rotate about the image centre by angles drawn uniformly from [-angle, angle]
     degrees: one in-plane angle in 2-D, one about each of x, y and z in 3-D."""
     vol, _ = _volumes(x)
+    drawn = _draw_rotate(vol.dim, angle, p, rng)
+    return (_apply_rotate(x, drawn) if drawn["applied"] else x), drawn
+
+
+def _draw_rotate(dim: int, angle: float, p: float, rng: np.random.Generator) -> Drawn:
+    """rotate's random draw, apart from the volume (shared with the fused spatial kernel)."""
     if not _applies(rng, p):
-        return x, {"applied": False}
-    n = 1 if vol.dim == 2 else 3
-    drawn = {"applied": True, "angles": _floats(rng.uniform(-angle, angle, size=n))}
-    return _apply_rotate(x, drawn), drawn
+        return {"applied": False}
+    n = 1 if dim == 2 else 3
+    return {"applied": True, "angles": _floats(rng.uniform(-angle, angle, size=n))}
+
+
+def _rotate_transform(vol: Volume, drawn: Drawn) -> sitk.Transform:
+    """The rotation about `vol`'s centre (output point -> input point)."""
+    radians = [math.radians(a) for a in drawn["angles"]]
+    if vol.dim == 2:
+        return sitk.Euler2DTransform(_centre(vol), radians[0])
+    return sitk.Euler3DTransform(_centre(vol), *radians)
 
 
 def _apply_rotate(x: Value, drawn: Drawn) -> Value:
     vol, _ = _volumes(x)
-    radians = [math.radians(a) for a in drawn["angles"]]
-    if vol.dim == 2:
-        transform: sitk.Transform = sitk.Euler2DTransform(_centre(vol), radians[0])
-    else:
-        transform = sitk.Euler3DTransform(_centre(vol), *radians)
+    transform = _rotate_transform(vol, drawn)
     return _spatial(x, lambda v: _resample(v, transform))
 
 
@@ -184,26 +198,35 @@ def affine(x: Value, scale: float = 0.1, shear: float = 0.0, translate: float = 
     axes (each off-diagonal matrix element is tan(angle)), and a translation per axis
     from [-translate, translate] mm."""
     vol, _ = _volumes(x)
+    drawn = _draw_affine(vol.dim, scale, shear, translate, p, rng)
+    return (_apply_affine(x, drawn) if drawn["applied"] else x), drawn
+
+
+def _draw_affine(d: int, scale: float, shear: float, translate: float, p: float, rng: np.random.Generator) -> Drawn:
+    """affine's random draw, apart from the volume (shared with the fused spatial kernel)."""
     if not _applies(rng, p):
-        return x, {"applied": False}
-    d = vol.dim
-    drawn = {"applied": True,
-             "scale": _floats(rng.uniform(1 - scale, 1 + scale, size=d)),
-             "shear": _floats(rng.uniform(-shear, shear, size=d * (d - 1))),
-             "translate": _floats(rng.uniform(-translate, translate, size=d))}
-    return _apply_affine(x, drawn), drawn
+        return {"applied": False}
+    return {"applied": True,
+            "scale": _floats(rng.uniform(1 - scale, 1 + scale, size=d)),
+            "shear": _floats(rng.uniform(-shear, shear, size=d * (d - 1))),
+            "translate": _floats(rng.uniform(-translate, translate, size=d))}
 
 
 def _apply_affine(x: Value, drawn: Drawn) -> Value:
     vol, _ = _volumes(x)
+    transform = _affine_transform(vol, drawn)
+    return _spatial(x, lambda v: _resample(v, transform))
+
+
+def _affine_transform(vol: Volume, drawn: Drawn) -> sitk.Transform:
+    """The drawn affine transform about `vol`'s centre (output point -> input point)."""
     d = vol.dim
     shear = np.eye(d)
     off = [(i, j) for i in range(d) for j in range(d) if i != j]
     for (i, j), a in zip(off, drawn["shear"]):
         shear[i, j] = math.tan(math.radians(a))
     matrix = np.diag(drawn["scale"]) @ shear
-    transform = sitk.AffineTransform(_floats(matrix), drawn["translate"], _centre(vol))
-    return _spatial(x, lambda v: _resample(v, transform))
+    return sitk.AffineTransform(_floats(matrix), drawn["translate"], _centre(vol))
 
 
 def elastic(x: Value, sigma: float = 10.0, magnitude: float = 5.0, p: float = 0.2, *,
@@ -212,14 +235,30 @@ def elastic(x: Value, sigma: float = 10.0, magnitude: float = 5.0, p: float = 0.
     Gaussian of width `sigma` mm and scaled so that the largest displacement is
     `magnitude` mm. The field is generated from a recorded seed on the input's grid;
     its components are displacements in physical (x, y, z) space."""
+    drawn = _draw_elastic(sigma, magnitude, p, rng)
+    return (_apply_elastic(x, drawn) if drawn["applied"] else x), drawn
+
+
+def _draw_elastic(sigma: float, magnitude: float, p: float, rng: np.random.Generator) -> Drawn:
+    """elastic's random draw, apart from the volume (shared with the fused spatial kernel)."""
     if not _applies(rng, p):
-        return x, {"applied": False}
-    drawn = {"applied": True, "field_seed": _seed(rng), "sigma": float(sigma), "magnitude": float(magnitude)}
-    return _apply_elastic(x, drawn), drawn
+        return {"applied": False}
+    return {"applied": True, "field_seed": _seed(rng), "sigma": float(sigma), "magnitude": float(magnitude)}
 
 
 def _apply_elastic(x: Value, drawn: Drawn) -> Value:
     vol, _ = _volumes(x)
+    displacement = sitk.GetImageFromArray(_elastic_field(vol, drawn), isVector=True)
+    displacement.SetSpacing(vol.spacing)
+    displacement.SetOrigin(vol.origin)
+    displacement.SetDirection(vol.direction)
+    transform = sitk.DisplacementFieldTransform(displacement)
+    return _spatial(x, lambda v: _resample(v, transform))
+
+
+def _elastic_field(vol: Volume, drawn: Drawn) -> np.ndarray:
+    """The drawn displacements on `vol`'s grid: float64 `(*array shape, dim)`, physical
+    (x, y, z) mm components (only `vol`'s grid is used, not its values)."""
     sigma = drawn["sigma"]
     # The noise is drawn on a grid padded by 3 sigma on every side and cropped after
     # smoothing: the recursive Gaussian inflates the field near the border of its grid,
@@ -235,12 +274,7 @@ def _apply_elastic(x: Value, drawn: Drawn) -> Value:
     smooth = sitk.GetArrayFromImage(field)[tuple(slice(q, q + n) for q, n in zip(pad, shape))]
     largest = float(np.max(np.linalg.norm(smooth, axis=-1))) if smooth.size else 0.0
     smooth = smooth * (drawn["magnitude"] / largest) if largest > 0 else np.zeros_like(smooth)
-    displacement = sitk.GetImageFromArray(np.ascontiguousarray(smooth, dtype=np.float64), isVector=True)
-    displacement.SetSpacing(vol.spacing)
-    displacement.SetOrigin(vol.origin)
-    displacement.SetDirection(vol.direction)
-    transform = sitk.DisplacementFieldTransform(displacement)
-    return _spatial(x, lambda v: _resample(v, transform))
+    return np.ascontiguousarray(smooth, dtype=np.float64)
 
 
 def random_rescale(x: Value, scale: Sequence[float] = (0.85, 1.25), p: float = 0.2, *,
@@ -248,17 +282,28 @@ def random_rescale(x: Value, scale: Sequence[float] = (0.85, 1.25), p: float = 0
     """Zoom in or out about the image centre by one factor drawn from the range `scale`
     (above 1 enlarges the content), keeping the grid: what leaves the grid is cropped,
     what enters from outside is filled."""
+    drawn = _draw_random_rescale(scale, p, rng)
+    return (_apply_random_rescale(x, drawn) if drawn["applied"] else x), drawn
+
+
+def _draw_random_rescale(scale: Sequence[float], p: float, rng: np.random.Generator) -> Drawn:
+    """random_rescale's random draw (shared with the fused spatial kernel)."""
     lo, hi = float(scale[0]), float(scale[1])
     if not _applies(rng, p):
-        return x, {"applied": False}
-    drawn = {"applied": True, "factor": float(rng.uniform(lo, hi))}
-    return _apply_random_rescale(x, drawn), drawn
+        return {"applied": False}
+    return {"applied": True, "factor": float(rng.uniform(lo, hi))}
+
+
+def _rescale_transform(vol: Volume, drawn: Drawn) -> sitk.Transform:
+    """The zoom about `vol`'s centre (output point -> input point)."""
+    transform = sitk.ScaleTransform(vol.dim, [1.0 / drawn["factor"]] * vol.dim)
+    transform.SetCenter(_centre(vol))
+    return transform
 
 
 def _apply_random_rescale(x: Value, drawn: Drawn) -> Value:
     vol, _ = _volumes(x)
-    transform = sitk.ScaleTransform(vol.dim, [1.0 / drawn["factor"]] * vol.dim)
-    transform.SetCenter(_centre(vol))
+    transform = _rescale_transform(vol, drawn)
     return _spatial(x, lambda v: _resample(v, transform))
 
 
@@ -302,13 +347,21 @@ def random_crop(x: Value, size: Sequence[int], *, rng: np.random.Generator) -> t
     Along an axis where the case is smaller than `size`, it is padded evenly on both
     sides first (the start index is then negative)."""
     vol, _ = _volumes(x)
-    size = _check_size(vol, size, "random_crop")
+    drawn = _draw_random_crop(vol.shape, size, rng)
     _same_grid(x, "random_crop")
-    start = []
-    for n, s in zip(vol.shape, size):
-        start.append(int(rng.integers(0, n - s + 1)) if n >= s else -((s - n) // 2))
-    drawn = {"start": start, "size": size}
     return _apply_random_crop(x, drawn), drawn
+
+
+def _draw_random_crop(shape: Sequence[int], size: Sequence[int], rng: np.random.Generator) -> Drawn:
+    """random_crop's random draw for a case of `shape` voxels ((x, y, z); shared with the
+    fused spatial kernel)."""
+    size = [int(s) for s in size]
+    if len(size) != len(shape) or any(s <= 0 for s in size):
+        raise ValueError(f"random_crop: size {tuple(size)} is not a positive size of a {len(shape)}-D volume")
+    start = []
+    for n, s in zip(shape, size):
+        start.append(int(rng.integers(0, n - s + 1)) if n >= s else -((s - n) // 2))
+    return {"start": start, "size": size}
 
 
 def _apply_random_crop(x: Value, drawn: Drawn) -> Value:
