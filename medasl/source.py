@@ -44,3 +44,8 @@ class Span:
             "end_line": self.end_line,
             "end_column": self.end_column,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Span:
+        return cls(str(data["file"]), int(data["line"]), int(data["column"]),  # type: ignore[arg-type]
+                   int(data["end_line"]), int(data["end_column"]))  # type: ignore[arg-type]

@@ -262,25 +262,49 @@ def _base_name(v: Var) -> str:
     return v.name.split("'")[0]
 
 
-def type_to_json(t: TyLike) -> object:
-    """A JSON-friendly form of a type (for `--emit ir --format json` and hashing)."""
+def type_to_json(t: TyLike, full: bool = False) -> object:
+    """A JSON-friendly form of a type (for `--emit ir --format json` and hashing).
+    Hashing leaves out the grid token and numbers of fresh variables (they follow the
+    order of checking); `full=True` keeps them, so that `type_from_json` gives back
+    the same type."""
     if isinstance(t, Var):
-        return {"var": _base_name(t)}
+        return {"var": t.name if full else _base_name(t)}
     if isinstance(t, Fn):
-        return {"fn": [type_to_json(p) for p in t.params], "result": type_to_json(t.result)}
+        return {"fn": [type_to_json(p, full) for p in t.params], "result": type_to_json(t.result, full)}
 
     def attr_json(v: AttrValue) -> object:
         if v is UNKNOWN:
             return None
         if isinstance(v, Var):
-            return {"var": _base_name(v)}
+            return {"var": v.name if full else _base_name(v)}
         return list(v) if isinstance(v, tuple) else v
 
     out: dict[str, object] = {"type": t.name}
     if t.attrs:
         names = CONSTRUCTORS[t.name].attrs if t.name in CONSTRUCTORS else ()
-        out["attrs"] = [None if i < len(names) and names[i] in HIDDEN_ATTRS else attr_json(a)
+        out["attrs"] = [None if not full and i < len(names) and names[i] in HIDDEN_ATTRS else attr_json(a)
                         for i, a in enumerate(t.attrs)]
     if t.params:
-        out["params"] = [type_to_json(p) for p in t.params]
+        out["params"] = [type_to_json(p, full) for p in t.params]
     return out
+
+
+def type_from_json(data: object) -> TyLike:
+    """The type `type_to_json(t, full=True)` wrote."""
+    assert isinstance(data, dict), data
+    if "var" in data:
+        return Var(str(data["var"]))
+    if "fn" in data:
+        return Fn(tuple(type_from_json(p) for p in data["fn"]), type_from_json(data["result"]))
+
+    def attr_from(v: object) -> AttrValue:
+        if v is None:
+            return UNKNOWN
+        if isinstance(v, dict):
+            return Var(str(v["var"]))
+        if isinstance(v, list):
+            return tuple(v)
+        return v  # type: ignore[return-value]
+
+    return Ty(str(data["type"]), tuple(attr_from(a) for a in data.get("attrs", ())),
+              tuple(type_from_json(p) for p in data.get("params", ())))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
-from medasl.ir.graph import Const, OpRef, Ref, Value
+from medasl.ir.graph import Const, OpRef, Ref, Tup, Value
 from medasl.ir.types import (
     COLLECTIONS,
     CONSTRUCTORS,
@@ -284,10 +284,10 @@ class CallChecker:
                 if isinstance(literal, Const):
                     consts[p.name] = literal.value
         for k, v in values.items():  # a param's value is known unless it is searched
-            if isinstance(v.value, Ref) and v.value.node in self.pc.graph.nodes:
-                node = self.pc.graph.nodes[v.value.node]
-                if node.op == "param" and node.search is None and isinstance(node.args[0][1], Const):
-                    consts[k] = node.args[0][1].value
+            if isinstance(v.value, Ref | Tup):
+                literal = domain.literal_with_defaults(self.pc.graph, v.value)
+                if literal is not None:
+                    consts[k] = literal
         consts = {k: _tuple_ints(v) for k, v in consts.items()}
         result = finalize(resolve(fresh_vars(self.op.result, attempt.mapping), attempt.subst, consts))  # type: ignore[arg-type]
         primary = types.get(self.op.params[0].name) if self.op.params else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medasl.diagnostics import Diagnostics, Label, label, secondary
-from medasl.ir.graph import Const, Graph, Node, OpRef, Ref, Value
+from medasl.ir.graph import Const, Graph, Node, OpRef, Ref, Tup, Value
 from medasl.ir.types import (
     BOOL,
     BYTES,
@@ -35,7 +35,7 @@ from medasl.ir.types import (
     format_type,
     vec,
 )
-from medasl.semantics import domain, search
+from medasl.semantics import domain, search, traits
 from medasl.semantics.matching import (
     ERROR,
     Mismatch,
@@ -85,20 +85,52 @@ class CheckResult:
     sources: dict[str, SourceFile]
 
 
-def check_source(source: SourceFile, diags: Diagnostics | None = None) -> CheckResult:
-    """Parse and check one file: the whole front end in one call."""
+def check_source(source: SourceFile, diags: Diagnostics | None = None,
+                 overrides: dict[str, str] | None = None) -> CheckResult:
+    """Parse and check one file: the whole front end in one call. `overrides` gives
+    parameters other values (`medasc run --set name=value`): each is parsed as a medas
+    expression and checked as that parameter's default would be, so the graph is typed
+    and checked with the values the run will use."""
     from medasl.syntax.parser import parse
 
     diags = diags if diags is not None else Diagnostics()
     sources = {source.name: source}
+    parsed = _parse_overrides(overrides or {}, diags, sources)
     tree = parse(source, diags)
-    if tree is None:
+    if tree is None or diags.has_errors:
         return CheckResult([], diags, sources)
-    return check_module(tree, source, diags, sources)
+    return check_module(tree, source, diags, sources, parsed)
+
+
+def override_source(name: str, text: str) -> SourceFile:
+    """A `--set name=text` value as a small medas file, so that it is read by the
+    language's own grammar (units, tuples, operators) and its diagnostics can show it."""
+    return SourceFile(f"--set {name}", f"pipeline set {{\n  param {name} = {text.strip()}\n}}\n")
+
+
+def _parse_overrides(overrides: dict[str, str], diags: Diagnostics,
+                     sources: dict[str, SourceFile]) -> dict[str, ast.Expr]:
+    from medasl.syntax.parser import parse
+
+    parsed: dict[str, ast.Expr] = {}
+    for name, text in overrides.items():
+        source = override_source(name, text)
+        sources[source.name] = source
+        tree = parse(source, diags)
+        items = tree.items if tree is not None else ()
+        stmts = items[0].stmts if len(items) == 1 and isinstance(items[0], ast.Pipeline) else ()
+        if len(stmts) == 1 and isinstance(stmts[0], ast.Param) and stmts[0].search is None:
+            parsed[name] = stmts[0].default
+        elif tree is not None:
+            diags.error("E0001", f"`--set {name}={text}`: the value is not one medas expression",
+                        help="give a value as it would be written in the file, e.g. --set lr=0.001 or "
+                        "--set \"spacing=(1.5, 1.5, 2) mm\"")
+    return parsed
 
 
 def check_module(
-    tree: ast.Module, source: SourceFile, diags: Diagnostics, sources: dict[str, SourceFile]
+    tree: ast.Module, source: SourceFile, diags: Diagnostics, sources: dict[str, SourceFile],
+    overrides: dict[str, ast.Expr] | None = None,
 ) -> CheckResult:
     loader = Loader(diags, sources)
     base_dir = Path(source.name).resolve().parent
@@ -114,7 +146,7 @@ def check_module(
                             secondary(seen[item.name], "first definition"))
                 continue
             seen[item.name] = item.name_span
-            graphs.append(PipelineChecker(item, scope, loader, diags).run())
+            graphs.append(PipelineChecker(item, scope, loader, diags, dict(overrides or {})).run())
     _check_unused_imports(tree, scope, graphs, diags)
     return CheckResult(graphs, diags, sources)
 
@@ -169,6 +201,7 @@ class PipelineChecker:
     file_scope: FileScope
     loader: Loader
     diags: Diagnostics
+    overrides: dict[str, ast.Expr] = field(default_factory=dict)  # `--set` values, parsed
     graph: Graph = field(init=False)
     bindings: dict[str, ast.Binding] = field(default_factory=dict)
     params: dict[str, ast.Param] = field(default_factory=dict)
@@ -260,6 +293,10 @@ class PipelineChecker:
             ptype = declared if declared is not None else default.type
             if declared is not None:
                 self._fit_value(default, declared, f"the default of `{name}`")
+            if name in self.overrides and ptype != ERROR:
+                given = self.expr(self.overrides[name], ptype)
+                if given.type != ERROR and self._fit_value(given, ptype, f"`--set {name}`"):
+                    default = given
             space = search.check_search(stmt, default, ptype, self) if stmt.search is not None else None
         finally:
             self.in_progress.pop()
@@ -326,23 +363,9 @@ class PipelineChecker:
         return Val(Const(None), ERROR, span)
 
     def _rename(self, node: Node, new_id: str) -> None:
-        """Give a node its binding's name (nodes are created before names are known).
-
-        A binding's value is almost always the node its expression created last: then
-        nothing refers to it yet and one dictionary entry moves. Otherwise only the
-        nodes created after it can refer to it."""
+        """Give a node its binding's name (nodes are created before names are known)."""
         old = node.id
-        nodes = self.graph.nodes
-        order = list(nodes) if next(reversed(nodes)) != old else [old]
-        later = order[order.index(old) + 1:]
-        self.graph.nodes = {(new_id if k == old else k): v for k, v in nodes.items()} if later else nodes
-        if not later:
-            del nodes[old]
-            nodes[new_id] = node
-        node.id = new_id
-        for other_id in later:
-            other = self.graph.nodes[other_id]
-            other.args = tuple((k, _rename_value(v, old, new_id)) for k, v in other.args)
+        self.graph.rename(old, new_id)
         if node.op == "field":  # later uses of the same field find it under its new name
             key = (str(node.args[0][1]), str(node.args[1][1].value))  # type: ignore[union-attr]
             if key in self.fields_memo:
@@ -434,7 +457,9 @@ class PipelineChecker:
         if isinstance(e, ast.ListExpr):
             items = [self.expr(i) for i in e.items]
             elem = items[0].type if items else Ty("Any")
-            return Val(Const(tuple(_const(i) for i in items)), Ty("List", (), (elem,)), e.span)
+            if all(isinstance(i.value, Const) for i in items):
+                return Val(Const(tuple(_const(i) for i in items)), Ty("List", (), (elem,)), e.span)
+            return Val(Tup(tuple(i.value for i in items), kind="list"), Ty("List", (), (elem,)), e.span)
         if isinstance(e, ast.Name):
             return self._name(e, expected)
         if isinstance(e, ast.Field):
@@ -478,7 +503,7 @@ class PipelineChecker:
         if all(isinstance(i.value, Const) for i in items):
             return Val(Const(tuple(_const(i) for i in items), items[0].value.unit if items else None),  # type: ignore[union-attr]
                        vec(elem, len(items)), e.span)
-        return Val(Const(tuple(i.value for i in items)), vec(elem, len(items)), e.span)
+        return Val(Tup(tuple(i.value for i in items)), vec(elem, len(items)), e.span)
 
     def _name(self, e: ast.Name, expected: TyLike | None) -> Val:
         name = e.id
@@ -766,7 +791,11 @@ class PipelineChecker:
             n += 1
             self.counter[base] = n
             node_id = f"{base}_{n}"
-        return self.graph.add(Node(node_id, op, args, type_, span, stage=stage, lift=lift, **kw))  # type: ignore[arg-type]
+        sig = stdlib().find_op(op)
+        return self.graph.add(Node(node_id, op, args, type_, span, stage=stage, lift=lift,
+                                   module=sig.module if sig else "", traits=traits.traits(sig, op, stage),
+                                   interp=traits.interpolation(sig, dict(args), type_),
+                                   path_params=traits.path_params(sig), **kw))  # type: ignore[arg-type]
 
     def enum(self, name: str) -> EnumDef | None:
         return self.file_scope.enums.get(name)
@@ -833,12 +862,6 @@ def _value_name(value: Value) -> str:
     return "value"
 
 
-def _rename_value(value: Value, old: str, new: str) -> Value:
-    if isinstance(value, Ref) and value.node == old:
-        return Ref(new)
-    if isinstance(value, OpRef):
-        return OpRef(value.op, tuple((k, _rename_value(v, old, new)) for k, v in value.args))
-    return value
 
 
 __all__ = ["check_source", "check_module", "CheckResult", "PipelineChecker", "Val"]

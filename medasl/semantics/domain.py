@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
-from medasl.ir.graph import Const, Graph, OpRef, Ref
+from medasl.ir.graph import Const, Graph, OpRef, Ref, Tup
 from medasl.ir.types import (
     CONSTRUCTORS,
     LABEL_KINDS,
@@ -288,9 +288,9 @@ def check_ranges(cc: CallChecker, values: dict[str, Val]) -> None:
                                   ("fraction", lambda v: 0 <= v <= 1, "between 0 and 1")):
         for param in cc.op.attrs.get(attribute, ()):
             val = values.get(str(param))
-            if val is None or not isinstance(val.value, Const):
+            raw = literal_with_defaults(cc.pc.graph, val.value) if val is not None else None
+            if raw is None:
                 continue
-            raw = val.value.value
             numbers = raw if isinstance(raw, tuple) else (raw,)
             bad = [v for v in numbers if isinstance(v, int | float) and not isinstance(v, bool) and not ok(v)]
             if bad:
@@ -314,7 +314,7 @@ def check_divisible(cc: CallChecker, attempt: Attempt, values: dict[str, Val]) -
         return
     size = None
     where = size_val.span
-    literal = _with_param_defaults(cc.pc.graph, size_val.value)
+    literal = literal_with_defaults(cc.pc.graph, size_val.value)
     if isinstance(literal, tuple):
         size = literal
     else:
@@ -333,19 +333,25 @@ def check_divisible(cc: CallChecker, attempt: Attempt, values: dict[str, Val]) -
                     help=f"use a multiple of {factor} on every axis, e.g. {_tuple_text(fixed)}")
 
 
-def _with_param_defaults(graph: Graph, value: object) -> object:
-    """A literal with the parameters in it replaced by their defaults (`(crop, crop)`,
-    `window=patch`), so that sizes made of parameters are checked too (a `--set` value
-    is checked by the operator when it runs: E2008)."""
+def literal_with_defaults(graph: Graph, value: object) -> object:
+    """The literal a value stands for, with the parameters in it replaced by their
+    defaults (`(crop, crop, 48)`, `window=patch`), so that sizes and ranges made of
+    parameters are checked like literals; None where a part is not a known literal (a
+    searched parameter, another node's result). `--set` values are checked the same way:
+    they become the parameters' defaults (see `check_source(..., overrides)`)."""
     if isinstance(value, Const):
-        return _with_param_defaults(graph, value.value)
+        return value.value
+    if isinstance(value, Tup):
+        items = tuple(literal_with_defaults(graph, v) for v in value.items)
+        return None if any(i is None for i in items) else items
     if isinstance(value, Ref):
         node = graph.nodes.get(value.node)
-        if node is None or node.op != "param":
+        if node is None or node.op != "param" or node.search is not None:
             return None
-        return _with_param_defaults(graph, dict(node.args).get("default"))
+        return literal_with_defaults(graph, node.arg("default"))
     if isinstance(value, tuple):
-        return tuple(_with_param_defaults(graph, v) for v in value)
+        items = tuple(literal_with_defaults(graph, v) for v in value)
+        return None if any(i is None for i in items) else items
     return value
 
 
