@@ -478,17 +478,28 @@ def _apply_box_patches(x: Pair, drawn: Drawn) -> list[Pair]:
 def gaussian_noise(x: Value, std: float = 0.01, p: float = 1.0, *, rng: np.random.Generator) -> tuple[Value, Drawn]:
     """Add zero-mean Gaussian noise of standard deviation `std` (image units), generated
     from a recorded seed."""
+    drawn = draw_gaussian_noise(rng, std, p)
+    return (_apply_gaussian_noise(x, drawn) if drawn["applied"] else x), drawn
+
+
+# The draw_* functions make exactly the draws of their operator, so the fused intensity kernel
+# (medasl/runtime/fused_intensity.py) records and applies what the unfused operator would.
+def draw_gaussian_noise(rng: np.random.Generator, std: float = 0.01, p: float = 1.0) -> Drawn:
+    """The random parameters `gaussian_noise` draws from `rng`."""
     if not _applies(rng, p):
-        return x, {"applied": False}
-    drawn = {"applied": True, "noise_seed": _seed(rng), "std": float(std)}
-    return _apply_gaussian_noise(x, drawn), drawn
+        return {"applied": False}
+    return {"applied": True, "noise_seed": _seed(rng), "std": float(std)}
+
+
+def noise_field(drawn: Drawn, shape: tuple[int, ...]) -> np.ndarray:
+    """The standard normal float64 field `gaussian_noise` scales by `drawn["std"]` and adds."""
+    return np.random.default_rng(drawn["noise_seed"]).standard_normal(shape)
 
 
 def _apply_gaussian_noise(x: Value, drawn: Drawn) -> Value:
     def one(vol: Volume) -> Volume:
         a = _as_float(vol)
-        noise = np.random.default_rng(drawn["noise_seed"]).standard_normal(a.shape)
-        return vol.with_array((a + drawn["std"] * noise).astype(a.dtype, copy=False))
+        return vol.with_array((a + drawn["std"] * noise_field(drawn, a.shape)).astype(a.dtype, copy=False))
 
     return _intensity(x, one)
 
@@ -517,10 +528,15 @@ def _apply_gaussian_blur(x: Value, drawn: Drawn) -> Value:
 def gamma(x: Value, log_gamma: float = 0.3, p: float = 0.3, *, rng: np.random.Generator) -> tuple[Value, Drawn]:
     """Gamma correction with gamma = exp(g), g uniform in [-log_gamma, log_gamma], applied
     to the intensities rescaled to [0, 1] and mapped back to the original range."""
+    drawn = draw_gamma(rng, log_gamma, p)
+    return (_apply_gamma(x, drawn) if drawn["applied"] else x), drawn
+
+
+def draw_gamma(rng: np.random.Generator, log_gamma: float = 0.3, p: float = 0.3) -> Drawn:
+    """The random parameters `gamma` draws from `rng`."""
     if not _applies(rng, p):
-        return x, {"applied": False}
-    drawn = {"applied": True, "gamma": float(math.exp(rng.uniform(-log_gamma, log_gamma)))}
-    return _apply_gamma(x, drawn), drawn
+        return {"applied": False}
+    return {"applied": True, "gamma": float(math.exp(rng.uniform(-log_gamma, log_gamma)))}
 
 
 def _apply_gamma(x: Value, drawn: Drawn) -> Value:
@@ -538,10 +554,15 @@ def _apply_gamma(x: Value, drawn: Drawn) -> Value:
 def contrast(x: Value, factor: float = 0.25, p: float = 0.15, *, rng: np.random.Generator) -> tuple[Value, Drawn]:
     """Scale the intensities about their mean by a factor from [1 - factor, 1 + factor]
     and clip to the original range (as nnU-Net)."""
+    drawn = draw_contrast(rng, factor, p)
+    return (_apply_contrast(x, drawn) if drawn["applied"] else x), drawn
+
+
+def draw_contrast(rng: np.random.Generator, factor: float = 0.25, p: float = 0.15) -> Drawn:
+    """The random parameters `contrast` draws from `rng`."""
     if not _applies(rng, p):
-        return x, {"applied": False}
-    drawn = {"applied": True, "factor": float(rng.uniform(1 - factor, 1 + factor))}
-    return _apply_contrast(x, drawn), drawn
+        return {"applied": False}
+    return {"applied": True, "factor": float(rng.uniform(1 - factor, 1 + factor))}
 
 
 def _apply_contrast(x: Value, drawn: Drawn) -> Value:
@@ -558,10 +579,15 @@ def _apply_contrast(x: Value, drawn: Drawn) -> Value:
 
 def brightness(x: Value, factor: float = 0.25, p: float = 0.15, *, rng: np.random.Generator) -> tuple[Value, Drawn]:
     """Multiply the intensities by a factor from [1 - factor, 1 + factor]."""
+    drawn = draw_brightness(rng, factor, p)
+    return (_apply_brightness(x, drawn) if drawn["applied"] else x), drawn
+
+
+def draw_brightness(rng: np.random.Generator, factor: float = 0.25, p: float = 0.15) -> Drawn:
+    """The random parameters `brightness` draws from `rng`."""
     if not _applies(rng, p):
-        return x, {"applied": False}
-    drawn = {"applied": True, "factor": float(rng.uniform(1 - factor, 1 + factor))}
-    return _apply_brightness(x, drawn), drawn
+        return {"applied": False}
+    return {"applied": True, "factor": float(rng.uniform(1 - factor, 1 + factor))}
 
 
 def _apply_brightness(x: Value, drawn: Drawn) -> Value:
