@@ -68,8 +68,9 @@ def _print_diagnostics(diags: Diagnostics, sources: dict, fmt: str) -> None:
         click.echo(text + "\n", err=True)
 
 
-def _load(file: str) -> tuple[object, Diagnostics, dict]:
-    """Read and check one file; a file that cannot be read is a user error (E0010)."""
+def _load(file: str, overrides: dict[str, str] | None = None) -> tuple[object, Diagnostics, dict]:
+    """Read and check one file (with `--set` values as the parameters' defaults); a file
+    that cannot be read is a user error (E0010)."""
     from medasl.semantics.checker import check_source
     from medasl.source import SourceFile
 
@@ -80,7 +81,7 @@ def _load(file: str) -> tuple[object, Diagnostics, dict]:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         diags.error("E0010", f"cannot read `{file}`: {reason}")
         return None, diags, {}
-    result = check_source(source, diags)
+    result = check_source(source, diags, overrides)
     return result, diags, result.sources
 
 
@@ -130,19 +131,23 @@ def check(files: tuple[str, ...], message_format: str, deny_warnings: bool) -> N
 @click.option("-o", "--output", required=True, help="Output file: .svg, .png, .pdf or .dot.")
 @click.option("--pipeline", "pipeline_name", default=None,
               help="Draw only this pipeline (by default, every pipeline of the file).")
+@click.option("-O", "level", type=click.IntRange(0, 3), default=None,
+              help="Draw the graph optimized at this level (-O0 .. -O3; fused nodes show what they replaced); "
+              "by default the checked graph as written.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Give a parameter another value.")
 @_guard
-def graph(file: str, output: str, pipeline_name: str | None) -> None:
+def graph(file: str, output: str, pipeline_name: str | None, level: int | None, sets: tuple[str, ...]) -> None:
     """Draw the pipeline in FILE as a diagram (Graphviz)."""
     from medasl.viz.diagram import FORMATS, render_graph
 
     suffix = Path(output).suffix.lower().lstrip(".")
     if suffix not in FORMATS:
         raise click.UsageError(f"cannot write `{output}`: the output must end in {', '.join('.' + f for f in FORMATS)}")
-    result, diags, sources = _load(file)
+    result, diags, sources = _load(file, _sets(sets))
     _print_diagnostics(diags, sources, "text")
     if diags.has_errors:
         _finish(diags)
-    chosen = _pick_pipelines(result, pipeline_name)
+    chosen = _optimized(_pick_pipelines(result, pipeline_name), level, _sets(sets))
     message = render_graph(chosen, Path(output), suffix)
     click.echo(message, err=True)
 
@@ -160,14 +165,46 @@ def _pick_pipelines(result: object, name: str | None) -> list:
     raise click.UsageError(f"no pipeline `{name}` in the file; it has {', '.join(g.name for g in graphs)}")
 
 
+def _optimized(graphs: list, level: int | None, overrides: dict[str, str],
+               print_after: tuple[str, ...] = ()) -> list:
+    """The graphs optimized at `level` (as checked when None), printing the IR after
+    the passes named in `print_after` to standard output."""
+    if level is None and not print_after:
+        return graphs
+    from medasl.passes import DEFAULT_LEVEL, optimize, pass_names
+    from medasl.runtime.session import UsageProblem, check_overrides
+
+    unknown = [p for p in print_after if p not in pass_names()]
+    if unknown:
+        raise click.UsageError(f"--print-after {unknown[0]}: no such pass; the passes are {', '.join(pass_names())}")
+    try:
+        check_overrides(graphs, overrides)
+    except UsageProblem as exc:
+        raise click.UsageError(str(exc)) from None
+    found = []
+    for graph in graphs:
+        result = optimize(graph, DEFAULT_LEVEL if level is None else level, print_after)
+        for text in result.printed:
+            click.echo(text + "\n")
+        found.append(result.graph)
+    return found
+
+
 @main.command(name="compile")
 @click.argument("file")
 @click.option("--emit", type=click.Choice(["ast", "ir"]), required=True,
               help="Print an intermediate form: the syntax tree or the typed IR.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-O", "level", type=click.IntRange(0, 3), default=None,
+              help="Print the IR optimized at this level (-O0 .. -O3); by default the checked IR.")
+@click.option("--print-after", multiple=True, metavar="PASS",
+              help="Also print the IR after this pass (repeatable; implies -O2 unless -O is given).")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+              help="Give a parameter another value (checked as its default would be).")
 @_guard
-def compile_(file: str, emit: str, fmt: str) -> None:
-    """Compile FILE and print an intermediate form (see docs/language.md)."""
+def compile_(file: str, emit: str, fmt: str, level: int | None, print_after: tuple[str, ...],
+             sets: tuple[str, ...]) -> None:
+    """Compile FILE and print an intermediate form (see docs/language.md, docs/compiler.md)."""
     if emit == "ast":
         from medasl.source import SourceFile
         from medasl.syntax.ast import dump
@@ -187,11 +224,13 @@ def compile_(file: str, emit: str, fmt: str) -> None:
             _finish(diags)
         click.echo(dump(tree))
         return
-    result, diags, sources = _load(file)
+    result, diags, sources = _load(file, _sets(sets))
     _print_diagnostics(diags, sources, "text")
     if diags.has_errors:
         _finish(diags)
-    graphs = result.graphs  # type: ignore[attr-defined]
+    graphs = _optimized(result.graphs, level, _sets(sets), print_after)  # type: ignore[attr-defined]
+    if print_after:
+        return
     if fmt == "json":
         click.echo(json.dumps([g.to_json() for g in graphs], indent=2))
     else:
@@ -294,9 +333,12 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="Worker processes for per-case work (default: from the number of cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The cache directory (results in DIR/results); default $MEDASL_CACHE_DIR or ~/.cache/medasl.")
+@click.option("-O", "level", type=click.IntRange(0, 3), default=2, show_default=True,
+              help="Optimization level: -O0 runs every operator as written (the reference), -O1 also cleans "
+              "the graph up, -O2 fuses spatial and intensity chains.")
 @_guard
 def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tuple[str, ...], out: Path,
-        pipeline_name: str | None, seed: int, workers: int, cache_dir: Path | None) -> None:
+        pipeline_name: str | None, seed: int, workers: int, cache_dir: Path | None, level: int) -> None:
     """Run the pipelines in FILE; results are cached, so running again resumes."""
     import contextlib
     import faulthandler
@@ -306,7 +348,7 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
         faulthandler.enable()  # should a native library crash, print its Python stack, not only "Segmentation fault"
     overrides = _sets(sets)
     _require_run_extra()
-    result, diags, sources = _load(file)
+    result, diags, sources = _load(file, overrides)
     _print_diagnostics(diags, sources, "text")
     if diags.has_errors:
         _finish(diags)
@@ -321,7 +363,7 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
 
     request = session.RunRequest(overrides, out, Cache(cache_root(cache_dir)), seed, device, workers, force, dry_run)
     try:
-        plans = session.plans(chosen, overrides)
+        plans = session.plans(chosen, overrides, level)
         session.check_force(plans, force)
     except session.UsageProblem as exc:
         raise click.UsageError(str(exc)) from None

@@ -14,7 +14,7 @@ pytest.importorskip("rich", reason="running needs the run extra (pip install -e 
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402, N813
 
-from medasl.lower.plan import LoweringError, OpValue, lower, parse_literal  # noqa: E402
+from medasl.lower.plan import OpValue  # noqa: E402
 from medasl.ops import aug, io, pre  # noqa: E402
 from medasl.runtime.cache import Cache  # noqa: E402
 from medasl.runtime.tasks import case_number  # noqa: E402
@@ -264,41 +264,74 @@ pipeline p {
 """
 
 
-def _graph(text: str) -> object:
+def _checked(text: str, overrides: dict[str, str] | None = None) -> tuple[list[object], object]:
     from medasl.diagnostics import Diagnostics
     from medasl.semantics.checker import check_source
     from medasl.source import SourceFile
 
     diags = Diagnostics()
-    result = check_source(SourceFile("p.medas", text), diags)
-    assert not diags.has_errors, diags.items
-    return result.graphs[0]
+    result = check_source(SourceFile("p.medas", text), diags, overrides)
+    return result.graphs, diags
+
+
+def _plan(text: str, overrides: dict[str, str] | None = None, level: int = 0) -> object:
+    """The plan `medasc run -O<level> --set ...` runs."""
+    from medasl.runtime.session import plans
+
+    graphs, diags = _checked(text, overrides)
+    assert not diags.has_errors, diags.items  # type: ignore[attr-defined]
+    return plans(graphs, overrides or {}, level)[0]  # type: ignore[arg-type]
 
 
 def test_parameters_are_folded_into_their_uses() -> None:
-    plan = lower(_graph(SEARCHED))  # type: ignore[arg-type]
+    plan = _plan(SEARCHED)
     assert "level" not in plan.steps
     assert plan.steps["window"].params == {"level": 40.0, "width": 400}
     assert plan.steps["window"].inputs == {"x": "ct"}
     assert plan.steps["x"].params == {"size": (32, 32, 16)}  # a parameter inside a tuple
-    plan = lower(_graph(SEARCHED), {"level": "55", "width": "300", "side": "48"})  # type: ignore[arg-type]
+    plan = _plan(SEARCHED, {"level": "55", "width": "300", "side": "48"})
     assert plan.steps["window"].params == {"level": 55.0, "width": 300}
     assert plan.steps["x"].params == {"size": (48, 48, 16)}
     assert plan.params == {"level": 55.0, "width": 300, "side": 48}
 
 
-@pytest.mark.parametrize("override", [{"level": "500"}, {"width": "3.5"}, {"width": "wide"}, {"depth": "1"}])
-def test_bad_overrides_are_refused(override: dict[str, str]) -> None:
-    with pytest.raises(LoweringError):
-        lower(_graph(SEARCHED), override)  # type: ignore[arg-type]
+@pytest.mark.parametrize(("override", "code"), [({"width": "3.5"}, "E0201"), ({"width": "wide"}, "E0101"),
+                                                ({"width": "(1,"}, "E0001"), ({"side": "-4"}, "E0241"),
+                                                ({"level": "500"}, "E0502")])
+def test_overrides_the_checker_refuses_are_diagnostics(override: dict[str, str], code: str) -> None:
+    _, diags = _checked(SEARCHED, override)
+    assert [d.code for d in diags.errors] == [code], diags.items  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("3", 3), ("-2.5", -2.5), ("1e-3", 1e-3), ("true", True), ("false", False), ('"a b"', "a b"),
-    ("word", "word"), ("@dice_ce", OpValue("dice_ce")), ("(1, 2.0, x)", (1, 2.0, "x")), ("()", ()),
+def test_an_override_of_no_parameter_is_a_usage_error() -> None:
+    from medasl.runtime.session import UsageProblem
+
+    with pytest.raises(UsageProblem, match="no pipeline has a parameter `depth`"):
+        _plan(SEARCHED, {"depth": "1"})
+
+
+OVERRIDABLE = """import std.io, std.pre, std.losses
+pipeline p {
+  param n: int = 1
+  param f: float = 1.0
+  param b: bool = false
+  param s: str = "a"
+  param sp = (1.0, 1.0, 1.0) mm
+  param loss = dice_ce
+  ct = nifti(s) as Image[3, CT]
+  x = ct |> window(level=f, width=400) |> crop_or_pad((n, n, n)) |> resample(spacing=sp)
+}
+"""
+
+
+@pytest.mark.parametrize(("name", "text", "value"), [
+    ("n", "3", 3), ("f", "-2.5", -2.5), ("f", "1e-3", 1e-3), ("f", "2", 2), ("b", "true", True), ("s", '"a b"', "a b"),
+    ("loss", "dice_loss", OpValue("dice_loss")), ("loss", "@dice_loss", OpValue("dice_loss")),
+    ("sp", "(2, 2.5, 3) mm", (2.0, 2.5, 3.0)), ("sp", "(0.2, 0.2, 0.3) cm", (2.0, 2.0, 3.0)),
 ])
-def test_literals(text: str, value: object) -> None:
-    assert parse_literal(text) == value
+def test_set_values_are_medas_expressions(name: str, text: str, value: object) -> None:
+    plan = _plan(OVERRIDABLE, {name: text})
+    assert plan.params[name] == pytest.approx(value) if isinstance(value, tuple) else plan.params[name] == value
 
 
 CLASSIFIED = """import std.io, std.data, std.pre
@@ -346,6 +379,6 @@ pipeline cv {
 def test_a_single_fold_is_announced() -> None:
     from medasl.runtime.session import notices
 
-    (note,) = notices(lower(_graph(SINGLE_FOLD)), "cpu")  # type: ignore[arg-type]
+    (note,) = notices(_plan(SINGLE_FOLD), "cpu")  # type: ignore[arg-type]
     assert note.startswith("note: `kfold` (p.medas:5)") and "training and validation are the same cases" in note
-    assert notices(lower(_graph(SINGLE_FOLD), {"k": "3"}), "cpu") == []  # type: ignore[arg-type]
+    assert notices(_plan(SINGLE_FOLD, {"k": "3"}), "cpu") == []  # type: ignore[arg-type]

@@ -137,6 +137,8 @@ class Graph:
     shows: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
     resources: dict[str, Const] = field(default_factory=dict)
+    params: dict[str, Value] = field(default_factory=dict)  # set by `specialize`: each folded parameter's value
+    searches: dict[str, dict[str, object]] = field(default_factory=dict)  # and the search spaces of those searched
     _users: dict[str, dict[str, None]] = field(default_factory=dict, repr=False)
 
     # ----- editing ---------------------------------------------------------------------
@@ -194,6 +196,10 @@ class Graph:
     def _unuse(self, node: Node) -> None:
         for ref in node.inputs():
             self._users.get(ref, {}).pop(node.id, None)
+
+    def move_to_end(self, node_id: str) -> None:
+        """Put a node last (after a pass made it read nodes defined after it)."""
+        self.nodes[node_id] = self.nodes.pop(node_id)
 
     def rename(self, old: str, new: str) -> None:
         """Give node `old` the id `new`, keeping its place and every use of it."""
@@ -257,6 +263,8 @@ class Graph:
             "shows": self.shows,
             "reports": self.reports,
             "resources": {k: _value_json(v) for k, v in self.resources.items()},
+            "params": {k: _value_json(v) for k, v in self.params.items()},
+            "searches": _json_value(self.searches),
         }
 
     @classmethod
@@ -267,6 +275,8 @@ class Graph:
         for item in data["nodes"]:  # type: ignore[attr-defined]
             graph.add(_node_from_json(item))
         graph.resources = {k: _value_from_json(v) for k, v in dict(data.get("resources", {})).items()}  # type: ignore[misc]
+        graph.params = {k: _value_from_json(v) for k, v in dict(data.get("params", {})).items()}  # type: ignore[misc]
+        graph.searches = _literal_from_json(dict(data.get("searches", {})))  # type: ignore[assignment, arg-type]
         return graph
 
     def copy(self) -> Graph:

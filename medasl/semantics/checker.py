@@ -105,7 +105,10 @@ def check_source(source: SourceFile, diags: Diagnostics | None = None,
 def override_source(name: str, text: str) -> SourceFile:
     """A `--set name=text` value as a small medas file, so that it is read by the
     language's own grammar (units, tuples, operators) and its diagnostics can show it."""
-    return SourceFile(f"--set {name}", f"pipeline set {{\n  param {name} = {text.strip()}\n}}\n")
+    value = text.strip()
+    if value.startswith("@"):  # `--set loss=@dice_loss`, as the IR prints operator values, reads as `dice_loss`
+        value = value[1:]
+    return SourceFile(f"--set {name}", f"pipeline set {{\n  param {name} = {value}\n}}\n")
 
 
 def _parse_overrides(overrides: dict[str, str], diags: Diagnostics,

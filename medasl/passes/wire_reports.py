@@ -1,0 +1,36 @@
+"""Report wiring: a collecting report (`html`) reads every figure the pipeline shows
+and every metric it computes, as arguments `figures.<name>` and `metrics.<name>`.
+
+The language lets `html("r.html")` be written without naming them; this pass makes
+those reads real uses in the graph, so the report runs after them, its hash changes
+when one of them changes, and dead-step elimination keeps them.
+"""
+
+from __future__ import annotations
+
+from medasl.ir.graph import Graph, Node, Ref
+from medasl.ir.types import Ty
+from medasl.passes.manager import Pass
+
+COLLECTING_REPORTS = frozenset({"html"})
+
+
+def label(node: Node) -> str:
+    """How the user knows a node: the name they bound, else its id."""
+    return node.binding or node.id
+
+
+def _is_metric(node: Node) -> bool:
+    return isinstance(node.type, Ty) and node.type.name == "Metric"
+
+
+def run(graph: Graph) -> None:
+    for node in [n for n in graph.nodes.values() if n.op in COLLECTING_REPORTS]:
+        extra = [(f"figures.{label(graph.nodes[i])}", Ref(i)) for i in graph.shows if i in graph.nodes]
+        extra += [(f"metrics.{label(m)}", Ref(m.id)) for m in graph.nodes.values() if _is_metric(m)]
+        have = {k for k, _ in node.args}
+        graph.set_args(node, node.args + tuple(a for a in extra if a[0] not in have))
+        graph.move_to_end(node.id)
+
+
+PASS = Pass("wire_reports", 0, run, "give collecting reports the shown figures and the metrics as inputs")
