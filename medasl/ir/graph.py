@@ -205,12 +205,14 @@ class Graph:
         """Give node `old` the id `new`, keeping its place and every use of it."""
         node = self.nodes[old]
         readers = self.users(old)
+        self._unuse(node)
         if next(reversed(self.nodes)) == old:  # the usual case while checking: the newest node
             del self.nodes[old]
             self.nodes[new] = node
         else:
             self.nodes = {(new if k == old else k): v for k, v in self.nodes.items()}
         node.id = new
+        self._use(node)
         self._users[new] = self._users.pop(old, {})
         for reader in readers:
             user = self.nodes[reader]

@@ -10,7 +10,7 @@ value typed `ERROR` so that one mistake is reported once.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medasl.diagnostics import Diagnostics, Label, label, secondary
@@ -99,7 +99,14 @@ def check_source(source: SourceFile, diags: Diagnostics | None = None,
     tree = parse(source, diags)
     if tree is None or diags.has_errors:
         return CheckResult([], diags, sources)
-    return check_module(tree, source, diags, sources, parsed)
+    before = len(diags.items)
+    result = check_module(tree, source, diags, sources, parsed)
+    if overrides:  # a mistake shown in the file may come from a `--set` value: say which were given
+        given = "this check used " + ", ".join(f"--set {k}={v}" for k, v in overrides.items())
+        diags.items[before:] = [replace(d, notes=(*d.notes, given))
+                                if d.span is not None and not d.span.file.startswith("--set ") else d
+                                for d in diags.items[before:]]
+    return result
 
 
 def override_source(name: str, text: str) -> SourceFile:

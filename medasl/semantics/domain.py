@@ -119,7 +119,8 @@ def report_mismatch(pc: PipelineChecker, m: Mismatch, val: Val, slot: TyLike, wh
         return
     if isinstance(val.type, Fn) and isinstance(slot, Fn):
         name = f"`{val.value.op}`" if isinstance(val.value, OpRef) else "this function"
-        message = (f"{name} does not fit {what} of {who}: it takes {_kind_phrase(m.expected)}, "
+        where = what if what == who else f"{what} of {who}"
+        message = (f"{name} does not fit {where}: it takes {_kind_phrase(m.expected)}, "
                    f"but would be given {_kind_phrase(m.actual)}")
         help_text = hint or (f"operators that fit here: {', '.join(f'`{a}`' for a in alternatives)}"
                              if alternatives else "choose an operator made for these inputs")

@@ -1,0 +1,79 @@
+"""The compiler's command line on the forms issue 9 found failing: `compile --emit ir
+--format json` with parameters inside tuples, a tuple of metrics in a report, and
+`--set` values with units, signs, zero and operators. Their diagnostics are golden
+(tests/golden/compiler/, rewrite with MEDASL_UPDATE_GOLDEN=1 and review)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from medasl.ir.graph import Graph
+from tests.conftest import ROOT, compare_golden
+from tests.test_cli import run
+
+GOLDEN = ROOT / "tests" / "golden" / "compiler"
+TUPLES = str((GOLDEN / "tuples.medas").relative_to(ROOT))
+
+
+def test_json_ir_of_parameters_in_tuples_reads_back() -> None:
+    code, out, err = run("compile", "--emit", "ir", "--format", "json", TUPLES)
+    assert code == 0, err
+    (data,) = json.loads(out)
+    graph = Graph.from_json(data)
+    graph.verify()
+    assert graph.to_json() == data
+    assert graph.nodes["prepped"].inputs() == ["resample", "crop", "crop"]  # the references in the tuple are uses
+    assert graph.users("crop") == ["prepped"]
+
+
+@pytest.mark.parametrize("level", ["0", "1", "2", "3"])
+def test_optimized_ir_folds_the_parameters(level: str) -> None:
+    code, out, err = run("compile", "--emit", "ir", f"-O{level}", TUPLES)
+    assert code == 0, err
+    assert "param(" not in out and "size=(64, 64, 48)" in out and "metrics=(%dice_score, %hd)" in out
+
+
+def test_print_after_a_pass() -> None:
+    code, out, err = run("compile", "--emit", "ir", "--print-after", "specialize", "--print-after", "place_storage",
+                         TUPLES)
+    assert code == 0, err
+    assert out.count("# IR after") == 2 and "# IR after specialize (-O2)" in out and "store(" in out
+    code, _, err = run("compile", "--emit", "ir", "--print-after", "fold_everything", TUPLES)
+    assert code == 2 and "no such pass" in err
+
+
+def test_dry_run_with_a_tuple_of_metrics(tmp_path: Path) -> None:
+    code, _, err = run("run", TUPLES, "--dry-run", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert re.search(r"excel\s+│\s+excel", err) and re.search(r"csv\s+│\s+csv", err)
+
+
+SETS = {
+    "units_vector": ("sp=(3, 3, 3) mm", 0),
+    "units_scalar_for_a_vector": ("sp=3 mm", 1),
+    "negative_without_unit": ("sp=-1", 1),
+    "negative_count": ("n=-3", 1),
+    "zero_count": ("n=0", 1),
+    "operator_without_at": ("loss_fn=dice_loss", 0),
+    "operator_with_at": ("loss_fn=@dice_loss", 0),
+    "not_an_operator_of_that_kind": ("loss_fn=unet3d", 1),
+    "size_not_divisible": ("crop=50", 1),
+    "syntax": ("crop=(1,", 1),
+    "no_such_parameter": ("depth=3", 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_set_values_are_checked_before_anything_runs(name: str, tmp_path: Path) -> None:
+    value, expected = SETS[name]
+    code, _, err = run("run", TUPLES, "--dry-run", "--set", value, "--cache-dir", str(tmp_path / "c"),
+                       "--out", str(tmp_path / "o"))
+    assert code == expected, err
+    if expected == 0:
+        assert "dry run" in err
+    else:
+        compare_golden(err, GOLDEN / f"set_{name}.expected")
