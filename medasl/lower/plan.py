@@ -120,7 +120,9 @@ class Plan:
         for step in self.steps.values():
             if step.binding == name:
                 return step
-        return self.steps.get(name)
+        if name in self.steps:
+            return self.steps[name]
+        return next((s for s in self.steps.values() if name in s.fused), None)  # fused into another step
 
 
 class LoweringError(Exception):

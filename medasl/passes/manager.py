@@ -41,10 +41,19 @@ class PassError(Exception):
 
 
 def pipeline_passes() -> list[Pass]:
-    from medasl.passes import eliminate_common, eliminate_dead, hash, place_storage, specialize, wire_reports
+    from medasl.passes import (
+        eliminate_common,
+        eliminate_dead,
+        fuse_intensity,
+        fuse_spatial,
+        hash,
+        place_storage,
+        specialize,
+        wire_reports,
+    )
 
-    return [specialize.PASS, wire_reports.PASS, eliminate_common.PASS, eliminate_dead.PASS, place_storage.PASS,
-            hash.PASS]
+    return [specialize.PASS, wire_reports.PASS, eliminate_common.PASS, fuse_spatial.PASS, fuse_intensity.PASS,
+            eliminate_dead.PASS, place_storage.PASS, hash.PASS]
 
 
 def pass_names() -> list[str]:

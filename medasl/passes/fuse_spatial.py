@@ -1,0 +1,55 @@
+"""Spatial fusion: a chain of spatial steps on one case becomes one step with one
+output grid, one composed transform (plus one displacement field where `elastic`
+takes part) and ONE interpolation, run by `medasl.runtime.fused_spatial` with torch
+(nearest neighbour for label maps, linear or what was asked for images). Besides
+speed, one interpolation is more accurate than several.
+
+Rules (data, below): the operators the kernel accepts; `crop_foreground` only first
+(its box depends on the data); `resample_to` is not fused (it reads a second input);
+deterministic and random steps are not mixed, so the deterministic prefix is stored
+once and the random suffix is one sampling drawn anew in every epoch; the steps must
+agree on how images are interpolated (B-spline is never fused). Intensity steps between
+spatial steps end a chain: clipping and normalizing do not commute with interpolation.
+"""
+
+from __future__ import annotations
+
+from medasl.ir.graph import Const, Graph, Node
+from medasl.passes.chains import find_chains, fuse
+from medasl.passes.manager import Pass
+
+OP = "fused_spatial"
+FUSABLE = frozenset({"resample", "reorient", "crop_or_pad", "resize", "crop_foreground",
+                     "flip", "rotate", "affine", "random_rescale", "elastic", "random_crop"})
+"""The operators `medasl.runtime.fused_spatial` accepts, less `resample_to` (a second input)."""
+ASKS_INTERPOLATION = frozenset({"resample", "resize"})  # the others interpolate linearly or not at all
+INTERPOLATES_LINEARLY = frozenset({"rotate", "affine", "random_rescale", "elastic"})
+
+
+def accepts(node: Node) -> bool:
+    return node.op in FUSABLE and "spatial" in node.traits
+
+
+def _interpolation(node: Node) -> str | None:
+    if node.op in INTERPOLATES_LINEARLY:
+        return "linear"
+    if node.op in ASKS_INTERPOLATION:
+        asked = node.arg("interp")
+        name = asked.value if isinstance(asked, Const) else "auto"
+        return "linear" if name in ("auto", "linear") else str(name)
+    return None
+
+
+def compatible(chain: list[Node]) -> bool:
+    if any(n.op == "crop_foreground" for n in chain[1:]):
+        return False
+    modes = {m for m in (_interpolation(n) for n in chain) if m is not None}
+    return len(modes) <= 1 and "bspline" not in modes
+
+
+def run(graph: Graph) -> None:
+    for chain in find_chains(graph, accepts, compatible):
+        fuse(graph, chain, OP)
+
+
+PASS = Pass("fuse_spatial", 2, run, "one grid, one transform, one interpolation per chain of spatial steps")
