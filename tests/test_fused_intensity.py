@@ -20,6 +20,8 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medasl.ops import aug, pre
+from medasl.runtime import fused_intensity as kernel
 from medasl.runtime.fused_intensity import INTENSITY_OPS, RANDOM_OPS, IntensityStep, fused_intensity
 from medasl.runtime.values import Pair, Volume
 
@@ -301,3 +304,20 @@ def images(draw: st.DrawFn) -> Volume | Pair:
 @given(images(), st.lists(steps(), min_size=1, max_size=6))
 def test_random_chains_match_the_unfused_operators(x: Volume | Pair, chain: list[IntensityStep]) -> None:
     check_chain(x, chain)
+
+
+@contextmanager
+def torch_reductions() -> Iterator[None]:
+    """Reduce with torch as on a GPU (this machine may have none), not with NumPy."""
+    kernel._NUMPY_ON_CPU = False
+    try:
+        yield
+    finally:
+        kernel._NUMPY_ON_CPU = True
+
+
+@settings(max_examples=max(1, int(100 * SCALE)), **SETTINGS)
+@given(images(), st.lists(steps(), min_size=1, max_size=6))
+def test_random_chains_with_the_torch_reductions(x: Volume | Pair, chain: list[IntensityStep]) -> None:
+    with torch_reductions():
+        check_chain(x, chain)

@@ -64,6 +64,10 @@ _CHUNK = 1 << 16
 """Elements per chunk of the CPU variance sum: a 256 KiB float32 chunk stays in cache
 between the subtraction, the square and the sums."""
 
+_NUMPY_ON_CPU = True
+"""Reduce with NumPy on the CPU (see the module docstring). The tests switch it off to run
+the torch reductions other devices use on the CPU as well."""
+
 
 @dataclass(frozen=True)
 class IntensityStep:
@@ -150,6 +154,7 @@ class _Folded:
 
         self.dtype = dtype
         self.cpu = base.device.type == "cpu"
+        self.numpy = self.cpu and _NUMPY_ON_CPU
         self.base = base
         self.owned = False
         if dtype == torch.float64 and base.dtype != dtype:
@@ -324,7 +329,7 @@ class _Folded:
 
     def _base_minmax(self) -> tuple[float, float]:
         if "min" not in self.stats:
-            if self.cpu:
+            if self.numpy:
                 a = self.base.numpy()
                 self.stats["min"], self.stats["max"] = float(a.min()), float(a.max())
             else:
@@ -342,7 +347,7 @@ class _Folded:
         mn, mx = self._base_minmax()
         if mn == mx:
             mean, var = mn, 0.0
-        elif self.cpu:
+        elif self.numpy:
             flat = self.base.numpy().reshape(-1)
             n = flat.size
             tmp = np.empty(min(n, _CHUNK), dtype=np.float64 if flat.dtype == np.float64 else np.float32)
@@ -379,7 +384,7 @@ class _Folded:
             prev = min(max(math.floor(virtual), 0), n - 1)
             where.append((virtual, prev, min(prev + 1, n - 1)))
         kth = sorted({k for _, p, nx in where for k in (p, nx)})
-        if self.cpu:
+        if self.numpy:
             part = np.partition(self.base.numpy().reshape(-1), kth)
             picked = {k: float(part[k]) for k in kth}
         else:
