@@ -254,7 +254,24 @@ class _Folded:
             self.base = torch.clamp(self.base, *bounds, out=self._new_buffer())
             self.owned = True
         self.lo, self.hi = -math.inf, math.inf
-        self.stats.clear()
+        if "min" in self.stats:
+            # torch rounds the bounds to the buffer's type, and clamping is monotone: the new
+            # min/max follow exactly from the old, without another pass
+            bl, bh = self._rounded(bl), self._rounded(bh)
+            mn, mx = self.stats["min"], self.stats["max"]
+            self.stats = {"min": min(max(mn, bl), bh), "max": min(max(mx, bl), bh)}
+        else:
+            self.stats.clear()
+
+    def _rounded(self, value: float) -> float:
+        """`value` as the buffer's type holds it (round to nearest; beyond float32, inf)."""
+        import numpy as np
+        import torch
+
+        if self.dtype == torch.float64 or math.isinf(value):
+            return value
+        with np.errstate(over="ignore"):
+            return float(np.float32(value))
 
     # ----- writing the buffer ----------------------------------------------------------------
 
@@ -306,7 +323,7 @@ class _Folded:
 
         if self.s != 0:
             self._settle_clamp()
-        if self.s == 0:
+        if self.s == 0 or abs(std / self.s) >= torch.finfo(self.dtype).max:
             self.materialize()
         if self.owned:
             self.base.add_(noise, alpha=std / self.s)
