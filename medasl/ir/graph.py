@@ -448,20 +448,20 @@ def format_value(value: Value) -> str:
 def format_const(const: Const) -> str:
     if const.unit == "bytes" and isinstance(const.value, int | float):
         return f"{const.value / 1024**3:g} GB"  # stored in bytes, written as the user would
-    text = _format_literal(const.value)
+    text = format_literal(const.value)
     return f"{text} {const.unit}" if const.unit else text
 
 
-def _format_literal(value: object) -> str:
+def format_literal(value: object) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple | list):
-        inner = ", ".join(_format_literal(v) for v in value)
+        inner = ", ".join(format_literal(v) for v in value)
         return f"({inner},)" if len(value) == 1 else f"({inner})"  # `(5)` would read back as 5
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_format_literal(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {format_literal(v)}" for k, v in value.items()) + "}"
     return repr(value)
 
 
@@ -474,7 +474,7 @@ def _node_line(node: Node) -> str:
                      for k, v in node.args)
     line = f"%{node.id}: {format_type(node.type)} = {op}({args})"
     if node.search:
-        line += f" search {node.search['kind']}{_format_literal(tuple(node.search['args']))}"
+        line += f" search {node.search['kind']}{format_literal(tuple(node.search['args']))}"
     if node.goal:
         line += f" {node.goal}"
     if node.fused:

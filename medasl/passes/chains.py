@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from medasl.ir.graph import Const, Graph, Node, OpRef, Ref, Tup, Value
+from medasl.passes.place_storage import augmenting
 
 
 def _plain(value: Value) -> object:
@@ -28,12 +29,14 @@ def only_input(node: Node) -> str | None:
     return first.node
 
 
-def links(graph: Graph, before: Node, after: Node, accepts: Callable[[Node], bool]) -> bool:
-    """Whether `before` can be computed inside `after`'s fused step."""
+def links(graph: Graph, before: Node, after: Node, accepts: Callable[[Node], bool], training: set[str]) -> bool:
+    """Whether `before` can be computed inside `after`'s fused step. Where the chain makes
+    a training's cases (`training`), deterministic and random steps are not mixed: the
+    deterministic prefix is stored once and the random suffix drawn anew in every epoch."""
+    mixes = before.random != after.random and after.id in training
     return (accepts(before) and accepts(after) and only_input(after) == before.id
             and graph.users(before.id) == [after.id] and before.id not in graph.shows
-            and before.lift == after.lift and "map" in after.lift and before.random == after.random
-            and not before.goal)
+            and before.lift == after.lift and "map" in after.lift and not mixes and not before.goal)
 
 
 def find_chains(graph: Graph, accepts: Callable[[Node], bool],
@@ -42,17 +45,18 @@ def find_chains(graph: Graph, accepts: Callable[[Node], bool],
     to the next, and that `compatible` allows as a whole."""
     chains: list[list[Node]] = []
     taken: set[str] = set()
+    training = augmenting(graph)
     for node in graph.nodes.values():
         if node.id in taken or not accepts(node):
             continue
         start = graph.nodes.get(only_input(node) or "")
-        if start is not None and links(graph, start, node, accepts):
+        if start is not None and links(graph, start, node, accepts, training):
             continue  # not the first of its chain
         chain = [node]
         while True:
             users = graph.users(chain[-1].id)
             following = graph.nodes[users[0]] if len(users) == 1 else None
-            if following is None or not links(graph, chain[-1], following, accepts) \
+            if following is None or not links(graph, chain[-1], following, accepts, training) \
                     or not compatible([*chain, following]):
                 break
             chain.append(following)

@@ -4,8 +4,9 @@ becomes one step, run by `medasl.runtime.fused_intensity` with torch: affine map
 clips folded together, one pass over the voxels plus the reductions the chain needs.
 
 Rules (data, below): the operators the kernel accepts; `zscore` with a mask is not
-fused (it reads a second input); deterministic and random steps are not mixed (the
-deterministic part is stored once, the random part drawn anew in every epoch).
+fused (it reads a second input); where the chain makes a training's cases,
+deterministic and random steps are not mixed (the deterministic part is stored once,
+the random part drawn anew in every epoch).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ speed, one interpolation is more accurate than several.
 
 Rules (data, below): the operators the kernel accepts; `crop_foreground` only first
 (its box depends on the data); `resample_to` is not fused (it reads a second input);
-deterministic and random steps are not mixed, so the deterministic prefix is stored
-once and the random suffix is one sampling drawn anew in every epoch; the steps must
+where the chain makes a training's cases, deterministic and random steps are not
+mixed, so the deterministic prefix is stored once and the random suffix is one
+sampling drawn anew in every epoch (elsewhere they are one sampling); the steps must
 agree on how images are interpolated (B-spline is never fused). Intensity steps between
 spatial steps end a chain: clipping and normalizing do not commute with interpolation.
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import graphviz
 
-from medasl.ir.graph import Graph, Node, OpRef, Ref, format_const, format_value, refs
+from medasl.ir.graph import Const, Graph, Node, Ref, format_literal, format_value, refs
 from medasl.ir.types import format_type
 
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -50,11 +50,15 @@ def _node_label(node: Node) -> str:
             lines.append(f"<I>search {_html(_short(node.search['kind'] + '(' + args + ')'))}</I>")
         return "<" + "<BR/>".join(lines) + ">"
     lines.append(_html(op))
+    if node.fused:  # what the fused step replaced, one operator a line
+        chain = node.arg("chain")
+        for step in chain.value if isinstance(chain, Const) else ():  # type: ignore[union-attr]
+            options = ", ".join(f"{k}={format_literal(v)}" for k, v in step["params"].items())
+            lines.append(f'<FONT POINT-SIZE="9">{_html(_short(step["op"] + "(" + options + ")", 40))}</FONT>')
     for key, value in node.args:
-        if key.startswith("_") or isinstance(value, Ref):
+        if key.startswith("_") or isinstance(value, Ref) or (node.fused and key == "chain"):
             continue
-        text = format_value(value) if isinstance(value, OpRef) else format_const(value)  # type: ignore[arg-type]
-        lines.append(f'<FONT POINT-SIZE="9">{_html(key)}={_html(_short(text, 28))}</FONT>')
+        lines.append(f'<FONT POINT-SIZE="9">{_html(key)}={_html(_short(format_value(value), 28))}</FONT>')
     if node.goal:
         lines.append(f"<B>{node.goal}</B>")
     return "<" + "<BR/>".join(lines) + ">"
@@ -99,6 +103,8 @@ def _draw(dot: graphviz.Digraph, graph: Graph, prefix: str) -> None:
                              "fillcolor": "#fff7c2" if node.search else "white"}
                 elif node.goal:
                     attrs = {"penwidth": "2", "color": "#2b7a3d"}
+                elif node.fused:
+                    attrs = {"penwidth": "2", "color": "#6a3d9a"}
                 if node.random:
                     attrs["peripheries"] = "2"
                 sub.node(prefix + node.id, _node_label(node), **attrs)
