@@ -9,9 +9,10 @@ therefore checks a forward error bound propagated along the unfused chain (`_bou
 each step multiplies the difference it receives by its Lipschitz factor on the actual
 intermediate image (1/width for window, |high-low|/range for rescale, (2+max|z|)/std for
 zscore, a Hölder bound for gamma, ...), capped by what the step's output range allows,
-and adds 8 float32 epsilons of the magnitudes it computes with. For well-conditioned
-chains this is about 1e-6 of the output range; the benchmark chain (window, rescale,
-zscore on CT) is also held to a plain 1e-5 of the output range.
+and adds 8 float32 epsilons of the magnitudes it computes with. The bound is deliberately
+conservative (1e-5 to 1e-4 of the output range on CT-like chains, where the differences
+observed are about 1e-7 of it); the realistic chains (`BENCH` and the chunked ones) are
+also held to a plain 1e-5 of the output range.
 """
 
 from __future__ import annotations
@@ -146,6 +147,16 @@ def check_chain(x: Volume | Pair, steps: list[IntensityStep]) -> float:
 # ===== plain cases ==============================================================================
 
 
+@contextmanager
+def torch_reductions() -> Iterator[None]:
+    """Reduce with torch as on a GPU (this machine may have none), not with NumPy."""
+    kernel._NUMPY_ON_CPU = False
+    try:
+        yield
+    finally:
+        kernel._NUMPY_ON_CPU = True
+
+
 def _ct(shape: tuple[int, ...] = (12, 20, 24), seed: int = 0) -> np.ndarray:
     """An int16 CT-like array: air, a noisy soft-tissue body, bone."""
     rng = np.random.default_rng(seed)
@@ -163,6 +174,24 @@ BENCH = [IntensityStep("window", {"level": 70.0, "width": 340.0}), IntensityStep
 def test_benchmark_chain_within_1e_5_of_the_output_range() -> None:
     for array in (_ct(), _ct().astype(np.float32) + np.float32(0.25), _ct((40, 50)).astype(np.float64)):
         assert check_chain(_volume(array), BENCH) <= 1e-5
+
+
+def test_images_larger_than_one_reduction_chunk() -> None:
+    # 84000 voxels: the CPU variance sum runs over one full and one partial chunk
+    assert kernel._CHUNK < 70 * 40 * 30 < 2 * kernel._CHUNK
+    ct = _ct((70, 40, 30), seed=3)
+    chains = [
+        BENCH,
+        [IntensityStep("clip", {"low": -200.0, "high": 500.0}), IntensityStep("percentile_rescale", {"lower": 1.0}),
+         IntensityStep("contrast", {"p": 1.0}, (1, 2)), IntensityStep("zscore", {})],
+        [IntensityStep("gaussian_noise", {"std": 30.0}, (3,)), IntensityStep("gamma", {"p": 1.0}, (4,)),
+         IntensityStep("brightness", {"p": 1.0}, (5,)), IntensityStep("zscore", {})],
+    ]
+    for array in (ct, ct.astype(np.float32) + np.float32(3000.5)):  # a large offset: the sums centre first
+        for chain in chains:
+            assert check_chain(_volume(array), chain) <= 1e-5
+            with torch_reductions():
+                assert check_chain(_volume(array), chain) <= 1e-5
 
 
 def test_every_operator_alone_and_defaults() -> None:
@@ -304,16 +333,6 @@ def images(draw: st.DrawFn) -> Volume | Pair:
 @given(images(), st.lists(steps(), min_size=1, max_size=6))
 def test_random_chains_match_the_unfused_operators(x: Volume | Pair, chain: list[IntensityStep]) -> None:
     check_chain(x, chain)
-
-
-@contextmanager
-def torch_reductions() -> Iterator[None]:
-    """Reduce with torch as on a GPU (this machine may have none), not with NumPy."""
-    kernel._NUMPY_ON_CPU = False
-    try:
-        yield
-    finally:
-        kernel._NUMPY_ON_CPU = True
 
 
 @settings(max_examples=max(1, int(100 * SCALE)), **SETTINGS)
