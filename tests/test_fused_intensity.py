@@ -194,6 +194,17 @@ def test_images_larger_than_one_reduction_chunk() -> None:
                 assert check_chain(_volume(array), chain) <= 1e-5
 
 
+def test_a_large_offset_costs_no_precision() -> None:
+    # 3000.5 +- 1: normalising takes the offset off; folded as s * x + t in float32 that
+    # would lose ~1e-5 of the range, as much as the rounding of s times 3000
+    array = (3000.5 + np.random.default_rng(4).standard_normal((30, 40, 50))).astype(np.float32)
+    for op in ("zscore", "rescale", "percentile_rescale"):
+        assert check_chain(_volume(array), [IntensityStep(op, {})]) <= 1e-6
+        # After brightness the unfused chain itself rounds at 3000 (3e-5 of the range here),
+        # which the fused one folds away: only the propagated bound holds.
+        check_chain(_volume(array), [IntensityStep("brightness", {"p": 1.0}, (2,)), IntensityStep(op, {})])
+
+
 def test_every_operator_alone_and_defaults() -> None:
     x = _volume(_ct().astype(np.float32))
     for op in sorted(INTENSITY_OPS):

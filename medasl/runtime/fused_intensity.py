@@ -304,11 +304,22 @@ class _Folded:
             self.base = self._new_buffer().fill_(self.t)
         elif self.s != 1 or self.t != 0:
             out = self.base if self.owned else self._new_buffer()
-            if max(abs(self.s), abs(self.t)) < torch.finfo(self.dtype).max:
+            if max(abs(self.s), abs(self.t)) >= torch.finfo(self.dtype).max:
+                # a factor beyond float32 (rescaling a range of subnormals): in float64
+                out.copy_(self.base.to(torch.float64).mul_(self.s).add_(self.t))
+            elif self._cancels():
+                # v = s * (base - c) with c = -t / s near the voxels' values (a large offset
+                # taken off, as zscore or rescale of an image far from 0 do): s * base + t
+                # would round s, then s * base, at the offset's magnitude. base - c_hi is
+                # exact (Sterbenz), and c's remainder c_lo is added in the scaled units.
+                c = -self.t / self.s
+                c_hi = self._rounded(c)
+                torch.sub(self.base, c_hi, out=out)
+                torch.add(torch.tensor(-self.s * (c - c_hi), dtype=self.dtype, device=out.device), out,
+                          alpha=self.s, out=out)
+            else:
                 # One pass for the multiply-add, reading the input directly on the first write.
                 torch.add(torch.tensor(self.t, dtype=self.dtype, device=out.device), self.base, alpha=self.s, out=out)
-            else:  # a factor beyond float32 (rescaling a range of subnormals): in float64
-                out.copy_(self.base.to(torch.float64).mul_(self.s).add_(self.t))
             self.base = out
         else:
             self._own()
@@ -317,6 +328,14 @@ class _Folded:
             self.base.clamp_(None if self.lo == -math.inf else self.lo, None if self.hi == math.inf else self.hi)
         self.s, self.t, self.lo, self.hi = 1.0, 0.0, -math.inf, math.inf
         self.stats.clear()
+
+    def _cancels(self) -> bool:
+        """Whether s * base + t would cancel: the offset t is over 16 times every value of v
+        (known only when base's min/max are; otherwise the plain form is used)."""
+        if "min" not in self.stats:
+            return False
+        a, b = self._mapped_base_range()
+        return abs(self.t) > 16.0 * max(abs(a), abs(b))
 
     def add_field(self, noise: torch.Tensor, std: float) -> None:
         """v <- v + std * noise, folded into base when no clamp is pending:
