@@ -13,7 +13,8 @@ from disk is left out so that only the transforms are compared.
 
 Implementations: medasl (the medasl.ops functions called in sequence: this measures
 medasl's operator implementations; what `medasc run`'s executor and cache add on top is
-measured by benchmarks/cache_overhead.py, about 2% of a run),
+measured by benchmarks/cache_overhead.py, about 2% of a run), medasl with its spatial
+steps fused (medasl/runtime/fused_spatial.py, as the spatial-fusion pass runs them),
 MONAI Compose eager and lazy, TorchIO, and a hand-fused torch version (one affine for
 resample + crop/pad + flip + rotate, one grid_sample, one intensity pass), the
 "hardware" reference the later optimizer issue aims at. A library that cannot be
@@ -78,6 +79,11 @@ NOTES = [
     "256x256x160 output. Differences: the window clips after interpolation instead of before, z-score statistics "
     "are taken over the padded and rotated output instead of the resampled volume, and rescale is folded away "
     "(z-score cancels any positive affine map).",
+    "medasl, spatial steps fused: what the spatial-fusion pass (issue 9) makes of this chain: resample alone is "
+    "one fused_spatial call (in-plane, so 2-D sampling per slice), window/rescale/z-score are the medasl.ops "
+    "functions, and crop/pad + flip + rotate are a second fused_spatial call (one trilinear sampling with torch "
+    "instead of SimpleITK's one; crop and flip are folded into it). Same semantics as the `medasl` row except "
+    "one interpolation per fused run; each random step has its own generator, so the angles differ.",
     "TorchIO: Resample (SimpleITK, linear), Clamp + RescaleIntensity(in_min_max=window) for the window, "
     "RescaleIntensity, ZNormalization, CropOrPad, RandomFlip, RandomAffine(scales=0, degrees=10).",
 ]
@@ -182,6 +188,35 @@ def make_medasl(ct: np.ndarray) -> Callable[[int], object]:
         v = pre.crop_or_pad(v, size=SIZE_OUT)
         v, _ = aug.flip(v, axis=0, p=1.0, rng=rng)
         v, _ = aug.rotate(v, angle=MAX_ANGLE, p=1.0, rng=rng)
+        return v.array  # (z, y, x)
+
+    return run
+
+
+def make_medasl_o2_spatial(ct: np.ndarray) -> Callable[[int], object]:
+    """The chain as the spatial-fusion pass (issue 9) runs it: each run of consecutive
+    spatial steps is one `fused_spatial` call (one sampling with torch), the intensity
+    steps between them are the medasl.ops functions as in the `medasl` row. Here that is
+    resample alone (in-plane only: sampled in 2-D per slice), then window / rescale /
+    z-score, then crop_or_pad + flip + rotate as one sampling."""
+    from medasl.ops import pre
+    from medasl.runtime.fused_spatial import SpatialStep, fused_spatial
+    from medasl.runtime.values import Volume
+
+    resample = [SpatialStep("resample", {"spacing": SPACING_OUT, "interp": "linear"})]
+
+    def run(i: int) -> object:
+        v = Volume(ct, SPACING_IN, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), kind="image", modality="CT")
+        v, _ = fused_spatial(v, resample)
+        v = pre.window(v, level=LEVEL, width=WIDTH)
+        v = pre.rescale(v, low=0.0, high=1.0)
+        v = pre.zscore(v)
+        # each random step has its generator (as the executor seeds each node), so the
+        # angles differ from the `medasl` row's, which draws flip and rotate from one
+        augment = [SpatialStep("crop_or_pad", {"size": SIZE_OUT}),
+                   SpatialStep("flip", {"axis": 0, "p": 1.0}, (SEED + i, 0)),
+                   SpatialStep("rotate", {"angle": MAX_ANGLE, "p": 1.0}, (SEED + i, 1))]
+        v, _ = fused_spatial(v, augment)
         return v.array  # (z, y, x)
 
     return run
@@ -317,6 +352,7 @@ def make_torch_fused(ct: np.ndarray) -> Callable[[int], object]:
 
 IMPLEMENTATIONS: dict[str, tuple[str, Callable[[np.ndarray], Callable[[int], object]]]] = {
     "medasl": ("medasl ops (not the executor)", make_medasl),
+    "medasl-O2-spatial": ("medasl, spatial steps fused", make_medasl_o2_spatial),
     "monai-eager": ("MONAI Compose eager", make_monai_eager),
     "monai-lazy": ("MONAI Compose lazy", make_monai_lazy),
     "torchio": ("TorchIO", make_torchio),

@@ -1,0 +1,733 @@
+"""The fused spatial kernel (issue 9, "Spatial fusion"): a chain of spatial steps applied
+to one case, run as ONE sampling of the original input.
+
+Every step of the chain maps the grid before it to a grid after it (size, spacing,
+origin, direction, in SimpleITK's conventions as `Volume` keeps them) and carries a map
+from output voxel indices to continuous input voxel indices: an affine map (resampling,
+crops, flips, reorientation and the rotate / affine / random_rescale augmentations) or,
+for `elastic`, a displacement field built exactly as `medasl.ops.aug._apply_elastic`
+builds it, on elastic's input grid. The maps are composed from the output back to the
+original input, which is then sampled once with torch (`grid_sample`, bilinear or
+trilinear; nearest neighbour by rounding and gathering), on the run's device. Label
+kinds are sampled by nearest neighbour and keep their dtype; images become float32
+(float64 stays float64 when no std.pre resampling step is in the chain, as the unfused
+ops do).
+
+ITK's conventions are kept: continuous indices; a point is inside a grid when every
+continuous index lies in [-0.5, n - 0.5) (ITK's IsInsideBuffer), and linear
+interpolation there clamps neighbours to the buffer (edge voxels repeat); rounding for
+nearest neighbour is half-up (ITK's RoundHalfIntegerUp). A voxel that the unfused chain
+fills at any step (a padded crop, a rotation bringing in outside points) is filled
+here too: each step's validity is checked on its own input grid, not only the original
+input's, so fusing never brings back data that a crop threw away.
+
+Semantics chosen where one sampling cannot reproduce the unfused chain exactly:
+
+- Fill values: label kinds 0; images the ORIGINAL input's minimum at every step (the
+  unfused ops take the minimum of each step's input, which linear interpolation or a
+  crop can only raise; for CT both are the air value). Probability maps follow each
+  op's own convention (std.pre fills 0, std.aug the minimum).
+- One interpolation: values differ from the unfused chain's by the difference between
+  interpolating once and several times (smaller blur), and labels at most on a thin
+  band next to label boundaries (nearest-neighbour ties resolved once).
+- Chains made only of index steps (crop_or_pad, crop_foreground, random_crop, flip,
+  reorient) involve no interpolation at all: one exact gather (axis permutation, flips
+  and a window), bit-identical to the unfused ops, dtype kept, each step's fill value
+  (the minimum of that step's own input for images) reproduced exactly.
+
+Where the composed map keeps the slice axis (z) index-aligned (in-plane resampling,
+in-plane rotation, crops, flips), the volume is sampled in 2-D per slice, which is
+several times faster than 3-D sampling (see `tests/test_fused_spatial.py` and
+benchmarks/preprocess.py).
+
+Random steps draw with `medasl.ops.aug`'s own `_draw_*` functions, from
+`np.random.default_rng(list(step.seed))`, with the grid the step would see unfused, so
+the `drawn` dicts are identical to the unfused ops'.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medasl.ops import aug, pre
+from medasl.runtime.values import Pair, Volume
+
+SPATIAL_OPS: frozenset[str] = frozenset({
+    "resample", "resample_to", "reorient", "crop_or_pad", "resize", "crop_foreground",
+    "flip", "rotate", "affine", "random_rescale", "elastic", "random_crop",
+})
+"""The operators a fused chain may contain."""
+
+RANDOM_OPS: frozenset[str] = frozenset({"flip", "rotate", "affine", "random_rescale", "elastic", "random_crop"})
+"""The std.aug operators among them (each needs `SpatialStep.seed`)."""
+
+INDEX_OPS: frozenset[str] = frozenset({"reorient", "crop_or_pad", "crop_foreground", "flip", "random_crop"})
+"""Operators that move whole voxels (no interpolation)."""
+
+_PRE_RESAMPLING = frozenset({"resample", "resample_to", "resize"})
+_AUG_RESAMPLING = frozenset({"rotate", "affine", "random_rescale", "elastic"})
+NEAREST_KINDS = pre.NEAREST_KINDS
+
+_CHUNK_VOXELS = 1 << 22  # output voxels per sampling chunk: bounds the coordinate tensors' memory
+_ZERO = 1e-12  # composed matrix coefficients below this are rounding noise of exact zeros
+
+
+@dataclass(frozen=True)
+class SpatialStep:
+    """One step of a fused chain: the operator, its keyword arguments as the operator in
+    medasl.ops.pre / medasl.ops.aug takes them (units mm and degrees; for `resample_to`,
+    `params["reference"]` is the reference Volume), and for random operators the seed
+    of the generator the unfused operator would get (`np.random.default_rng(list(seed))`)."""
+
+    op: str
+    params: dict[str, object]
+    seed: tuple[int, ...] | None = None
+
+
+# ===== which chains are accepted ===========================================================
+
+
+def _op_function(op: str) -> Callable[..., object]:
+    return aug.OPERATORS[op] if op in RANDOM_OPS else pre.OPERATORS[op]
+
+
+def _params(step: SpatialStep) -> dict[str, object]:
+    """The step's arguments with the operator's defaults filled in (the draw and the
+    geometry need every value, and the defaults must be the operator's own)."""
+    sig = inspect.signature(_op_function(step.op))
+    out = {name: p.default for name, p in sig.parameters.items()
+           if p.default is not inspect.Parameter.empty and name != "rng"}
+    out.update(step.params)
+    return out
+
+
+def _image_mode(steps: Sequence[SpatialStep]) -> tuple[str | None, str | None]:
+    """The one interpolation images get in the fused chain ('linear' or 'nearest', None
+    when no step interpolates) and, when the steps disagree, the reason it cannot be fused."""
+    modes = set()
+    for step in steps:
+        if step.op in _AUG_RESAMPLING:
+            modes.add("linear")
+        elif step.op in _PRE_RESAMPLING:
+            name = str(_params(step).get("interp", "auto"))
+            if name == "bspline":
+                return None, f"{step.op}(interp=bspline): B-spline interpolation is not fused (grid_sample has none)"
+            modes.add("linear" if name in ("auto", "linear") else name)
+    if len(modes) > 1:
+        return None, "the steps ask for different interpolations of the image (" + ", ".join(sorted(modes)) + ")"
+    return (modes.pop() if modes else None), None
+
+
+def why_not_fusable(steps: Sequence[SpatialStep]) -> str | None:
+    """None when `fused_spatial` accepts the chain `steps`, else why not (for the pass's
+    diagnostics). Decided from the chain alone; at run time a Pair whose members are on
+    different grids still falls back to the unfused ops (see `fused_spatial`)."""
+    for i, step in enumerate(steps):
+        if step.op not in SPATIAL_OPS:
+            return f"{step.op} is not a fusable spatial operator"
+        if step.op == "crop_foreground" and i > 0:
+            return "crop_foreground depends on the data, so it can only be the first step of a fused chain"
+        if step.op in RANDOM_OPS and step.seed is None:
+            return f"{step.op} is random and needs the seed of its generator"
+        if step.op == "resample_to" and not isinstance(step.params.get("reference"), Volume):
+            return "resample_to needs its reference Volume"
+    return _image_mode(steps)[1]
+
+
+def fusable(steps: Sequence[SpatialStep]) -> bool:
+    """Whether `fused_spatial` accepts the chain `steps` (see `why_not_fusable`)."""
+    return why_not_fusable(steps) is None
+
+
+# ===== grids and steps =======================================================================
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """A voxel grid: size and spacing in (x, y, z) order, origin, direction (d x d)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, vol: Volume) -> _Grid:
+        return cls(vol.shape, vol.spacing, vol.origin, vol.direction)
+
+    @property
+    def dim(self) -> int:
+        return len(self.size)
+
+    @property
+    def shape_zyx(self) -> tuple[int, ...]:
+        return tuple(reversed(self.size))
+
+    def matrix(self) -> np.ndarray:
+        """Homogeneous index -> physical point map."""
+        d = self.dim
+        m = np.eye(d + 1)
+        m[:d, :d] = np.array(self.direction).reshape(d, d) * np.array(self.spacing)
+        m[:d, d] = self.origin
+        return m
+
+    def point(self, index: Sequence[float]) -> tuple[float, ...]:
+        """The physical point of continuous index `index`, as pre._index_to_point computes it."""
+        d = np.array(self.direction).reshape(self.dim, self.dim)
+        p = np.array(self.origin) + d @ (np.array(self.spacing) * np.asarray(index, dtype=float))
+        return tuple(float(v) for v in p)
+
+    def stand_in(self) -> Volume:
+        """A Volume with this grid and no data (a broadcast zero), for the aug helpers
+        that need only a grid (`_centre`, `_elastic_field`)."""
+        return Volume(np.broadcast_to(np.zeros((), np.uint8), self.shape_zyx), self.spacing, self.origin,
+                      self.direction)
+
+
+@dataclass
+class _Stage:
+    """One step on the grid: `matrix` maps homogeneous output indices to continuous input
+    indices (identity-like for a displacement stage, which adds `field` first)."""
+
+    op: str
+    grid_in: _Grid
+    grid_out: _Grid
+    matrix: np.ndarray
+    field: np.ndarray | None = None  # (z, y, x, d) physical displacements on grid_out (= grid_in)
+    index_only: bool = False
+    can_fill: bool = True  # flips and reorientation are bijections of the grid: nothing to check
+
+
+def _physical(grid_in: _Grid, grid_out: _Grid, transform: np.ndarray | None = None) -> np.ndarray:
+    """Output index -> input index through a physical output -> input map (identity default)."""
+    t = np.eye(grid_in.dim + 1) if transform is None else transform
+    return np.linalg.inv(grid_in.matrix()) @ t @ grid_out.matrix()
+
+
+def _sitk_affine(transform: object, dim: int) -> np.ndarray:
+    """A SimpleITK affine-type transform as a homogeneous matrix, read off from the
+    images of the origin and unit points (works for every affine transform class)."""
+    t0 = np.array(transform.TransformPoint((0.0,) * dim))  # type: ignore[attr-defined]
+    m = np.eye(dim + 1)
+    for j in range(dim):
+        e = [0.0] * dim
+        e[j] = 1.0
+        m[:dim, j] = np.array(transform.TransformPoint(tuple(e))) - t0  # type: ignore[attr-defined]
+    m[:dim, dim] = t0
+    return m
+
+
+def _window_stage(op: str, g: _Grid, start: Sequence[int], size: Sequence[int]) -> _Stage:
+    out = _Grid(tuple(int(s) for s in size), g.spacing, g.point(start), g.direction)
+    m = np.eye(g.dim + 1)
+    m[:g.dim, g.dim] = [int(s) for s in start]
+    return _Stage(op, g, out, m, index_only=True)
+
+
+def _reorient_stage(g: _Grid, to: str) -> _Stage:
+    import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
+
+    code = str(to).upper()
+    if len(code) != g.dim:
+        raise ValueError(f"orientation {to!r} does not fit a {g.dim}-D volume")
+    # DICOMOrient's choice depends on the direction only: ask it on a one-voxel image
+    dummy = sitk.Image([1] * g.dim, sitk.sitkUInt8)
+    dummy.SetDirection(g.direction)
+    new_dir = np.array(sitk.DICOMOrient(dummy, code).GetDirection()).reshape(g.dim, g.dim)
+    perm = np.rint(np.linalg.inv(np.array(g.direction).reshape(g.dim, g.dim)) @ new_dir)  # old axis j -> new i
+    m = np.eye(g.dim + 1)
+    m[:g.dim, :g.dim] = perm
+    size, spacing, start = [], [], [0] * g.dim
+    for i in range(g.dim):
+        j = int(np.flatnonzero(perm[:, i])[0])
+        size.append(g.size[j])
+        spacing.append(g.spacing[j])
+        if perm[j, i] < 0:
+            start[j] = g.size[j] - 1
+    m[:g.dim, g.dim] = start
+    out = _Grid(tuple(size), tuple(spacing), g.point(start), tuple(float(v) for v in new_dir.ravel()))
+    return _Stage("reorient", g, out, m, index_only=True, can_fill=False)
+
+
+def _plan(x: Volume, steps: Sequence[SpatialStep]) -> tuple[list[_Stage], dict[int, dict]]:
+    """The stages of the chain on `x`'s grid, and the draws of the random steps."""
+    stages: list[_Stage] = []
+    drawn: dict[int, dict] = {}
+    g = _Grid.of(x)
+    d = g.dim
+    for i, step in enumerate(steps):
+        p = _params(step)
+        op = step.op
+        rng = np.random.default_rng(list(step.seed)) if step.seed is not None else None
+        st: _Stage | None = None
+        if op in RANDOM_OPS and rng is None:
+            raise ValueError(f"{op} is random and needs SpatialStep.seed")
+        if op == "resample":
+            spacing = tuple(float(s) for s in p["spacing"])  # type: ignore[union-attr]
+            if len(spacing) != d:
+                raise ValueError(f"spacing needs {d} values, got {len(spacing)}")
+            size = tuple(max(1, int(np.ceil(round(n * old / new, 6)))) for n, old, new in zip(g.size, g.spacing, spacing))
+            out = _Grid(size, spacing, g.origin, g.direction)
+            st = _Stage(op, g, out, _physical(g, out))
+        elif op == "resample_to":
+            ref = p["reference"]
+            assert isinstance(ref, Volume)
+            if ref.dim != d:
+                raise ValueError(f"cannot resample a {d}-D volume onto a {ref.dim}-D reference")
+            out = _Grid.of(ref)
+            st = _Stage(op, g, out, _physical(g, out))
+        elif op == "resize":
+            size = tuple(int(m) for m in p["size"])  # type: ignore[union-attr]
+            if len(size) != d:
+                raise ValueError(f"size needs {d} values, got {len(size)}")
+            spacing = tuple(old * n / m for old, n, m in zip(g.spacing, g.size, size))
+            origin = g.point([0.5 * (s / old) - 0.5 for s, old in zip(spacing, g.spacing)])
+            out = _Grid(size, spacing, origin, g.direction)
+            st = _Stage(op, g, out, _physical(g, out))
+        elif op == "crop_or_pad":
+            size = tuple(int(m) for m in p["size"])  # type: ignore[union-attr]
+            if len(size) != d:
+                raise ValueError(f"size needs {d} values, got {len(size)}")
+            start = [n // 2 - m // 2 if n >= m else -((m - n) // 2) for n, m in zip(g.size, size)]
+            st = _window_stage(op, g, start, size)
+        elif op == "crop_foreground":
+            if i > 0:
+                raise ValueError("crop_foreground can only be the first step of a fused chain")
+            start, size = pre._foreground_box(x, int(p["margin"]), float(p["threshold"]))  # type: ignore[arg-type]
+            st = _window_stage(op, g, start, size)
+        elif op == "reorient":
+            st = _reorient_stage(g, str(p["to"]))
+        elif op == "flip":
+            dr = aug._draw_flip(d, int(p["axis"]), float(p["p"]), rng)  # type: ignore[arg-type]
+            drawn[i] = dr
+            if dr["applied"]:
+                m = np.eye(d + 1)
+                k = dr["axis"]
+                m[k, k], m[k, d] = -1.0, g.size[k] - 1
+                st = _Stage(op, g, g, m, index_only=True, can_fill=False)
+        elif op == "random_crop":
+            dr = aug._draw_random_crop(g.size, p["size"], rng)  # type: ignore[arg-type]
+            drawn[i] = dr
+            st = _window_stage(op, g, dr["start"], dr["size"])
+        elif op in ("rotate", "affine", "random_rescale", "elastic"):
+            if op == "rotate":
+                dr = aug._draw_rotate(d, float(p["angle"]), float(p["p"]), rng)  # type: ignore[arg-type]
+            elif op == "affine":
+                dr = aug._draw_affine(d, float(p["scale"]), float(p["shear"]), float(p["translate"]),  # type: ignore[arg-type]
+                                      float(p["p"]), rng)  # type: ignore[arg-type]
+            elif op == "random_rescale":
+                dr = aug._draw_random_rescale(p["scale"], float(p["p"]), rng)  # type: ignore[arg-type]
+            else:
+                dr = aug._draw_elastic(float(p["sigma"]), float(p["magnitude"]), float(p["p"]), rng)  # type: ignore[arg-type]
+            drawn[i] = dr
+            if dr["applied"]:
+                vol = g.stand_in()
+                if op == "elastic":
+                    st = _Stage(op, g, g, np.eye(d + 1), field=aug._elastic_field(vol, dr))
+                else:
+                    make = {"rotate": aug._rotate_transform, "affine": aug._affine_transform,
+                            "random_rescale": aug._rescale_transform}[op]
+                    st = _Stage(op, g, g, _physical(g, g, _sitk_affine(make(vol, dr), d)))
+        else:
+            raise ValueError(f"{op} is not a fusable spatial operator")
+        if st is not None:
+            stages.append(st)
+            g = st.grid_out
+    return stages, drawn
+
+
+# ===== fills ===================================================================================
+
+
+def _fill(stage: _Stage, vol: Volume, minimum: float) -> float:
+    """The value the unfused op of `stage` gives voxels outside its input (`minimum`:
+    the minimum of that input, see the module docstring)."""
+    if stage.op in RANDOM_OPS:  # aug: 0 for label kinds, the minimum otherwise
+        return 0.0 if vol.kind in NEAREST_KINDS else minimum
+    if stage.op == "crop_foreground":
+        return 0.0
+    return minimum if vol.kind == "image" else 0.0  # pre._outside_value
+
+
+def _fills_with_minimum(stage: _Stage, vol: Volume) -> bool:
+    """Whether `_fill` gives the input's minimum (rather than 0) for `stage` on `vol`."""
+    return _fill(stage, vol, 1.0) == 1.0 and _fill(stage, vol, 2.0) == 2.0
+
+
+def _minimum(a: np.ndarray) -> float:
+    return float(np.min(a)) if a.size else 0.0
+
+
+# ===== exact index chains ======================================================================
+
+
+def _compose(stages: Sequence[_Stage], dim: int) -> np.ndarray:
+    """Output index of the last stage -> input index of the first, homogeneous (each
+    stage maps its output to its input, so the chain is M_0 @ M_1 @ ... @ M_{n-1})."""
+    m = np.eye(dim + 1)
+    for st in stages:
+        m = m @ st.matrix
+    return m
+
+
+def _signed_axes(m: np.ndarray, dim: int) -> list[tuple[int, int, int]]:
+    """For an exact index map (signed permutation + integer offset): per output axis i,
+    the input axis j, the sign and the offset: input_j = sign * output_i + offset."""
+    out = []
+    for i in range(dim):
+        j = int(np.flatnonzero(np.rint(m[:dim, i]))[0])
+        out.append((j, int(np.rint(m[j, i])), int(np.rint(m[j, dim]))))
+    return out
+
+
+def _valid_box(m: np.ndarray, size_in: Sequence[int], size_out: Sequence[int]) -> list[tuple[int, int]]:
+    """Per output axis the index range [lo, hi) whose image under `m` lies inside an
+    input grid of `size_in` voxels (may be empty: lo >= hi)."""
+    box = []
+    for i, (j, sign, off) in enumerate(_signed_axes(m, len(size_out))):
+        lo, hi = (-off, size_in[j] - off) if sign > 0 else (off - size_in[j] + 1, off + 1)
+        box.append((max(lo, 0), min(hi, size_out[i])))
+    return box
+
+
+def _exact(vol: Volume, stages: Sequence[_Stage], minimum_cache: dict[int, float]) -> np.ndarray:
+    """The chain of index-only `stages` on `vol` as one exact gather: permute and flip
+    the input's axes, take one window, then give every voxel that some step put outside
+    its input that step's fill value, in step order (a later step's fill covers an
+    earlier one's, as it does unfused)."""
+    d = vol.dim
+    a = vol.array
+    if not stages:
+        return a.copy()
+    out_grid = stages[-1].grid_out
+    size_out = out_grid.size
+    m = _compose(stages, d)
+    axes = _signed_axes(m, d)
+    # a view of the input whose axis i (x, y, z order) runs along output axis i
+    view = a
+    for j, sign, _ in axes:
+        if sign < 0:
+            view = np.flip(view, axis=d - 1 - j)
+    order = [d - 1 - axes[d - 1 - k][0] for k in range(d)] + list(range(d, a.ndim))
+    view = np.transpose(view, order)
+    out = np.empty(tuple(reversed(size_out)) + a.shape[d:], dtype=a.dtype)
+    data_box = [(0, n) for n in size_out]
+    painted: list[tuple[int, list[tuple[int, int]]]] = []
+    for k, st in enumerate(stages):
+        if not st.can_fill:
+            continue
+        box = _valid_box(_compose(stages[k:], d), st.grid_in.size, size_out)
+        if any(lo > 0 or hi < n for (lo, hi), n in zip(box, size_out)):
+            painted.append((k, box))
+        data_box = [(max(lo, blo), min(hi, bhi)) for (lo, hi), (blo, bhi) in zip(data_box, box)]
+    if all(lo < hi for lo, hi in data_box):
+        src = []
+        for i, (j, sign, off) in enumerate(axes):
+            lo, hi = data_box[i]
+            start = off + lo if sign > 0 else a.shape[d - 1 - j] - 1 - off + lo  # in the flipped view
+            src.append(slice(start, start + hi - lo))
+        dst = tuple(slice(lo, hi) for lo, hi in reversed(data_box))
+        out[dst] = view[tuple(reversed(src))]
+    for k, box in painted:
+        st = stages[k]
+        if k not in minimum_cache and _fills_with_minimum(st, vol):
+            # the minimum of this step's own input, as the unfused op takes it
+            minimum_cache[k] = _minimum(_exact(vol, stages[:k], minimum_cache))
+        fill = _fill(st, vol, minimum_cache.get(k, 0.0))
+        for i, (lo, hi) in enumerate(box):
+            axis = d - 1 - i
+            before = [slice(None)] * out.ndim
+            before[axis] = slice(0, max(lo, 0))
+            out[tuple(before)] = fill
+            after = [slice(None)] * out.ndim
+            after[axis] = slice(max(hi, lo, 0), None)
+            out[tuple(after)] = fill
+    return out
+
+
+# ===== sampling ================================================================================
+
+
+def _affine_coords(m: np.ndarray, coords: Sequence[object]) -> list[object]:
+    """`m` (homogeneous, d+1 square) applied to coordinate tensors (x, y, z order). Terms
+    with a zero coefficient are skipped, so a coordinate that does not depend on some
+    axis keeps a broadcast (smaller) shape: that is what makes per-slice sampling and
+    cheap validity checks fall out of the same code."""
+    import torch
+
+    d = len(coords)
+    out = []
+    for i in range(d):
+        acc: object = torch.tensor(float(m[i, d]), dtype=coords[0].dtype, device=coords[0].device)  # type: ignore[attr-defined]
+        for j in range(d):
+            if abs(m[i, j]) > _ZERO:
+                acc = acc + float(m[i, j]) * coords[j]  # type: ignore[operator]
+        out.append(acc)
+    return out
+
+
+def _outside(coords: Sequence[object], size: Sequence[int]) -> object:
+    """Where a point lies outside a grid of `size` voxels by ITK's rule (every
+    continuous index in [-0.5, n - 0.5))."""
+    import torch
+
+    mask: object = None
+    for c, n in zip(coords, size):
+        # |c - centre| > n/2: one pass instead of two comparisons (the exclusive upper end
+        # differs only for a point exactly on it)
+        out = torch.abs(c - (n - 1) / 2.0) > n / 2.0  # type: ignore[operator]
+        mask = out if mask is None else mask | out  # type: ignore[operator]
+    return mask
+
+
+def _mapped_bounds(m: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of the image of the box [lo, hi] under the affine `m` (an affine map's
+    image of a box lies within the hull of its corners' images)."""
+    d = len(lo)
+    corners = np.array(np.meshgrid(*[[a, b] for a, b in zip(lo, hi)], indexing="ij")).reshape(d, -1)
+    mapped = m[:d, :d] @ corners + m[:d, d:d + 1]
+    return mapped.min(axis=1), mapped.max(axis=1)
+
+
+def _normalized(c: object, n: int) -> object:
+    """A continuous index as grid_sample's align_corners=True coordinate."""
+    return c * (2.0 / (n - 1)) - 1.0 if n > 1 else c * 0.0  # type: ignore[operator]
+
+
+def _free_of(t: object, axis: int) -> bool:
+    """Whether the broadcast tensor `t` ((z, y, x) array axes) is constant along `axis`."""
+    return t.dim() <= axis or t.shape[axis] == 1  # type: ignore[attr-defined]
+
+
+def _slice_aligned(c: Sequence[object]) -> bool:
+    """Whether the source coordinates `c` ((x, y, z) broadcast tensors of one chunk)
+    take every output slice from one input slice: x and y independent of the output
+    slice, z constant within a slice and an integer."""
+    import torch
+
+    if not (all(_free_of(ci, 0) for ci in c[:2]) and _free_of(c[2], 1) and _free_of(c[2], 2)):
+        return False
+    cz = c[2]
+    return bool(torch.all(torch.abs(cz - torch.round(cz)) < 1e-4))  # type: ignore[arg-type]
+
+
+@dataclass
+class _Chunk:
+    """The result of mapping one chunk of output voxels back to the input."""
+
+    coords: list[object]  # continuous input indices (x, y, z), broadcastable tensors
+    masks: list[tuple[int, object]] = field(default_factory=list)  # (stage, outside) pairs
+
+
+def _map_chunk(stages: Sequence[_Stage], base: list[object], lo: np.ndarray, hi: np.ndarray,
+               fields: dict[int, object]) -> _Chunk:
+    """Map output indices `base` (spanning the box [lo, hi]) back through `stages`,
+    noting at every stage that can fill where the point lies outside its input grid."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 (the alias torch documents)
+
+    d = len(base)
+    cur = base
+    acc = np.eye(d + 1)  # maps `cur` to the current stage's output index
+    masks: list[tuple[int, object]] = []
+    for k in reversed(range(len(stages))):
+        st = stages[k]
+        if st.field is not None:
+            shape = tuple(torch.broadcast_shapes(*[b.shape for b in base]))  # type: ignore[attr-defined]
+            cur = [c.expand(shape) for c in _affine_coords(acc, cur)]  # type: ignore[attr-defined]
+            acc = np.eye(d + 1)
+            g = st.grid_out
+            grid = torch.stack([_normalized(c, n) for c, n in zip(cur, g.size)], dim=-1).to(torch.float32)  # type: ignore[arg-type]
+            disp = F.grid_sample(fields[k], grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+            # DisplacementFieldTransform: no displacement where the point is outside the field's buffer
+            keep = ~_outside(cur, g.size)  # type: ignore[operator]
+            inv = np.linalg.inv(g.matrix()[:d, :d])
+            cur = [cur[i] + keep * sum(float(inv[i, j]) * disp[j] for j in range(d)) for i in range(d)]  # type: ignore[operator]
+            lo = np.array([float(c.min()) for c in cur])  # type: ignore[attr-defined]
+            hi = np.array([float(c.max()) for c in cur])  # type: ignore[attr-defined]
+        acc = st.matrix @ acc
+        if not st.can_fill:
+            continue
+        size = np.array(st.grid_in.size, dtype=float)
+        mlo, mhi = _mapped_bounds(acc, lo, hi)
+        if np.all(mlo >= 0.0) and np.all(mhi <= size - 1.0):
+            continue
+        coords = _affine_coords(acc, cur)
+        beyond = [i for i in range(d) if mlo[i] < -0.5 or mhi[i] >= size[i] - 0.5]
+        if beyond:
+            masks.append((k, _outside([coords[i] for i in beyond], [st.grid_in.size[i] for i in beyond])))
+        if k == 0:  # the sampling itself clamps to the input's border (grid_sample's border mode)
+            return _Chunk(coords, masks)
+        # Unfused, the steps before this one were evaluated only at this step's input grid
+        # points, and this step's interpolation clamps to them (ITK's border rule): clamp
+        # here too, so that a point in the outer half voxel does not reach past the grid
+        # of an earlier step (which would fill it there, or sample what a crop removed).
+        for i in range(d):
+            if mlo[i] < 0.0 or mhi[i] > size[i] - 1.0:
+                coords[i] = coords[i].clamp(0.0, size[i] - 1.0)  # type: ignore[attr-defined]
+
+        cur, acc = coords, np.eye(d + 1)
+        lo, hi = np.clip(mlo, 0.0, size - 1.0), np.clip(mhi, 0.0, size - 1.0)
+    return _Chunk(_affine_coords(acc, cur), masks)
+
+
+def _sample(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: np.dtype, minimum: float,
+            device: str) -> np.ndarray:
+    """`vol` sampled once through the composed `stages` (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 (the alias torch documents)
+
+    d = vol.dim
+    out_grid = stages[-1].grid_out
+    size_in = vol.shape
+    shape_out = out_grid.shape_zyx
+    channels = vol.array.ndim > d
+    dev = torch.device(device)
+    fill = {k: _fill(st, vol, minimum) for k, st in enumerate(stages)}
+    fields = {k: torch.from_numpy(np.moveaxis(st.field, -1, 0)[None].astype(np.float32)).to(dev)
+              for k, st in enumerate(stages) if st.field is not None}
+    a = vol.array
+    if mode == "nearest":
+        # gather rows of a (voxels, channels) table: any dtype, no interpolation
+        table = a.reshape(int(np.prod(a.shape[:d])), -1)
+        src_t = None if table.dtype in (np.uint16, np.uint32) else torch.from_numpy(np.ascontiguousarray(table)).to(dev)
+    else:
+        tdtype = torch.float64 if out_dtype == np.float64 else torch.float32
+        arr = np.moveaxis(a, -1, 0) if channels else a[None]
+        src_t = torch.from_numpy(np.ascontiguousarray(arr)).to(dev, tdtype)[None]  # (1, C, *spatial)
+    out = np.empty(shape_out + a.shape[d:], dtype=out_dtype)
+    # float32 coordinates: 3e-5 of a voxel at index 512, far below interpolation's own
+    # error; it halves the memory traffic, which is what the sampling's time is spent on
+    cdtype = torch.float32
+    per_slice = d == 3 and not fields
+    plane = int(np.prod(shape_out[1:]))
+    step = max(1, _CHUNK_VOXELS // max(plane, 1)) if d == 3 else shape_out[0]
+    for z0 in range(0, shape_out[0], step):
+        z1 = min(z0 + step, shape_out[0])
+        if d == 3:
+            base = [torch.arange(shape_out[2], dtype=cdtype, device=dev).view(1, 1, -1),
+                    torch.arange(shape_out[1], dtype=cdtype, device=dev).view(1, -1, 1),
+                    torch.arange(z0, z1, dtype=cdtype, device=dev).view(-1, 1, 1)]
+        else:
+            base = [torch.arange(shape_out[1], dtype=cdtype, device=dev).view(1, -1),
+                    torch.arange(z0, z1, dtype=cdtype, device=dev).view(-1, 1)]
+        lo = np.array([0.0] * (d - 1) + [float(z0)]) if d == 3 else np.array([0.0, float(z0)])
+        hi = np.array([float(n - 1) for n in out_grid.size])
+        hi[-1] = float(z1 - 1)
+        chunk = _map_chunk(stages, base, lo, hi, fields)
+        full = tuple(z1 - z0 if i == 0 else n for i, n in enumerate(shape_out))
+        c = chunk.coords
+        if mode == "nearest":
+            idx = [torch.clamp(torch.floor(ci + 0.5), 0, n - 1).to(torch.int64) for ci, n in zip(c, size_in)]  # type: ignore[arg-type]
+            flat = idx[0]
+            stride = 1
+            for i in range(1, d):
+                stride *= size_in[i - 1]
+                flat = flat + idx[i] * stride
+            flat = flat.expand(full).reshape(-1)
+            if src_t is None:
+                vals = table[flat.cpu().numpy()]
+            else:
+                vals = src_t[flat].cpu().numpy()
+            vals = vals.reshape(full + a.shape[d:])
+        else:
+            if per_slice and _slice_aligned(c):
+                cz = c[2].reshape(-1).expand(z1 - z0)  # type: ignore[attr-defined]
+                # every output slice is one input slice resampled in-plane: 2-D sampling per slice
+                zi = torch.clamp(torch.round(cz), 0, size_in[2] - 1).to(torch.int64)
+                planes = src_t[0].permute(1, 0, 2, 3)[zi]  # (slices, C, y, x)
+                g2 = torch.stack([_normalized(c[i], size_in[i]).expand((1, *full[1:]))[0]  # type: ignore[attr-defined]
+                                  for i in (0, 1)], dim=-1)
+                g2 = g2.reshape(1, *full[1:], 2).expand(z1 - z0, *full[1:], 2).to(src_t.dtype)
+                vals_t = F.grid_sample(planes, g2, mode="bilinear", padding_mode="border", align_corners=True)
+                vals_t = vals_t.permute(1, 0, 2, 3)  # (C, z, y, x)
+            else:
+                grid = torch.stack([_normalized(ci, n).expand(full) for ci, n in zip(c, size_in)], dim=-1)  # type: ignore[attr-defined]
+                vals_t = F.grid_sample(src_t, grid[None].to(src_t.dtype), mode="bilinear", padding_mode="border",
+                                       align_corners=True)[0]
+            vals_t = vals_t.permute(*range(1, d + 1), 0) if channels else vals_t[0]
+            vals = vals_t.cpu().numpy()
+        # fills in step order: a later step's fill covers an earlier one's, as unfused
+        for k, mask in sorted(chunk.masks, key=lambda km: km[0]):
+            m = mask.expand(full).cpu().numpy()  # type: ignore[attr-defined]
+            vals[m] = fill[k]
+        out[z0:z1] = vals.astype(out_dtype, copy=False)
+    return out
+
+
+# ===== the kernel ===============================================================================
+
+
+def _out_dtype(vol: Volume, mode: str, steps_done: Sequence[_Stage]) -> np.dtype:
+    if mode == "nearest":
+        return vol.array.dtype
+    if vol.array.dtype == np.float64 and not any(st.op in _PRE_RESAMPLING for st in steps_done):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def _one(vol: Volume, stages: Sequence[_Stage], image_mode: str | None, device: str) -> Volume:
+    """One member of the value through the planned stages."""
+    if stages:
+        out_grid = stages[-1].grid_out
+    else:
+        return vol.with_array(vol.array.copy())
+    if all(st.index_only for st in stages):
+        array = _exact(vol, stages, {})
+    else:
+        nearest = vol.kind in NEAREST_KINDS
+        if not nearest:
+            mode = image_mode or "linear"
+        else:
+            mode = "nearest"
+        array = _sample(vol, stages, mode, _out_dtype(vol, mode, stages), _minimum(vol.array), device)
+    return Volume(array, out_grid.spacing, out_grid.origin, out_grid.direction, vol.kind, vol.modality, vol.source)
+
+
+def unfused_spatial(x: Volume | Pair, steps: Sequence[SpatialStep]) -> tuple[Volume | Pair, dict[int, dict]]:
+    """The chain run step by step with the medasl.ops operators, as the executor runs it
+    unfused (std.pre operators on each member of a pair, crop_foreground and the std.aug
+    operators on the whole pair): the reference `fused_spatial` is tested against, and
+    its fallback for a pair on two grids."""
+    drawn: dict[int, dict] = {}
+    for i, step in enumerate(steps):
+        fn = _op_function(step.op)
+        if step.op in RANDOM_OPS:
+            if step.seed is None:
+                raise ValueError(f"{step.op} is random and needs SpatialStep.seed")
+            x, drawn[i] = fn(x, **step.params, rng=np.random.default_rng(list(step.seed)))  # type: ignore[misc]
+        elif step.op == "crop_foreground" or not isinstance(x, Pair):
+            x = fn(x, **step.params)  # type: ignore[assignment]
+        else:
+            x = Pair(fn(x.input, **step.params), fn(x.target, **step.params))
+    return x, drawn
+
+
+def fused_spatial(x: Volume | Pair, steps: Sequence[SpatialStep], device: str = "cpu"
+                  ) -> tuple[Volume | Pair, dict[int, dict]]:
+    """Apply the chain `steps` to `x` with one sampling; returns the result and, per
+    random step index, what it drew (the same `drawn` dict the unfused op returns).
+
+    A Pair gets the same transform for both members (the target by nearest neighbour
+    when it is a label kind). A Pair whose members lie on different grids (which the
+    unfused std.pre operators resample each on its own grid) is run unfused, with
+    identical draws. ValueError for a chain `why_not_fusable` refuses."""
+    reason = why_not_fusable(steps)
+    if reason is not None:
+        raise ValueError(f"cannot fuse this chain: {reason}")
+    image_mode, _ = _image_mode(steps)
+    vol = x.input if isinstance(x, Pair) else x
+    if isinstance(x, Pair) and not x.input.same_grid(x.target, tol=1e-9):
+        return unfused_spatial(x, steps)
+    for step in steps:
+        if step.op in _PRE_RESAMPLING:
+            for member in ((x.input, x.target) if isinstance(x, Pair) else (x,)):
+                pre._interpolator(member, str(_params(step).get("interp", "auto")))  # ValueError as unfused
+    stages, drawn = _plan(vol, steps)
+    if isinstance(x, Pair):
+        return Pair(_one(x.input, stages, image_mode, device), _one(x.target, stages, image_mode, device)), drawn
+    return _one(vol, stages, image_mode, device), drawn
