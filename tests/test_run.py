@@ -62,9 +62,14 @@ def _volume(path: Path) -> sitk.Image:
 # ----- results -------------------------------------------------------------------------
 
 
-def test_results_equal_the_operators_called_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("level", "tolerance", "label_band"), [("0", 1e-6, 0.0), ("2", 1e-5, 0.01)])
+def test_results_equal_the_operators_called_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level: str,
+                                                     tolerance: float, label_band: float) -> None:
+    """-O0 runs the operators as written; -O2 fuses crop_or_pad and rotate into one
+    sampling (float32 rounding of the composed transform; a label may flip where a
+    nearest-neighbour tie rounds the other way)."""
     monkeypatch.chdir(tmp_path)
-    code, err = _run(tmp_path, PHANTOM)
+    code, err = _run(tmp_path, PHANTOM, f"-O{level}")
     assert code == 0, err
     from medasl.ops import data
     from medasl.runtime.executor import node_seed
@@ -79,11 +84,11 @@ def test_results_equal_the_operators_called_directly(tmp_path: Path, monkeypatch
         rng = np.random.default_rng([node_seed(0, "prepped"), case_number(case.id)])
         x, _ = aug.rotate(x, angle=10.0, p=1.0, rng=rng)
         written = _volume(tmp_path / "out" / "prep" / "train" / f"{case.id}_ct.nii.gz")
-        np.testing.assert_allclose(sitk.GetArrayFromImage(written), x.input.array, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(sitk.GetArrayFromImage(written), x.input.array, rtol=0, atol=tolerance)
         np.testing.assert_allclose(written.GetSpacing(), x.input.spacing, rtol=1e-6)
         np.testing.assert_allclose(written.GetOrigin(), x.input.origin, atol=1e-4)
         labels = sitk.GetArrayFromImage(_volume(tmp_path / "out" / "prep" / "train" / f"{case.id}_seg.nii.gz"))
-        np.testing.assert_array_equal(labels, x.target.array)
+        assert np.mean(labels != x.target.array) <= label_band
         assert set(np.unique(labels)) <= {0, 1}
 
 

@@ -190,16 +190,15 @@ def killed_run(file: Path, cache_dir: Path, out: Path, workers: int, after: int,
     return next(iter(new))
 
 
-def preview_of(file: Path, cache_dir: Path, out: Path, seed: int = 0) -> dict:
-    from medasl.lower.plan import lower
+def preview_of(file: Path, cache_dir: Path, out: Path, seed: int = 0, level: int = 2) -> dict:
     from medasl.runtime.executor import RunOptions, preview
+    from medasl.runtime.session import plans
     from medasl.semantics.checker import check_source
     from medasl.source import SourceFile
 
     result = check_source(SourceFile.read(file))
     assert not result.diagnostics.has_errors
-    (graph,) = result.graphs
-    plan = lower(graph)
+    (plan,) = plans(result.graphs, {}, level)  # the plan `medasc run -O<level>` runs
     return preview(plan, RunOptions(Cache(cache_dir / "results"), (out / plan.pipeline).resolve(), seed=seed))
 
 
@@ -335,13 +334,14 @@ def test_concurrent_runs_on_one_cache_compute_each_result_once(tmp_path: Path) -
 
 
 def test_changing_a_parameter_reruns_only_the_steps_downstream(tmp_path: Path) -> None:
+    """At -O0, where every operator is a step of its own (the explanations name them)."""
     file = write_pipeline(tmp_path)
     cache_dir, out = tmp_path / "cache", tmp_path / "out"
-    first = by_step(logged_run(file, cache_dir, out))
-    assert all_cached(preview_of(file, cache_dir, out))
+    first = by_step(logged_run(file, cache_dir, out, "-O0"))
+    assert all_cached(preview_of(file, cache_dir, out, level=0))
 
     write_pipeline(tmp_path, PIPELINE.replace("window(level=40", "window(level=50"))
-    previews = preview_of(file, cache_dir, out)
+    previews = preview_of(file, cache_dir, out, level=0)
     changed = {"train_cases", "saved_train", "val_cases", "saved"}
     changed_fused = {"window", "rescale", "crop_or_pad", "flip", "window_2", "rescale_2"}
     assert previews["cases"].status == "cached", previews["cases"]
@@ -356,7 +356,7 @@ def test_changing_a_parameter_reruns_only_the_steps_downstream(tmp_path: Path) -
     for step in (changed | changed_fused) - {"window", "window_2"}:
         assert all(r.startswith("input ") for r in previews[step].reasons), (step, previews[step].reasons)
 
-    table = subprocess.run(run_args(file, cache_dir, out, "--dry-run"), capture_output=True, text=True, env=ENV,
+    table = subprocess.run(run_args(file, cache_dir, out, "-O0", "--dry-run"), capture_output=True, text=True, env=ENV,
                            timeout=60)
     assert table.returncode == 0, table.stderr
     rows = {line.split("│")[1].strip(): line for line in table.stderr.splitlines() if line.count("│") > 3}
@@ -365,7 +365,7 @@ def test_changing_a_parameter_reruns_only_the_steps_downstream(tmp_path: Path) -
     assert digests(cache_dir) == set().union(*(set(cases.values()) for cases in first.values()))
 
     # the run computes exactly the stale steps, every case of them
-    second = by_step(logged_run(file, cache_dir, out))
+    second = by_step(logged_run(file, cache_dir, out, "-O0"))
     assert set(second) == changed
     for step in changed:
         assert set(second[step]) == set(first[step])
@@ -376,21 +376,22 @@ def test_changing_a_parameter_reruns_only_the_steps_downstream(tmp_path: Path) -
 
 
 def test_force_recomputes_the_step_and_everything_downstream_only(tmp_path: Path) -> None:
+    """At -O0, as above; at -O2 `--force window` forces the fused step holding it."""
     file = write_pipeline(tmp_path)
     cache_dir, out = tmp_path / "cache", tmp_path / "out"
-    first = by_step(logged_run(file, cache_dir, out))
+    first = by_step(logged_run(file, cache_dir, out, "-O0"))
     images = {name: path.read_bytes() for name, path in written_files(out).items()}
 
-    previews = preview_of(file, cache_dir, out)
+    previews = preview_of(file, cache_dir, out, level=0)
     assert all_cached(previews)
-    table = subprocess.run(run_args(file, cache_dir, out, "--dry-run", "--force", "window"), capture_output=True,
+    table = subprocess.run(run_args(file, cache_dir, out, "-O0", "--dry-run", "--force", "window"), capture_output=True,
                            text=True, env=ENV, timeout=60)
     assert table.returncode == 0, table.stderr
     rows = {line.split("│")[1].strip(): line for line in table.stderr.splitlines() if line.count("│") > 3}
     assert "forced" in rows["window"] and "forced" in rows["saved_train"]
     assert "unchanged" in rows["resample"] and "unchanged" in rows["window_2"]
 
-    forced = by_step(logged_run(file, cache_dir, out, "--force", "window"))
+    forced = by_step(logged_run(file, cache_dir, out, "-O0", "--force", "window"))
     downstream = ["train_cases", "saved_train"]  # window ... flip are computed inside train_cases
     assert sorted(forced) == sorted(downstream)
     for step in downstream:  # the same keys, computed again, with the same results
@@ -398,7 +399,7 @@ def test_force_recomputes_the_step_and_everything_downstream_only(tmp_path: Path
     assert_no_partial_entry(cache_dir)
     for name, path in written_files(out).items():
         assert path.read_bytes() == images[name]
-    assert logged_run(file, cache_dir, out) == []
+    assert logged_run(file, cache_dir, out, "-O0") == []
 
 
 # ----- 5. --seed --------------------------------------------------------------------

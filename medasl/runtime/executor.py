@@ -193,47 +193,12 @@ class Preparer:
         self.users = {sid: [s.id for s in plan.steps.values() if sid in s.inputs.values()] for sid in plan.steps}
         self.inline: dict[str, dict[str | None, Task]] = {}  # fused step -> its task per case
         self.tasks_of: dict[str, dict[str, Task]] = {}  # mapped step -> its task per case
-        self.augmenting = self._augmenting()
 
     def fuses_into(self, step: Step) -> str | None:
-        """The step that computes `step` in memory, case by case, instead of storing it.
-
-        A chain of per-case steps (resample, window, rescale, crop, flip, ...) is stored
-        only at its end: storing each link would cost more than most links take to
-        compute, and resuming mid-chain saves little. A step is fused into the one after
-        it when that one is its only user, maps over it as its only dataset input, and
-        the step itself is per-case (mapped or a source), writes nothing and does not
-        turn one case into several. Where the chain makes a training's cases, a
-        deterministic step is not fused into a random one: the input of the
-        augmentations is stored, so that training can draw them anew in every epoch
-        from there (preprocessed once, augmented on the fly).
-        """
+        """The step that computes `step` in memory, case by case, instead of storing it:
+        its one user, when the `place_storage` pass decided so (store = "memory")."""
         users = self.users[step.id]
-        per_case = step.mapped or (not step.inputs and registry.source(step.op) is not None)
-        if len(users) != 1 or not per_case or step.writes or step.op in registry.EXPANDS:
-            return None
-        user = self.plan.steps[users[0]]
-        lifted = next(iter(user.inputs), None)
-        if not user.mapped or user.op in registry.SELECTIONS or lifted is None:
-            return None
-        if user.inputs[lifted] != step.id or user.dataset_inputs != {lifted}:
-            return None
-        if user.random and not step.random and user.id in self.augmenting:
-            return None
-        return user.id
-
-    def _augmenting(self) -> set[str]:
-        """The per-case steps that make a training's cases (walking back from each `train`'s
-        data along mapped steps): only there is the input of random steps stored, because
-        only there are they drawn again, in every epoch."""
-        found: set[str] = set()
-        for step in self.plan.steps.values():
-            current = self.plan.steps.get(step.inputs.get("data", "")) if step.op == "train" else None
-            while current is not None and current.id not in found and (current.mapped or current.op in registry.EXPANDS):
-                found.add(current.id)
-                lifted = next(iter(current.inputs), None)
-                current = self.plan.steps.get(current.inputs[lifted]) if lifted else None
-        return found
+        return users[0] if step.store == "memory" and len(users) == 1 else None
 
     def _fused(self, step: Step, tasks: list[Task], value: RunValue) -> Prepared:
         """Tasks as prepared, or, for a step fused into the next, kept for that step's chain."""
@@ -271,6 +236,8 @@ class Preparer:
         params = dict(step.params)
         if step.writes:
             params["path"] = self._writer_path(step, case)
+        if step.fused and step.random:  # each fused step draws with the seed it has unfused
+            params["seeds"] = [node_seed(self.options.seed, original) for original in step.fused]
         return params
 
     def _writer_path(self, step: Step, case: str | None) -> str:
@@ -293,7 +260,7 @@ class Preparer:
     def _key(self, step: Step, params: dict[str, object], inputs: dict[str, str], sources: dict[str, str],
              case: str | None) -> tuple[CacheKey, tuple[int, int] | None]:
         seed = node_seed(self.options.seed, step.id) if step.random else None
-        key_params = {"args": to_json(params), "lift": list(step.lift)}
+        key_params = {"ir": step.hash, "args": to_json(params), "lift": list(step.lift)}
         if step.random and case is not None:
             key_params["case"] = case
         key = CacheKey(step.op, step.version, key_params, inputs, sources, seed)
@@ -305,7 +272,7 @@ class Preparer:
         tasks, items = [], []
         for spec in specs:
             sources = {f: file_digest(f, self.memo) for f in spec.files}
-            key = CacheKey(step.op, step.version, {"args": to_json(step.params), "case": spec.id,
+            key = CacheKey(step.op, step.version, {"ir": step.hash, "args": to_json(step.params), "case": spec.id,
                                                    "spec": to_json(spec.args)}, {}, sources)
             tasks.append(Task(key, step.id, step.op, spec.id, dict(step.params), spec=spec, modality=_modality(step),
                               index_id=self._index_id(step, spec.id)))
@@ -587,7 +554,10 @@ class LocalExecutor:
         root = str(options.cache.root)
         todo = []
         for task in tasks:  # cached results are reported without a round trip to a worker
-            if task.writes or options.cache.lookup(task.key) is None:
+            entry = options.cache.lookup(task.key)
+            # A writer whose files are intact is cached too: checked here, so that a cached
+            # run starts no worker process (run_task checks the same, and rewrites them).
+            if entry is None or (task.writes and not files_intact(entry.manifest)):
                 todo.append(task)
                 continue
             record(options.cache, task)
@@ -712,7 +682,12 @@ def _reasons(plan: Plan, step: Step, explanation: Explanation) -> list[str]:
     if not explanation.changes:
         return list(explanation.reasons)
     reasons = []
+    compiled = [c for c in explanation.changes if c.part == "param" and c.name == "ir"]
+    if compiled and len(compiled) == len(explanation.changes):
+        return ["the compiled step changed (another -O level, or a new version of medasl's passes)"]
     for change in explanation.changes:
+        if change in compiled:
+            continue  # the node's structural hash changes with any change below: said in the user's terms
         if change.part == "input" and change.name in step.inputs:
             reasons.append(f"input `{change.name}` changed (from `{plan.steps[step.inputs[change.name]].label}`)")
         elif change.part == "seed":
