@@ -205,6 +205,17 @@ def test_a_large_offset_costs_no_precision() -> None:
         check_chain(_volume(array), [IntensityStep("brightness", {"p": 1.0}, (2,)), IntensityStep(op, {})])
 
 
+def test_other_voxel_types() -> None:
+    # big-endian arrays (torch takes native order only), float16, unsigned and wide integers
+    ct = _ct((8, 9, 10))
+    chain = [IntensityStep("window", {"level": 40.0, "width": 400.0}), IntensityStep("zscore", {}),
+             IntensityStep("gaussian_noise", {"std": 0.1}, (1,)), IntensityStep("percentile_rescale", {})]
+    for dtype in (">i2", ">f4", ">f8", "float16", "uint16", "int32", "uint32", "int64"):
+        array = (ct.astype(np.int64) + (1024 if dtype[0] == "u" else 0)).astype(dtype)
+        assert check_chain(_volume(array), chain) <= 1e-5
+    check_chain(_volume(ct.astype(">f8")), chain[2:3])  # float64 kept by noise alone
+
+
 def test_every_operator_alone_and_defaults() -> None:
     x = _volume(_ct().astype(np.float32))
     for op in sorted(INTENSITY_OPS):

@@ -120,10 +120,16 @@ def fused_intensity(x: Volume | Pair, steps: Sequence[IntensityStep],
     if not plan:
         return x, draws
 
-    array = np.ascontiguousarray(vol.array)
+    array = vol.array
+    if array.dtype.kind == "f" and array.dtype.itemsize == 2:
+        array = array.astype(np.float32)  # as the operators do; a float16 buffer would also sum in float16
+    elif not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))  # torch takes native byte order only
+    array = np.ascontiguousarray(array)
     wide = array.dtype == np.float64 or (array.dtype.kind in "iu" and array.dtype.itemsize > 2)
     compute = torch.float64 if wide else torch.float32
-    keeps_f64 = array.dtype == np.float64 and all(op in RANDOM_OPS for op, _ in plan)
+    # the original dtype, compared as std.aug compares it (a big-endian float64 gives float32 there)
+    keeps_f64 = vol.array.dtype == np.float64 and all(op in RANDOM_OPS for op, _ in plan)
     folded = _Folded(torch.from_numpy(array).to(device), compute)
     for op, args in plan:
         _STEPS[op](folded, args)
