@@ -13,9 +13,11 @@ one process on the same array:
     python benchmarks/intensity_fusion.py          # 9 repetitions, median reported
     python benchmarks/intensity_fusion.py --n 15
 
-Reported: the median seconds per volume (one warm-up call first, not counted), the ratio
-to fused, and the largest difference between fused and unfused relative to the output
-range. Check the machine's load (`uptime`) before quoting the figures.
+Reported: the median seconds per volume (one warm-up call each first, not counted), the
+ratio to fused, and the largest difference between fused and unfused relative to the
+output range. The implementations take turns within every repetition, so that a change
+in the machine's load hits them alike; the load average is printed before and after.
+Check it (`uptime`) before quoting the figures.
 """
 
 from __future__ import annotations
@@ -59,14 +61,17 @@ def synthetic_ct(seed: int = SEED) -> np.ndarray:
     return vol
 
 
-def timed(fn: Callable[[], object], n: int) -> tuple[float, object]:
-    out = fn()  # warm-up: imports, first-touch allocations
-    times = []
+def timed(fns: dict[str, Callable[[], object]], n: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds of each function over `n` rounds in which they take turns, and each one's
+    last result."""
+    outs = {name: fn() for name, fn in fns.items()}  # warm-up: imports, first-touch allocations
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(n):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, outs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,11 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"input: float32 {SHAPE_ZYX} (z, y, x); torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"load average {os.getloadavg()[0]:.2f}; median of {args.n}")
 
-    results: dict[str, float] = {}
-    t_fused, fused = timed(lambda: fused_intensity(vol, steps)[0].array, args.n)
-    results["fused (torch, cpu)"] = t_fused
-    t_unfused, unfused = timed(lambda: pre.zscore(pre.rescale(pre.window(vol, LEVEL, WIDTH), 0.0, 1.0)).array, args.n)
-    results["unfused medasl.ops"] = t_unfused
+    fns: dict[str, Callable[[], object]] = {
+        "fused (torch, cpu)": lambda: fused_intensity(vol, steps)[0].array,
+        "unfused medasl.ops": lambda: pre.zscore(pre.rescale(pre.window(vol, LEVEL, WIDTH), 0.0, 1.0)).array,
+    }
     try:
         from monai.transforms import Compose, NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
     except ImportError as exc:  # MONAI is an optional extra
@@ -103,13 +107,16 @@ def main(argv: list[str] | None = None) -> int:
         short = Compose([ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
                          NormalizeIntensity()])
         tensor = torch.from_numpy(ct)[None]
-        results["MONAI ScaleIntensityRange+ScaleIntensity+NormalizeIntensity"] = timed(lambda: same(tensor), args.n)[0]
-        results["MONAI ScaleIntensityRange+NormalizeIntensity"] = timed(lambda: short(tensor), args.n)[0]
+        fns["MONAI ScaleIntensityRange+ScaleIntensity+NormalizeIntensity"] = lambda: same(tensor)
+        fns["MONAI ScaleIntensityRange+NormalizeIntensity"] = lambda: short(tensor)
 
+    results, outs = timed(fns, args.n)
+    t_fused = results["fused (torch, cpu)"]
     width = max(len(k) for k in results)
     for name, seconds in results.items():
         print(f"{name:<{width}}  {seconds * 1e3:8.1f} ms  {seconds / t_fused:5.2f} x fused")
-    f, u = np.asarray(fused), np.asarray(unfused)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    f, u = np.asarray(outs["fused (torch, cpu)"]), np.asarray(outs["unfused medasl.ops"])
     print(f"max |fused - unfused| / output range = {np.abs(f - u).max() / np.ptp(u):.2e} (dtype {f.dtype})")
     return 0
 
