@@ -58,8 +58,9 @@ class Quiet:
     def epoch(self, *a: object) -> None: ...
 
 
-def run_once(n: int, workdir: Path, cache_root: Path) -> float:
-    """One in-process run of the pipeline on `cache_root`; its wall time."""
+def run_once(n: int, workdir: Path, cache_root: Path) -> tuple[float, float]:
+    """One in-process run of the pipeline on `cache_root`: (wall seconds, CPU seconds of
+    this process; on a shared, loaded machine the CPU time is the steadier figure)."""
     from medasl.diagnostics import Diagnostics
     from medasl.lower.plan import lower
     from medasl.runtime.cache import Cache
@@ -72,23 +73,23 @@ def run_once(n: int, workdir: Path, cache_root: Path) -> float:
     assert not diags.has_errors, diags.items
     plan = lower(graph)
     options = RunOptions(cache=Cache(cache_root), out_dir=workdir / "results", workers=1)
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     LocalExecutor().run(plan, options, Quiet())
-    return time.perf_counter() - clock
+    return time.perf_counter() - clock, time.process_time() - cpu
 
 
-def operators_only(n: int, out: Path) -> float:
+def operators_only(n: int, out: Path) -> tuple[float, float]:
     """The same work with the operators called directly: generate, window, rescale,
     zscore, write; nothing cached."""
     from medasl.ops import io, pre
 
     specs = io._list_phantom(cases=n, size=SIZE, seed=3)
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     for spec in specs:
         x = io._load_phantom(spec).input
         x = pre.zscore(pre.rescale(pre.window(x, 40, 400), 0, 1))
         io.write_nifti(x, out / f"{spec.id}_ct.nii.gz")
-    return time.perf_counter() - clock
+    return time.perf_counter() - clock, time.process_time() - cpu
 
 
 def count_files(root: Path) -> int:
@@ -138,14 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="profile the first run and print the top functions")
     args = parser.parse_args(argv)
     n = args.n
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="medasl-per-case-") as tmp:
         workdir = Path(tmp)
         os.chdir(workdir)
-        ops_s = operators_only(n, workdir / "direct")
+        ops_s, ops_cpu = operators_only(n, workdir / "direct")
         cache_root = workdir / "cache" / "results"
         profiler = _profile_tasks() if args.profile else None
-        first_s = run_once(n, workdir, cache_root)
-        cached_s = run_once(n, workdir, cache_root)
+        first_s, first_cpu = run_once(n, workdir, cache_root)
+        cached_s, cached_cpu = min(run_once(n, workdir, cache_root) for _ in range(2))
         files = count_files(cache_root)
         entries = sum(1 for p in cache_root.glob("??/*") if p.is_dir())
         written = len(list((workdir / "results" / "out").glob("*.nii.gz")))
@@ -155,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             (workdir / "many").mkdir()
             write_s, head_ms, tail_ms = write_many(workdir / "many", args.write)
     print(f"{n} cases of {SIZE[0]}x{SIZE[1]}x{SIZE[2]} voxels (phantom -> window -> rescale -> zscore -> write_nifti),"
-          f" one process, load {os.getloadavg()[0]:.2f}:")
-    print(f"  operators only          {1000 * ops_s / n:7.2f} ms/case")
-    print(f"  first run (empty cache) {1000 * first_s / n:7.2f} ms/case   "
-          f"({first_s / ops_s:.1f}x the operators; goal: at most 5 ms)")
-    print(f"  cached re-run           {1000 * cached_s / n:7.2f} ms/case   (goal: at most 0.5 ms)")
+          f" one process, load {load:.2f} before, {os.getloadavg()[0]:.2f} after; wall (CPU) per case:")
+    print(f"  operators only          {1000 * ops_s / n:7.2f} ms ({1000 * ops_cpu / n:.2f} ms)")
+    print(f"  first run (empty cache) {1000 * first_s / n:7.2f} ms ({1000 * first_cpu / n:.2f} ms)   "
+          f"{first_s / ops_s:.1f}x the operators; goal: at most 5 ms")
+    print(f"  cached re-run (best 2)  {1000 * cached_s / n:7.2f} ms ({1000 * cached_cpu / n:.2f} ms)   "
+          "goal: at most 0.5 ms")
     print(f"  cache files             {files / n:7.2f} per case   ({files} files, {entries} entries, "
           f"{files / max(entries, 1):.2f} files per entry; goal: at most 3 per case entry)")
     if args.write:

@@ -594,3 +594,166 @@ def test_a_memo_that_cannot_be_saved_is_not_an_error(tmp_path: Path) -> None:
     blocked.write_text("")
     with DigestMemo(blocked) as memo:
         assert memo.digest(f) == sha(b"x")
+
+
+# ----- per-case costs (issue 9) ----------------------------------------------------------
+
+
+def test_a_small_value_is_one_file_and_loads_from_the_manifest(tmp_path: Path) -> None:
+    import numpy as np
+
+    from medasl.runtime.store import encode_value, load_value
+
+    cache = Cache(tmp_path)
+    value = {"image": np.arange(24, dtype=np.int16).reshape(2, 3, 4), "label": 3}
+    entry, computed = cache.ensure(make_key(), lambda p: setattr(p, "value", encode_value(value, p.path)[0]))
+    assert computed and sorted(os.listdir(entry.path)) == ["manifest.json"]
+    assert json.loads((entry.path / "manifest.json").read_text())["format"] == 2
+    back = load_value(entry.path, doc=cache.lookup(make_key()).value_doc)  # type: ignore[union-attr]
+    assert isinstance(back, dict) and back["label"] == 3 and np.array_equal(back["image"], value["image"])
+
+
+def test_large_arrays_make_one_data_file_whose_digest_is_recorded(tmp_path: Path) -> None:
+    import numpy as np
+
+    from medasl.runtime.store import encode_value, load_value
+
+    cache = Cache(tmp_path)
+    value = (np.arange(100_000, dtype=np.float32), np.ones((50, 50, 50), np.uint8))
+
+    def produce(pending: object) -> None:
+        doc, digests = encode_value(value, pending.path)  # type: ignore[attr-defined]
+        pending.value = doc  # type: ignore[attr-defined]
+        pending.digests.update(digests)  # type: ignore[attr-defined]
+
+    entry, _ = cache.ensure(make_key(), produce)
+    assert sorted(os.listdir(entry.path)) == ["manifest.json", "value.bin"]
+    assert entry.outputs["value.bin"].sha256 == sha((entry.path / "value.bin").read_bytes())
+    assert cache.lookup(make_key(), verify=True) is not None
+    back = load_value(entry.path, doc=entry.value_doc)
+    assert isinstance(back, tuple) and all(np.array_equal(a, b) for a, b in zip(back, value, strict=True))
+
+
+def test_entries_of_manifest_format_1_still_load_and_unknown_formats_do_not(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    key = make_key()
+    write_entry(cache, key)
+    manifest_path = cache.entry_path(key) / "manifest.json"
+    for fmt, found in ((1, True), (3, False), (2, True)):
+        manifest = json.loads(manifest_path.read_text())
+        manifest["format"] = fmt
+        manifest_path.write_text(json.dumps(manifest))
+        assert (cache.lookup(key) is not None) is found, fmt
+
+
+def test_a_replaced_entry_is_read_again(tmp_path: Path) -> None:
+    """Parsed manifests are remembered per process, but never past a change of the file."""
+    cache = Cache(tmp_path)
+    key = make_key()
+    for drawn in ("first", "second"):
+        with cache.write(key) as pending:
+            pending.info["drawn"] = drawn
+            (pending.path / "out.raw").write_bytes(b"x" * (10 if drawn == "first" else 20))
+        found = Cache(tmp_path).lookup(key)
+        assert found is not None and found.manifest["info"]["drawn"] == drawn and found.size in (10, 20)
+        if drawn == "first":
+            cache.discard(key)
+
+
+def test_a_cached_key_takes_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = Cache(tmp_path)
+    write_entry(cache, make_key())
+
+    def no_lock(*args: object, **kwargs: object) -> None:
+        raise AssertionError("locked although cached")
+
+    monkeypatch.setattr(Cache, "lock", no_lock)
+    entry, computed = cache.ensure(make_key(), lambda p: None)
+    assert not computed and entry.digest == make_key().digest()
+
+
+def journal_files(root: Path) -> list[Path]:
+    return sorted((root / "index").glob("*.jsonl"))
+
+
+def forget_journals() -> None:
+    """What a new process knows of the journals: nothing."""
+    from medasl.runtime import cache as cache_module
+
+    cache_module._JOURNALS.clear()
+
+
+def test_the_cases_of_a_step_share_one_journal(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    keys = {f"p/resample#case{i}": make_key(params={"case": i}) for i in range(50)}
+    for node, key in keys.items():
+        cache.record(node, key)
+    cache.record("p/other", make_key(op="other"))
+    assert len(journal_files(tmp_path)) == 2 and not list((tmp_path / "index").glob("*.json"))
+    size = sum(p.stat().st_size for p in journal_files(tmp_path))
+    for node, key in keys.items():  # recording the same keys again writes nothing
+        cache.record(node, key)
+    forget_journals()
+    for node, key in keys.items():
+        Cache(tmp_path).record(node, key)
+    assert sum(p.stat().st_size for p in journal_files(tmp_path)) == size
+    for node, key in keys.items():
+        assert cache.previous("resample", node) == (key.digest(), key.parts())
+    changed = make_key(params={"case": 7, "mode": "nearest"})
+    stale = Cache(tmp_path).explain(changed, "p/resample#case7")
+    assert stale.status == "stale" and stale.previous == keys["p/resample#case7"].digest()
+    assert [(c.part, c.name) for c in stale.changes] == [("param", "mode")]
+    assert Cache(tmp_path).explain(changed, "p/resample#case8").previous == keys["p/resample#case8"].digest()
+
+
+def test_a_journal_written_by_another_process_is_followed(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    cache.record("p/step#a", make_key(seed=1))
+    assert cache.previous("resample", "p/step#a") is not None
+    script = ("import sys\nfrom medasl.runtime.cache import CacheKey, Cache\n"
+              "Cache(sys.argv[1]).record('p/step#a', CacheKey('resample', seed=2))\n"
+              "Cache(sys.argv[1]).record('p/step#b', CacheKey('resample', seed=3))\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+    assert cache.previous("resample", "p/step#a")[0] == CacheKey("resample", seed=2).digest()  # type: ignore[index]
+    assert cache.previous("resample", "p/step#b")[0] == CacheKey("resample", seed=3).digest()  # type: ignore[index]
+
+
+def test_a_killed_writers_partial_line_loses_nothing_else(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    cache.record("p/step#a", make_key(seed=1))
+    (journal,) = journal_files(tmp_path)
+    with open(journal, "ab") as f:
+        f.write(b'{"format":2,"node_id":"p/step#b","dig')  # killed in the middle of its write
+    cache.record("p/step#c", make_key(seed=3))
+    forget_journals()
+    assert cache.previous("resample", "p/step#a")[0] == make_key(seed=1).digest()  # type: ignore[index]
+    assert cache.previous("resample", "p/step#c")[0] == make_key(seed=3).digest()  # type: ignore[index]
+    assert cache.previous("resample", "p/step#b") is None
+
+
+def test_a_journal_of_superseded_lines_is_compacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medasl.runtime import cache as cache_module
+
+    monkeypatch.setattr(cache_module._Journal, "COMPACT_MIN", 20)
+    cache = Cache(tmp_path)
+    for run in range(10):  # ten runs of five cases, each with a new seed
+        for case in range(5):
+            cache.record(f"p/step#{case}", make_key(seed=run))
+    (journal,) = journal_files(tmp_path)
+    lines = [line for line in journal.read_bytes().split(b"\n") if line]
+    assert len(lines) <= 20 + 5
+    forget_journals()
+    for case in range(5):
+        assert cache.previous("resample", f"p/step#{case}") == (make_key(seed=9).digest(), make_key(seed=9).parts())
+    assert cache.gc().removed_temp == []  # the compaction left no temp file
+
+
+def test_index_files_written_before_journals_still_explain(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    key = make_key()
+    old = {"format": 1, "op": key.op, "node_id": "p/step", "digest": key.digest(), "key": key.parts(), "updated": 0}
+    path = cache._index_path(key.op, "p/step")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(old))
+    stale = cache.explain(make_key(seed=8), "p/step")
+    assert stale.status == "stale" and [c.part for c in stale.changes] == ["seed"]

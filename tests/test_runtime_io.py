@@ -514,3 +514,50 @@ def test_aligned_to_handles_permuted_axes() -> None:
     assert back is not None and np.array_equal(back.array, ref.array)
     shifted = Volume(other.array, other.spacing, tuple(o + 0.5 for o in other.origin), other.direction, "labels")
     assert shifted.aligned_to(ref) is None  # half a voxel off: would need interpolation
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    return int(done.stdout)
+
+
+def _tiny() -> Volume:
+    return Volume(np.zeros((2, 2, 2), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def test_a_killed_writers_leftovers_are_removed_by_the_next_writer(tmp_path: Path) -> None:
+    dead, out = _dead_pid(), tmp_path / "out"
+    out.mkdir()
+    leftovers = [out / f".tmp-{dead}-0123abcd-x.nii.gz", out / f".tmp-{dead}-89abcdef-other.nii.gz"]
+    alive = out / f".tmp-{os.getpid()}-0123abcd-busy.nii.gz"  # a live writer's: kept
+    foreign = out / f".tmp-{dead}-notours"  # not a writer's name: kept
+    for path in (*leftovers, alive, foreign):
+        path.write_bytes(b"half")
+    io.write_nifti(_tiny(), out / "x.nii.gz")
+    assert sorted(p.name for p in out.iterdir()) == sorted([alive.name, foreign.name, "x.nii.gz"])
+
+
+def test_writing_many_files_into_one_folder_lists_it_rarely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing the folder before every write made filling it quadratic; a listing is now
+    paid for by as many writes as the folder held, and leftovers still go."""
+    out = tmp_path / "many"
+    listings = []
+    real = os.scandir
+
+    def counting(path: object = ".") -> object:
+        if Path(str(path)) == out:
+            listings.append(path)
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(io.os, "scandir", counting)
+    io.write_nifti(_tiny(), out / "first.nii.gz")
+    leftover = out / f".tmp-{_dead_pid()}-0123abcd-late.nii.gz"  # a writer killed after the first listing
+    leftover.write_bytes(b"half")
+    for i in range(300):
+        io.write_nifti(_tiny(), out / f"f{i:03d}.nii.gz")
+    assert len(list(out.glob("*.nii.gz"))) == 301
+    assert 2 <= len(listings) <= 8, len(listings)
+    assert not leftover.exists()

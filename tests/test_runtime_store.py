@@ -79,7 +79,7 @@ def test_special_floats_and_int_float_distinct(tmp_path: Path) -> None:
     value = [1, 1.0, -0.0, 0.1, math.nan, math.inf, -math.inf, 5e-324, 1.7976931348623157e308, True, None, "$"]
     assert same(roundtrip(value, tmp_path), value)
     doc = json.loads((tmp_path / "value.json").read_text())
-    assert doc["format"] == 1
+    assert doc["format"] == store.FORMAT == 2
 
 
 def test_dict_with_tag_like_keys_is_not_confused(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_pair_case_and_nested(tmp_path: Path) -> None:
     same_volume(label, case.value.target)
     assert back["pairs"] == [Pair(1, (2.5, None))]
     assert back["path"] == Path("/a/b.nii") and isinstance(back["path"], Path)
-    assert len(list(tmp_path.glob("value.*.npy"))) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["value.json"]  # small arrays are inline
 
 
 @pytest.mark.parametrize("n", [0, 3])
@@ -252,7 +252,7 @@ def test_missing_json(tmp_path: Path) -> None:
         load_value(tmp_path)
 
 
-@pytest.mark.parametrize("text", ["{not json", "[]", '{"format": 2, "value": 1}', '{"format": 1}',
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"format": 3, "value": 1}', '{"format": 1}',
                                   '{"format": 1, "value": {"$": "Evil"}}',
                                   '{"format": 1, "value": {"$": "Volume", "kind": "image"}}',
                                   '{"format": 1, "value": {"$": "array", "index": -1, "dtype": "<f4", "shape": []}}',
@@ -264,30 +264,108 @@ def test_damaged_json(text: str, tmp_path: Path) -> None:
         load_value(tmp_path)
 
 
+def saved_format1(tmp_path: Path) -> Path:
+    """A volume as format 1 wrote it (before issue 9): indented JSON and one .npy per array."""
+    vol = make_volume()
+    np.save(tmp_path / "value.0.npy", vol.array, allow_pickle=False)
+    node = {"$": "Volume", "array": {"index": 0, "dtype": vol.array.dtype.str, "shape": list(vol.array.shape)},
+            "spacing": list(vol.spacing), "origin": list(vol.origin), "direction": list(vol.direction),
+            "kind": vol.kind, "modality": vol.modality, "source": vol.source}
+    (tmp_path / "value.json").write_text(json.dumps({"format": 1, "value": node}, indent=1))
+    return tmp_path
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_format_1_values_still_load(mmap: bool, tmp_path: Path) -> None:
+    back = load_value(saved_format1(tmp_path), mmap=mmap)
+    assert isinstance(back, Volume)
+    same_volume(make_volume(), back)
+    assert back.array.flags.writeable is (not mmap)
+
+
 def test_missing_npy(tmp_path: Path) -> None:
-    (saved_volume(tmp_path) / "value.0.npy").unlink()
+    (saved_format1(tmp_path) / "value.0.npy").unlink()
     with pytest.raises(StoreError, match="missing array file"):
         load_value(tmp_path)
 
 
 @pytest.mark.parametrize("mmap", [True, False])
 def test_truncated_npy(mmap: bool, tmp_path: Path) -> None:
-    path = saved_volume(tmp_path) / "value.0.npy"
+    path = saved_format1(tmp_path) / "value.0.npy"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(StoreError):
         load_value(tmp_path, mmap=mmap)
 
 
 def test_npy_of_wrong_shape(tmp_path: Path) -> None:
-    np.save(saved_volume(tmp_path) / "value.0.npy", np.zeros(3, np.int16))
+    np.save(saved_format1(tmp_path) / "value.0.npy", np.zeros(3, np.int16))
     with pytest.raises(StoreError, match="expected"):
         load_value(tmp_path)
 
 
 def test_garbage_npy(tmp_path: Path) -> None:
-    (saved_volume(tmp_path) / "value.0.npy").write_bytes(b"\x93NUMPY garbage")
+    (saved_format1(tmp_path) / "value.0.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(StoreError):
         load_value(tmp_path)
+
+
+def big_pair() -> Pair:
+    """An image and its labels too large to be inline: both go to value.bin."""
+    image = np.arange(40 * 30 * 20, dtype=np.float32).reshape(20, 30, 40)
+    labels = (image % 3 == 0).astype(np.uint8)
+    geometry = ((1.0, 1.0, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return Pair(Volume(image, *geometry), Volume(labels, *geometry, kind="labels"))
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_large_arrays_share_one_data_file(mmap: bool, tmp_path: Path) -> None:
+    value = {"pair": big_pair(), "small": np.arange(5), "transposed": np.arange(6000.0).reshape(60, 100).T,
+             "big_endian": np.arange(5000, dtype=">i4")}
+    save_value(value, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["value.bin", "value.json"]
+    back = load_value(tmp_path, mmap=mmap)
+    assert isinstance(back, dict) and isinstance(back["pair"], Pair)
+    for got, want in [(back["pair"].input.array, value["pair"].input.array),
+                      (back["pair"].target.array, value["pair"].target.array),
+                      (back["small"], value["small"]), (back["transposed"], value["transposed"]),
+                      (back["big_endian"], value["big_endian"])]:
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+        assert got.flags.writeable is (not mmap)
+    assert back["transposed"].flags.f_contiguous  # the layout is kept, as np.save kept it
+    if mmap:
+        assert isinstance(back["pair"].input.array, np.memmap)
+    doc = json.loads((tmp_path / "value.json").read_text())
+    offsets = [doc["value"]["items"]["pair"]["input"]["array"]["offset"],
+               doc["value"]["items"]["pair"]["target"]["array"]["offset"]]
+    assert all(o % store.ALIGN == 0 for o in offsets)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_truncated_or_missing_data_file(mmap: bool, tmp_path: Path) -> None:
+    save_value(big_pair(), tmp_path)
+    blob = tmp_path / "value.bin"
+    blob.write_bytes(blob.read_bytes()[:-10])
+    with pytest.raises(StoreError, match="damaged array file"):
+        load_value(tmp_path, mmap=mmap)
+    blob.unlink()
+    with pytest.raises(StoreError, match="missing array file"):
+        load_value(tmp_path, mmap=mmap)
+
+
+@pytest.mark.parametrize("data", ["not base64!", "AAAA"])
+def test_damaged_inline_array(data: str, tmp_path: Path) -> None:
+    save_value(np.arange(5, dtype=np.int16), tmp_path)
+    doc = json.loads((tmp_path / "value.json").read_text())
+    doc["value"]["data"] = data
+    (tmp_path / "value.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError):
+        load_value(tmp_path)
+
+
+def test_structured_arrays_keep_their_fields(tmp_path: Path) -> None:
+    array = np.array([(1, 2.5), (3, -1.0)], dtype=[("id", "<i4"), ("score", "<f8")])
+    back = roundtrip(array, tmp_path)
+    assert isinstance(back, np.ndarray) and back.dtype == array.dtype and np.array_equal(back, array)
 
 
 def test_no_pickle_in_module() -> None:

@@ -4,8 +4,9 @@ Layout of a cache root (default `$MEDASL_CACHE_DIR/results`, else `~/.cache/meda
 
     <root>/<d[:2]>/<d>/            a committed entry: output files plus manifest.json
     <root>/.tmp-<pid>-<random>/    an entry being written, or left behind by a killed writer
-    <root>/locks/<d>.lock          the per-key lock; the holder's pid is written inside
-    <root>/index/<id>.json         the latest key of one node, for `--dry-run` explanations
+    <root>/locks/<d>.lock          the per-key lock, only while the key is computed; the holder's pid inside
+    <root>/index/<g>.jsonl         the latest key of each node of one step (`pipeline/step#case`
+                                   shares the file of `pipeline/step`), for `--dry-run` explanations
     <root>/digests.json            the source-file digest memo (see digests.py)
 
 Why a crash cannot leave a half-written entry that looks complete: outputs and manifest
@@ -18,6 +19,13 @@ manifest, so an entry damaged afterwards (a truncated file) reads as missing.
 Locks only avoid duplicate work; correctness never depends on them. Two processes that
 commit the same key anyway keep one complete entry. Manifests and indexes are JSON only:
 nothing read from the cache is ever executed or unpickled.
+
+Per-case costs (issue 9: 100,000 pathology tiles make them matter): a lookup of a key
+not in the cache is one failed `stat`; a manifest is parsed once per process and then
+recognised by its inode, mtime and size; a lock is taken only to compute; and a node's
+index is a line appended to its step's journal (once per new key) instead of a file
+rewritten per case and step. A journal is compacted when most of its lines are
+superseded, under an exclusive flock that appenders respect.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -47,12 +56,13 @@ from medasl.runtime.digests import (
     sha256_file,
     sha256_json,
     temp_name,
-    write_json_atomic,
 )
 
 KEY_FORMAT = 1
-MANIFEST_FORMAT = 1
-INDEX_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: may hold the stored value's JSON document (`value`); 1 is still read
+MANIFEST_FORMATS = (1, 2)
+INDEX_FORMAT = 1  # the per-node index files before issue 9, still read by `previous`
+JOURNAL_FORMAT = 2
 MANIFEST_NAME = "manifest.json"
 LOCKS_DIR = "locks"
 INDEX_DIR = "index"
@@ -219,6 +229,12 @@ class Entry:
         """Bytes of the outputs, as recorded."""
         return sum(f.size for f in self.outputs.values())
 
+    @property
+    def value_doc(self) -> object:
+        """The stored value's JSON document when the manifest holds it (for
+        `store.load_value(entry.path, doc=...)`), else None: it is in `value.json`."""
+        return self.manifest.get("value")
+
 
 def _safe_output_name(name: object) -> bool:
     """Names come from a manifest on disk; refuse any that would point outside the entry."""
@@ -244,7 +260,7 @@ def _parse_outputs(manifest: dict[str, object]) -> dict[str, OutputFile] | None:
 
 def _entry_from(digest: str, path: Path, manifest: object) -> Entry | None:
     """An Entry from a manifest read from disk, or None when the manifest is not ours or malformed."""
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in MANIFEST_FORMATS:
         return None
     if manifest.get("digest") != digest:
         return None
@@ -254,7 +270,7 @@ def _entry_from(digest: str, path: Path, manifest: object) -> Entry | None:
     return Entry(digest, path, manifest, outputs)
 
 
-def _output_intact(path: Path, output: OutputFile, verify: bool) -> bool:
+def _output_intact(path: str, output: OutputFile, verify: bool) -> bool:
     try:
         st = os.stat(path, follow_symlinks=False)
     except OSError:
@@ -269,12 +285,18 @@ class PendingEntry:
     """What `Cache.write` hands out: a private directory to write outputs into.
 
     `info` is extra JSON recorded in the manifest (for example the random parameters an
-    augmentation drew); `entry` is set once the write has been committed.
+    augmentation drew); `entry` is set once the write has been committed. `digests` may
+    give the sha256 of output files by name, as `store.save_value` returns them, so that
+    sealing the entry need not read them back. `value` is the JSON document of a value
+    (`store.encode_value`): kept in the manifest rather than a file of its own, so that a
+    small result is one file, read with the lookup that finds it (`Entry.value_doc`).
     """
 
     path: Path
     info: dict[str, object] = field(default_factory=dict)
     entry: Entry | None = None
+    digests: dict[str, str] = field(default_factory=dict)  # sha256 of outputs known when written: not read back
+    value: dict[str, object] | None = None  # a stored value's JSON document (`store.encode_value`), kept in the manifest
 
 
 # ----- explanations ------------------------------------------------------------------
@@ -455,7 +477,7 @@ def _fsync(path: Path) -> None:
 # ----- locks -------------------------------------------------------------------------
 
 
-def _is_current(fd: int, path: Path) -> bool:
+def _is_current(fd: int, path: Path | str) -> bool:
     """Whether the locked file is still the one at `path` (a releaser may have unlinked it)."""
     try:
         st = os.stat(path)
@@ -465,11 +487,14 @@ def _is_current(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
-def _try_lock(path: Path) -> int | None:
+def _try_lock(path: Path | str) -> int | None:
     """Take the lock without waiting: the locked fd, or None when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # the first lock of this cache: make the folder (not checked every time)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -485,11 +510,12 @@ def _try_lock(path: Path) -> int | None:
 
 def _write_holder(fd: int) -> None:
     holder = {"pid": os.getpid(), "host": _host(), "since": time.time()}
-    os.ftruncate(fd, 0)
+    if os.fstat(fd).st_size:  # a fresh lock file is empty: truncating it anyway makes ext4 flush it on close
+        os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder).encode("utf-8"), 0)
 
 
-def _release(fd: int, path: Path) -> None:
+def _release(fd: int, path: Path | str) -> None:
     """Unlink the lock file while still holding it, then close: waiters re-check `_is_current`."""
     try:
         if _is_current(fd, path):
@@ -498,13 +524,211 @@ def _release(fd: int, path: Path) -> None:
         os.close(fd)
 
 
-def _holder_dead(path: Path) -> bool:
+def _holder_dead(path: Path | str) -> bool:
     """True only when the lock file names a process of this machine that no longer exists."""
     holder = read_json(path)
     if not isinstance(holder, dict) or holder.get("host") != _host():
         return False
     pid = holder.get("pid")
     return isinstance(pid, int) and not isinstance(pid, bool) and not pid_alive(pid)
+
+
+# ----- what one process remembers ------------------------------------------------------
+
+
+class _ManifestMemo:
+    """Parsed manifests by path, each valid while its file keeps its inode, mtime and size.
+
+    A committed manifest never changes (an entry is replaced only by a new directory, so
+    a new inode), so a `stat` tells whether the parsed copy still holds; the executor,
+    `run_task` and the next step's reader all look the same entry up.
+    """
+
+    LIMIT = 4096  # entries ...
+    LIMIT_BYTES = 32 << 20  # ... and bytes of manifest (they hold small values inline)
+
+    def __init__(self) -> None:
+        self._found: dict[str, tuple[tuple[int, int, int], Entry]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def read(self, digest: str, folder: str) -> Entry | None:
+        """The entry whose directory is `folder` (a string: pathlib costs more than the stat)."""
+        manifest = f"{folder}/{MANIFEST_NAME}"
+        try:
+            st = os.stat(manifest)
+        except OSError:
+            return None  # the common miss: one failed stat, no open
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._found.get(manifest)
+        if hit is not None and hit[0] == stamp and hit[1].digest == digest:
+            return hit[1]
+        entry = _entry_from(digest, Path(folder), read_json(manifest))
+        if entry is not None:
+            self._keep(manifest, stamp, entry)
+        return entry
+
+    def remember(self, entry: Entry) -> None:
+        manifest = f"{os.fspath(entry.path)}/{MANIFEST_NAME}"
+        with contextlib.suppress(OSError):
+            st = os.stat(manifest)
+            self._keep(manifest, (st.st_ino, st.st_mtime_ns, st.st_size), entry)
+
+    def forget(self, folder: Path) -> None:
+        with self._lock:
+            self._drop(f"{os.fspath(folder)}/{MANIFEST_NAME}")
+
+    def _keep(self, name: str, stamp: tuple[int, int, int], entry: Entry) -> None:
+        with self._lock:
+            self._drop(name)
+            while self._found and (len(self._found) >= self.LIMIT or self._bytes + stamp[2] > self.LIMIT_BYTES):
+                self._drop(next(iter(self._found)))  # the oldest: dicts keep insertion order
+            self._found[name] = (stamp, entry)
+            self._bytes += stamp[2]
+
+    def _drop(self, name: str) -> None:
+        found = self._found.pop(name, None)
+        if found is not None:
+            self._bytes -= found[0][2]
+
+
+_MANIFESTS = _ManifestMemo()
+
+
+class _Journal:
+    """What this process knows of one index journal: each node's latest digest and where
+    its line is, read up to `offset` of the file with inode `ino`."""
+
+    COMPACT_MIN = 4096  # lines; below this a journal is never rewritten
+
+    def __init__(self, path: Path, ino: int = 0) -> None:
+        self.path, self.ino, self.offset, self.lines = path, ino, 0, 0
+        self.nodes: dict[str, tuple[str, int, int]] = {}  # node -> (digest, line start, line length)
+
+    def latest(self, node_id: str) -> str | None:
+        found = self.nodes.get(node_id)
+        return found[0] if found is not None else None
+
+    def read_tail(self) -> None:
+        """Take in the lines appended since `offset`; a last line without its newline (being
+        written, or left by a killed writer) is read again next time."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            self._take(data[start:end], self.offset + start)
+            start = end + 1
+        self.offset += start
+
+    def _take(self, line: bytes, at: int) -> None:
+        if not line:
+            return
+        self.lines += 1
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return  # a killed writer's partial line
+        if isinstance(record, dict) and isinstance(record.get("node_id"), str) and isinstance(record.get("digest"), str):
+            self.nodes[record["node_id"]] = (record["digest"], at, len(line))
+
+    def record(self, node_id: str) -> object:
+        """The parsed line of `node_id`'s latest key, or None."""
+        found = self.nodes.get(node_id)
+        if found is None:
+            return None
+        _digest, at, length = found
+        return _read_line(self.path, at, length)
+
+    def append(self, node_id: str, digest: str, line: bytes) -> None:
+        """Append one line, under a shared flock so that a compaction (exclusive) never
+        drops it; a line written right after ours by nobody else is taken in as read."""
+        data = b"\n" + line + b"\n"  # the leading newline ends a killed writer's partial line
+        path = self.path
+        for _attempt in range(5):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:  # the first journal of this cache
+                path.parent.mkdir(parents=True, exist_ok=True)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if not _is_current(fd, path):
+                    continue  # compacted under us: append to the new file
+                os.write(fd, data)
+                end = os.lseek(fd, 0, os.SEEK_CUR)
+                ino = os.fstat(fd).st_ino
+            finally:
+                os.close(fd)
+            if ino == self.ino and end - len(data) == self.offset:  # nobody else wrote since we read
+                self.offset, self.lines = end, self.lines + 1
+                self.nodes[node_id] = (digest, end - len(line) - 1, len(line))
+            return
+
+    def compact(self) -> None:
+        """Rewrite the journal with the latest line of each node, atomically, while no
+        appender writes (they hold the flock shared)."""
+        path = self.path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _is_current(fd, path):
+                return  # another process compacted it first
+            fresh = _Journal(path, os.fstat(fd).st_ino)
+            fresh.read_tail()
+            lines = [_read_line(path, at, length) for _d, at, length in fresh.nodes.values()]
+            tmp = path.parent / temp_name()
+            with open(tmp, "wb") as f:
+                for record in lines:
+                    if isinstance(record, dict):
+                        f.write(b"\n" + json.dumps(record, sort_keys=True, separators=(",", ":"),
+                                                   allow_nan=False).encode("utf-8") + b"\n")
+            os.replace(tmp, path)
+        finally:
+            os.close(fd)
+
+
+def _read_line(path: Path, at: int, length: int) -> object:
+    try:
+        with open(path, "rb") as f:
+            f.seek(at)
+            return json.loads(f.read(length))
+    except (OSError, ValueError):
+        return None
+
+
+_JOURNALS: dict[str, _Journal] = {}
+_JOURNAL_PATHS: dict[tuple[str, str, str], Path] = {}
+_JOURNAL_LOCK = threading.Lock()  # step threads record concurrently
+
+
+def _journal(path: Path, compact: bool = True) -> _Journal:
+    """This process's view of the journal at `path`, brought up to date (call under
+    `_JOURNAL_LOCK`): one `stat` when nothing changed, the new lines when some were
+    appended, a fresh read when it was replaced."""
+    name = str(path)
+    journal = _JOURNALS.get(name)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        journal = _JOURNALS[name] = _Journal(path)
+        return journal
+    if journal is None or journal.ino != st.st_ino or st.st_size < journal.offset:
+        journal = _JOURNALS[name] = _Journal(path, st.st_ino)
+    if st.st_size > journal.offset:
+        journal.read_tail()
+    if compact and journal.lines > max(_Journal.COMPACT_MIN, 2 * len(journal.nodes)):
+        journal.compact()
+        del _JOURNALS[name]
+        return _journal(path, compact=False)
+    return journal
 
 
 # ----- the cache ---------------------------------------------------------------------
@@ -521,11 +745,16 @@ class Cache:
     # --- paths ---
 
     def entry_path(self, key: CacheKey | str) -> Path:
-        digest = _digest_of(key)
-        return self.root / digest[:2] / digest
+        return Path(self._entry_folder(_digest_of(key)))
+
+    def _entry_folder(self, digest: str) -> str:
+        return f"{os.fspath(self.root)}/{digest[:2]}/{digest}"  # a string: joining Paths costs 10 µs each
 
     def lock_path(self, key: CacheKey | str) -> Path:
-        return self.root / LOCKS_DIR / f"{_digest_of(key)}.lock"
+        return Path(self._lock_file(key))
+
+    def _lock_file(self, key: CacheKey | str) -> str:
+        return f"{os.fspath(self.root)}/{LOCKS_DIR}/{_digest_of(key)}.lock"
 
     def _index_path(self, op: str, node_id: str) -> Path:
         return self.root / INDEX_DIR / f"{sha256_json([op, node_id])}.json"
@@ -543,11 +772,11 @@ class Cache:
         its recorded size; with `verify=True` also with its recorded sha256.
         """
         digest = _digest_of(key)
-        path = self.entry_path(digest)
-        entry = _entry_from(digest, path, read_json(path / MANIFEST_NAME))
+        folder = self._entry_folder(digest)
+        entry = _MANIFESTS.read(digest, folder)
         if entry is None:
             return None
-        if not all(_output_intact(path / o.name, o, verify) for o in entry.outputs.values()):
+        if not all(_output_intact(f"{folder}/{o.name}", o, verify) for o in entry.outputs.values()):
             return None
         return entry
 
@@ -610,13 +839,16 @@ class Cache:
         produce: Callable[[PendingEntry], None],
         node_id: str | None = None,
         timeout: float | None = None,
+        known_missing: bool = False,
     ) -> tuple[Entry, bool]:
         """The entry for `key`, computing it with `produce` unless cached: (entry, computed).
 
         The lock makes a second process asking for the same key wait and then find the
-        first one's entry instead of computing it again.
+        first one's entry instead of computing it again; it is taken only when the entry
+        is missing (`known_missing`: the caller has just looked), and the lookup is
+        repeated under it.
         """
-        entry = self.lookup(key)
+        entry = None if known_missing else self.lookup(key)
         if entry is None:
             with self.lock(key, timeout=timeout):
                 entry = self.lookup(key)
@@ -630,16 +862,20 @@ class Cache:
         return entry, False
 
     def _make_temp_dir(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / temp_name()
-        path.mkdir()
+        try:
+            os.mkdir(path)
+        except FileNotFoundError:  # a new cache: make the root (not checked on every write)
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.mkdir(path)
         return path
 
     def _seal(
         self, pending: PendingEntry, key: CacheKey, node_id: str | None, timing: dict[str, float]
     ) -> dict[str, object]:
         """Digest the outputs and write the manifest into the temp dir (still invisible to readers)."""
-        outputs = {o.name: {"size": o.size, "sha256": o.sha256} for o in self._scan_outputs(pending.path)}
+        outputs = {o.name: {"size": o.size, "sha256": o.sha256}
+                   for o in self._scan_outputs(pending.path, pending.digests)}
         manifest: dict[str, object] = {
             "format": MANIFEST_FORMAT,
             "digest": key.digest(),
@@ -651,14 +887,18 @@ class Cache:
             "medasl_version": __version__,
             "info": canonical(pending.info, "info"),
         }
+        if pending.value is not None:
+            manifest["value"] = pending.value
         manifest_path = pending.path / MANIFEST_NAME
-        manifest_path.write_text(json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False), encoding="utf-8")
+        # compact: json's C encoder only serves calls without indentation
+        text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        manifest_path.write_text(text, encoding="utf-8")
         if self.durable:
             _fsync(manifest_path)
             _fsync(pending.path)
         return manifest
 
-    def _scan_outputs(self, folder: Path) -> list[OutputFile]:
+    def _scan_outputs(self, folder: Path, known: Mapping[str, str] | None = None) -> list[OutputFile]:
         outputs = []
         for current, dirs, files in os.walk(folder):
             dirs.sort()
@@ -668,10 +908,10 @@ class Cache:
             for name in sorted(files):
                 path = Path(current, name)
                 rel = path.relative_to(folder).as_posix()
-                outputs.append(self._output_file(path, rel))
+                outputs.append(self._output_file(path, rel, (known or {}).get(rel)))
         return outputs
 
-    def _output_file(self, path: Path, rel: str) -> OutputFile:
+    def _output_file(self, path: Path, rel: str, digest: str | None = None) -> OutputFile:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"cache output {rel!r} is not a regular file (links are not stored)")
@@ -679,15 +919,19 @@ class Cache:
             raise ValueError(f"{rel!r} is reserved for the cache's manifest")
         if self.durable:
             _fsync(path)
-        return OutputFile(rel, st.st_size, sha256_file(path))
+        return OutputFile(rel, st.st_size, digest or sha256_file(path))
 
     def _commit(self, tmp: Path, digest: str, manifest: dict[str, object]) -> Entry:
         """Rename the finished temp dir into place; the one step that makes an entry visible."""
         final = self.entry_path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(3):
+        for _attempt in range(4):
             try:
                 os.rename(tmp, final)
+            except FileNotFoundError:
+                if not tmp.exists():
+                    raise
+                final.parent.mkdir(parents=True, exist_ok=True)  # the shard's first entry
+                continue
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
@@ -696,6 +940,7 @@ class Cache:
                     _fsync(final.parent)
                 entry = _entry_from(digest, final, manifest)
                 assert entry is not None
+                _MANIFESTS.remember(entry)  # looked up again soon, by the next step
                 return entry
             existing = self.lookup(digest)
             if existing is not None:  # someone committed the same key first: keep theirs
@@ -711,6 +956,7 @@ class Cache:
     def _discard(self, path: Path) -> int:
         """Make an entry disappear atomically (rename into a temp name), then delete it; returns bytes freed."""
         aside = self.root / temp_name()
+        _MANIFESTS.forget(path)
         try:
             os.rename(path, aside)
         except FileNotFoundError:
@@ -729,12 +975,12 @@ class Cache:
         file costs nothing. A lock still held while the pid written in it is dead (a
         forked child inherited the descriptor) is broken after the holder is found dead.
         """
-        path = self.lock_path(key)
+        path = self._lock_file(key)
         deadline = None if timeout is None else time.monotonic() + timeout
         while (fd := _try_lock(path)) is None:
             self._break_if_orphaned(path)
             if deadline is not None and time.monotonic() >= deadline:
-                raise LockTimeout(f"cache lock {path.name} is held by another process")
+                raise LockTimeout(f"cache lock {os.path.basename(path)} is held by another process")
             time.sleep(poll_s)
         try:
             _write_holder(fd)
@@ -742,7 +988,7 @@ class Cache:
         finally:
             _release(fd, path)
 
-    def _break_if_orphaned(self, path: Path) -> bool:
+    def _break_if_orphaned(self, path: Path | str) -> bool:
         """Unlink a lock file whose recorded holder is dead although its flock is still held.
 
         Breakers are serialised by one permanent lock, and the holder is re-checked under
@@ -770,30 +1016,47 @@ class Cache:
     # --- explanations ---
 
     def record(self, node_id: str, key: CacheKey) -> None:
-        """Remember `key` as the latest of node (`key.op`, `node_id`); cheap when it already is."""
-        path = self._index_path(key.op, node_id)
-        current = read_json(path)
-        if isinstance(current, dict) and current.get("digest") == key.digest():
-            return
-        data = {
-            "format": INDEX_FORMAT,
-            "op": key.op,
-            "node_id": node_id,
-            "digest": key.digest(),
-            "key": key.parts(),
-            "updated": time.time(),
-        }
-        write_json_atomic(path, data)
+        """Remember `key` as the latest of node (`key.op`, `node_id`); free when it already is.
+
+        One line appended to the journal of the node's step (O_APPEND, one write: lines
+        of concurrent runs never interleave), not a file per node: a first run over many
+        cases wrote and renamed one index file per case and step.
+        """
+        path = self._journal_path(key.op, node_id)
+        digest = key.digest()
+        with _JOURNAL_LOCK:
+            journal = _journal(path)
+            if journal.latest(node_id) == digest:
+                return
+            line = {"format": JOURNAL_FORMAT, "op": key.op, "node_id": node_id, "digest": digest,
+                    "key": key.parts(), "updated": time.time()}
+            journal.append(node_id, digest, json.dumps(line, sort_keys=True, separators=(",", ":"),
+                                                             allow_nan=False).encode("utf-8"))
+            if journal.lines > max(_Journal.COMPACT_MIN, 2 * len(journal.nodes)):
+                _journal(path)  # compacts
 
     def previous(self, op: str, node_id: str) -> tuple[str, dict[str, object]] | None:
         """(digest, key parts) last recorded for this node, or None."""
-        data = read_json(self._index_path(op, node_id))
-        if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+        with _JOURNAL_LOCK:  # no compaction here: a dry run only reads
+            found = _journal(self._journal_path(op, node_id), compact=False).record(node_id)
+        if found is None:  # recorded before issue 9: one index file per node
+            found = read_json(self._index_path(op, node_id))
+        if not isinstance(found, dict) or found.get("format") not in (INDEX_FORMAT, JOURNAL_FORMAT):
             return None
-        digest, parts = data.get("digest"), data.get("key")
+        if found.get("op") != op or found.get("node_id") != node_id:
+            return None
+        digest, parts = found.get("digest"), found.get("key")
         if not isinstance(digest, str) or not isinstance(parts, dict):
             return None
         return digest, parts
+
+    def _journal_path(self, op: str, node_id: str) -> Path:
+        """The journal of a node's step: ids `name#case` share the file of `name`."""
+        group = (os.fspath(self.root), op, node_id.partition("#")[0])
+        path = _JOURNAL_PATHS.get(group)
+        if path is None:  # hashed once per step, not per case
+            path = _JOURNAL_PATHS[group] = self.root / INDEX_DIR / f"{sha256_json([op, group[2]])}.jsonl"
+        return path
 
     def explain(self, key: CacheKey, node_id: str | None = None) -> Explanation:
         """cached, new or stale (with the key parts that changed since this node's last result).

@@ -1,38 +1,52 @@
 """How run-time values are written into a cache entry folder and read back, without pickle.
 
 `save_value(value, folder, name)` writes `<name>.json`, the value's structure and
-metadata, plus one `<name>.<i>.npy` file per array (`np.save(allow_pickle=False)`).
-`load_value(folder, name)` reads them back exactly: dtypes, shapes, geometry floats bit
-for bit, tuples as tuples and lists as lists.
+metadata, with small arrays inline, plus at most one `<name>.bin` holding every other
+array's raw bytes. `load_value(folder, name)` reads them back exactly: dtypes, shapes,
+geometry floats bit for bit, tuples as tuples and lists as lists.
 
-The JSON file is `{"format": 1, "value": <node>}`, where a node is
+Why so few files: a pathology study has 100,000 tiles, and a file per array (and a
+`.npy` header each) made the cache hold and create several files per case; a case is now
+one JSON file, plus one data file when its arrays are large.
+
+The JSON file is `{"format": 2, "value": <node>}` (compact JSON), where a node is
 
 - `null`, `true`/`false`, an integer, a string or a finite float: that Python scalar
   (Python's `json` writes floats with their shortest round-trip repr, so they come back
   bit-exact, and `1` and `1.0` stay distinct);
 - a JSON array: a Python `list` of nodes;
 - a JSON object with a `"$"` tag naming its codec, one per type (see `_CODECS`):
-  `float` (nan/inf, as `repr`), `tuple`, `dict` (string keys), `path`, `array`
-  (`{"index": i, "dtype": "<f4", "shape": [...]}`, stored in `<name>.<i>.npy`),
+  `float` (nan/inf, as `repr`), `tuple`, `dict` (string keys), `path`, `array`,
   `npscalar`, `Volume`, `Pair`, `Case`, `Boxes`, `Annotations`, `DicomSeries`, `OperatorRef`,
   `Measured`, `Figure` (its PNG bytes as a uint8 array), `Network` (operator, arguments
   and one array per weight tensor; rebuilt with `medasl.ops.nets.build`, then loaded)
   and `Trained` (a network and its history).
 
+An array is `{"dtype": "<f4", "shape": [...], "order": "C" or "F", ...}` and one of:
+`"data"`: its bytes in base64 (arrays of at most `INLINE_BYTES`, up to `INLINE_TOTAL`
+per value); `"offset"`: its bytes in `<name>.bin` from that offset (64-byte aligned, the
+file is nothing but the arrays' bytes one after the other); `"index"`: the NumPy file
+`<name>.<i>.npy` (structured dtypes, which have no plain byte layout, and every array of
+format 1, which is still read).
+
 Nothing read is ever executed: unknown tags, malformed nodes, missing or damaged files
 raise `StoreError`, which the executor treats as a cache miss. Unknown Python types and
 object-dtype arrays are refused on saving with a `TypeError` naming the type.
 
-Arrays are memory-mapped read-only by default (`mmap=True`): a cached volume costs no
-memory until it is touched, and several workers share the page cache. Operators must
-therefore never write into their inputs' arrays (copy first, or build a new array);
-doing so raises `ValueError: assignment destination is read-only`.
+Arrays in `<name>.bin` are memory-mapped read-only by default (`mmap=True`): a cached
+volume costs no memory until it is touched, and several workers share the page cache;
+inline arrays are read-only too. Operators must therefore never write into their inputs'
+arrays (copy first, or build a new array); doing so raises `ValueError: assignment
+destination is read-only`.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,8 +68,12 @@ from medasl.runtime.values import (
     Volume,
 )
 
-FORMAT = 1
+FORMAT = 2
+READ_FORMATS = (1, 2)  # format 1: one .npy per array, indented JSON
 TAG = "$"
+INLINE_BYTES = 16384  # arrays this small live in the JSON (no file, no mmap to set up)
+INLINE_TOTAL = 65536  # ... up to this much per value, so the JSON stays quick to parse
+ALIGN = 64  # offsets in <name>.bin, so that every dtype is aligned in a memory map
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -73,15 +91,42 @@ class StoreError(Exception):
 class _Writer:
     folder: Path
     name: str
-    arrays: list[np.ndarray] = field(default_factory=list)
+    arrays: list[np.ndarray] = field(default_factory=list)  # structured dtypes: one .npy each
+    blob: list[tuple[int, np.ndarray, str]] = field(default_factory=list)  # (offset, array, order) in <name>.bin
+    blob_size: int = 0
+    inline_size: int = 0
 
     def array(self, value: np.ndarray, where: str) -> dict[str, Json]:
         if value.dtype.hasobject:
             raise TypeError(f"{where}: a numpy array of dtype {value.dtype} (Python objects) cannot be stored; "
                             "convert it to a numeric, boolean or string dtype")
-        index = len(self.arrays)
-        self.arrays.append(value)
-        return {"index": index, "dtype": value.dtype.str, "shape": list(value.shape)}
+        if value.dtype.fields is not None or value.dtype.subdtype is not None:
+            index = len(self.arrays)
+            self.arrays.append(value)
+            return {"index": index, "dtype": value.dtype.str, "shape": list(value.shape)}
+        # an F-contiguous array (a transposed one) keeps its layout, as np.save kept it
+        order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
+        node: dict[str, Json] = {"dtype": value.dtype.str, "shape": list(value.shape), "order": order}
+        if value.nbytes <= INLINE_BYTES and self.inline_size + value.nbytes <= INLINE_TOTAL:
+            self.inline_size += value.nbytes
+            node["data"] = base64.b64encode(value.tobytes(order=order)).decode("ascii")
+            return node
+        offset = -(-self.blob_size // ALIGN) * ALIGN
+        self.blob.append((offset, value, order))
+        self.blob_size = offset + value.nbytes
+        node["offset"] = offset
+        return node
+
+    def write_blob(self, path: Path) -> str:
+        """Write the arrays' bytes at their offsets; their sha256."""
+        digest = hashlib.sha256()
+        with open(path, "wb") as f:
+            for offset, array, order in self.blob:
+                for chunk in (b"\0" * (offset - f.tell()),
+                              array.tobytes(order=order) if order == "F" else np.ascontiguousarray(array).data):
+                    f.write(chunk)
+                    digest.update(chunk)
+        return digest.hexdigest()
 
 
 @dataclass
@@ -89,9 +134,57 @@ class _Reader:
     folder: Path
     name: str
     mmap: bool
+    blob_size: int | None = None
 
     def array(self, node: dict[str, Json]) -> np.ndarray:
-        index, dtype, shape = node["index"], node["dtype"], node["shape"]
+        dtype, shape, order = node["dtype"], node["shape"], node.get("order", "C")
+        if not isinstance(dtype, str) or not isinstance(shape, list) or order not in ("C", "F"):
+            raise StoreError(f"bad array node {node!r}")
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            raise StoreError(f"bad array shape {shape!r}")
+        if "data" in node:
+            return self._inline(node["data"], np.dtype(dtype), tuple(shape), order)
+        if "offset" in node:
+            return self._from_blob(node["offset"], np.dtype(dtype), tuple(shape), order)
+        return self._npy(node["index"], dtype, shape)
+
+    def _inline(self, data: Json, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
+        if not isinstance(data, str):
+            raise StoreError("inline array data must be a base64 string")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except ValueError as exc:
+            raise StoreError(f"bad inline array data: {exc}") from exc
+        if len(raw) != math.prod(shape) * dtype.itemsize:
+            raise StoreError(f"inline array of {len(raw)} bytes, expected {dtype.str} of shape {list(shape)}")
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape, order=order)  # read-only: it views bytes
+        return array.copy(order="K") if not self.mmap else array
+
+    def _from_blob(self, offset: Json, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
+        path = self.folder / f"{self.name}.bin"
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise StoreError(f"bad array offset {offset!r}")
+        if self.blob_size is None:
+            try:
+                self.blob_size = os.stat(path).st_size
+            except FileNotFoundError as exc:
+                raise StoreError(f"missing array file {path}") from exc
+        nbytes = math.prod(shape) * dtype.itemsize
+        if offset + nbytes > self.blob_size:
+            raise StoreError(f"damaged array file {path}: {self.blob_size} bytes, an array needs {offset + nbytes}")
+        if nbytes == 0:
+            array = np.empty(shape, dtype, order=order)  # nothing to map
+            array.flags.writeable = not self.mmap
+            return array
+        try:
+            if self.mmap:
+                return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+            flat = np.fromfile(path, dtype=dtype, count=math.prod(shape), offset=offset)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"damaged array file {path}: {exc}") from exc
+        return flat.reshape(shape, order=order)
+
+    def _npy(self, index: Json, dtype: str, shape: list[Json]) -> np.ndarray:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise StoreError(f"bad array index {index!r}")
         path = self.folder / f"{self.name}.{index}.npy"
@@ -378,47 +471,78 @@ def _check_name(name: str) -> None:
         raise ValueError(f"bad value name {name!r}: use letters, digits, '_', '-' and '.', not starting with '.'")
 
 
-def save_value(value: object, folder: Path, name: str = "value") -> None:
-    """Write `value` as `<folder>/<name>.json` plus `<folder>/<name>.<i>.npy` arrays.
+def encode_value(value: object, folder: Path, name: str = "value") -> tuple[dict[str, Json], dict[str, str]]:
+    """Write the arrays of `value` that are not inline into `folder` (`<name>.bin`, and
+    `<name>.<i>.npy` for structured dtypes) and return (the JSON document that describes
+    it, the sha256 of each file written by name). `save_value` stores the document as
+    `<name>.json`; a cache entry keeps it in its manifest instead, one file fewer.
 
-    The JSON file is written last, so a save interrupted half-way reads as missing.
     Raises TypeError (naming the type and where in the value it is) for anything that
     cannot be stored exactly, before any file is written.
     """
     _check_name(name)
     folder = Path(folder)
     writer = _Writer(folder, name)
-    doc = {"format": FORMAT, "value": _encode(value, writer, name)}
-    text = json.dumps(doc, allow_nan=False, ensure_ascii=False, indent=1)
-    folder.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Json] = {"format": FORMAT, "value": _encode(value, writer, name)}
+    digests: dict[str, str] = {}
+    if writer.arrays or writer.blob:
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
     for index, array in enumerate(writer.arrays):
         with open(folder / f"{name}.{index}.npy", "wb") as f:
             np.save(f, array, allow_pickle=False)
-    (folder / f"{name}.json").write_text(text, encoding="utf-8")
+    if writer.blob:
+        digests[f"{name}.bin"] = writer.write_blob(folder / f"{name}.bin")
+    return doc, digests
 
 
-def load_value(folder: Path, name: str = "value", mmap: bool = True) -> object:
-    """The value `save_value` wrote under `name` in `folder`.
+def save_value(value: object, folder: Path, name: str = "value") -> dict[str, str]:
+    """Write `value` as `<folder>/<name>.json`, plus `<folder>/<name>.bin` when it has
+    arrays too large to be inline; returns the sha256 of each file written, by name (a
+    cache entry records them without reading the files back).
 
-    With `mmap` (the default) arrays are read-only memory maps of the `.npy` files;
-    operators must not write into them. Without it they are ordinary (writable) arrays.
+    The JSON file is written last, so a save interrupted half-way reads as missing.
+    Raises TypeError (naming the type and where in the value it is) for anything that
+    cannot be stored exactly, before any file is written.
+    """
+    doc, digests = encode_value(value, folder, name)
+    # compact: json's C encoder only serves calls without indentation (10x faster)
+    data = json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    folder = Path(folder)
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.json", "wb") as f:
+        f.write(data)
+    digests[f"{name}.json"] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def load_value(folder: Path, name: str = "value", mmap: bool = True, doc: object = None) -> object:
+    """The value `save_value` wrote under `name` in `folder` (or `encode_value`, when its
+    document `doc` is given: a cache entry's manifest holds it, already read).
+
+    With `mmap` (the default) arrays are read-only (memory maps of `<name>.bin`, or views
+    of the JSON's bytes); operators must not write into them. Without it they are
+    ordinary (writable) arrays.
     Raises StoreError when the files are missing, damaged or of an unknown format.
     """
     _check_name(name)
     folder = Path(folder)
     path = folder / f"{name}.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise StoreError(f"no stored value {name!r} in {folder}") from exc
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"damaged value file {path}: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "value" not in doc:
+    where = str(path) if doc is None else f"the value in {folder}"
+    if doc is None:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise StoreError(f"no stored value {name!r} in {folder}") from exc
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"damaged value file {path}: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") not in READ_FORMATS or "value" not in doc:
         found = doc.get("format") if isinstance(doc, dict) else None
-        raise StoreError(f"{path} is not a stored value of format {FORMAT} (format {found!r})")
+        raise StoreError(f"{where} is not a stored value of format {READ_FORMATS} (format {found!r})")
     try:
         return _decode(doc["value"], _Reader(folder, name, mmap))
     except StoreError as exc:
-        raise StoreError(f"{path}: {exc}") from exc
+        raise StoreError(f"{where}: {exc}") from exc
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise StoreError(f"{path}: malformed value ({type(exc).__name__}: {exc})") from exc
+        raise StoreError(f"{where}: malformed value ({type(exc).__name__}: {exc})") from exc

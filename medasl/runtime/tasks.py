@@ -23,7 +23,7 @@ from medasl.runtime import registry
 from medasl.runtime.cache import Cache, CacheKey, PendingEntry
 from medasl.runtime.digests import write_json_atomic
 from medasl.runtime.errors import DataError
-from medasl.runtime.store import StoreError, load_value, save_value
+from medasl.runtime.store import StoreError, encode_value, load_value, save_value
 from medasl.runtime.values import Case, CaseSpec, Measured, Network, Pair, Volume
 
 PAIR_MEMBERS = {"image": "input", "label": "target", "input": "input", "target": "target"}
@@ -43,7 +43,7 @@ def load_ref(cache: Cache, ref: str) -> object:
     if entry is None:
         raise MissingInput(f"cache entry {digest[:12]} disappeared during the run")
     try:
-        value = load_value(entry.path)
+        value = load_value(entry.path, doc=entry.value_doc)  # small values are in the manifest, read already
     except StoreError as exc:
         raise MissingInput(f"cache entry {digest[:12]} is damaged: {exc}") from exc
     for part in parts:
@@ -219,7 +219,7 @@ def run_task(cache_root: str, task: Task, hooks: Hooks | None = None) -> TaskRes
         record(cache, task)
         return TaskResult(task.key.digest(), False, time.perf_counter() - clock, task.step, task.case)
     entry, computed = cache.ensure(task.key, lambda pending: _produce(cache, task, pending, hooks),
-                                   node_id=task.index_id)
+                                   node_id=task.index_id, known_missing=True)  # just looked: straight to the lock
     record_chain(cache, task)
     return TaskResult(entry.digest, computed, time.perf_counter() - clock, task.step, task.case)
 
@@ -254,7 +254,10 @@ def files_intact(manifest: dict[str, object]) -> bool:
 
 def _produce(cache: Cache, task: Task, pending: PendingEntry, hooks: Hooks | None) -> None:
     value, info = compute(cache, task, hooks)
-    save_value(value, pending.path)
+    # the value's JSON goes into the manifest (one file per small result); large arrays
+    # into value.bin, whose digest the entry records without reading it back
+    pending.value, digests = encode_value(value, pending.path)
+    pending.digests.update(digests)
     pending.info.update(info)
 
 
