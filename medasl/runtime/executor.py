@@ -178,6 +178,11 @@ def _modality(step: Step) -> str | None:
     return parts[1].strip() if len(parts) > 1 else None
 
 
+def fused_seeds(step: Step, run_seed: int) -> list[int]:
+    """The seeds of the steps a fused step replaced: each draws with the seed it has unfused."""
+    return [node_seed(run_seed, original) for original in step.fused]
+
+
 @dataclass
 class Prepared:
     tasks: list[Task]
@@ -236,8 +241,8 @@ class Preparer:
         params = dict(step.params)
         if step.writes:
             params["path"] = self._writer_path(step, case)
-        if step.fused and step.random:  # each fused step draws with the seed it has unfused
-            params["seeds"] = [node_seed(self.options.seed, original) for original in step.fused]
+        if step.fused and step.random:
+            params["seeds"] = fused_seeds(step, self.options.seed)
         return params
 
     def _writer_path(self, step: Step, case: str | None) -> str:
