@@ -62,3 +62,39 @@ def test_dry_run_names_the_change_of_each_step(tmp_path: Path, monkeypatch: pyte
     # the change as one of a fused chain's parameters)
     assert "level" in text and "50" in text and f"{CASES} stale" in text, text
     assert "no earlier result" not in text, text
+
+
+def test_an_entry_written_before_issue_9_still_loads(tmp_path: Path) -> None:
+    """Manifest format 1, the value in value.json and one .npy per array, as earlier
+    versions committed it: read as it was, never recomputed nor misread."""
+    import numpy as np
+
+    from medasl.runtime.cache import Cache, CacheKey
+    from medasl.runtime.tasks import load_ref
+    from medasl.runtime.values import Pair, Volume
+
+    cache = Cache(tmp_path / "cache")
+    key = CacheKey("phantom", 1, {"case": "old"})
+    image, labels = np.arange(60, dtype=np.int16).reshape(3, 4, 5), np.ones((3, 4, 5), np.uint8)
+    geometry = {"spacing": [1.0, 1.0, 2.5], "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+                "modality": "CT", "source": None}
+
+    def volume(index: int, array: np.ndarray, kind: str) -> dict[str, object]:
+        return {"$": "Volume", "array": {"index": index, "dtype": array.dtype.str, "shape": list(array.shape)},
+                "kind": kind, **geometry}
+
+    with cache.write(key) as pending:
+        np.save(pending.path / "value.0.npy", image, allow_pickle=False)
+        np.save(pending.path / "value.1.npy", labels, allow_pickle=False)
+        doc = {"format": 1, "value": {"$": "Pair", "input": volume(0, image, "image"),
+                                      "target": volume(1, labels, "labels")}}
+        (pending.path / "value.json").write_text(json.dumps(doc, indent=1))
+    manifest_path = cache.entry_path(key) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert "value" not in manifest
+    manifest["format"] = 1
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    value = load_ref(Cache(tmp_path / "cache"), key.digest())
+    assert isinstance(value, Pair) and isinstance(value.input, Volume)
+    assert np.array_equal(value.input.array, image) and np.array_equal(value.target.array, labels)
+    assert value.target.kind == "labels" and not value.input.array.flags.writeable
