@@ -48,7 +48,8 @@ the `drawn` dicts are identical to the unfused ops'.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,7 +73,8 @@ _PRE_RESAMPLING = frozenset({"resample", "resample_to", "resize"})
 _AUG_RESAMPLING = frozenset({"rotate", "affine", "random_rescale", "elastic"})
 NEAREST_KINDS = pre.NEAREST_KINDS
 
-_CHUNK_VOXELS = 1 << 22  # output voxels per sampling chunk: bounds the coordinate tensors' memory
+_CHUNK_VOXELS = 1 << 20  # output voxels per sampling chunk: bounds memory, and keeps the elementwise passes over
+# the coordinates in cache (measured fastest of 2^16 .. 2^22 on the benchmark CT)
 _ZERO = 1e-12  # composed matrix coefficients below this are rounding noise of exact zeros
 
 
@@ -470,17 +472,16 @@ def _affine_coords(m: np.ndarray, coords: Sequence[object]) -> list[object]:
     return out
 
 
-def _outside(coords: Sequence[object], size: Sequence[int]) -> object:
+def _outside(coords: Sequence[object], size: Sequence[int], sides: Sequence[tuple[bool, bool]] | None = None
+             ) -> object:
     """Where a point lies outside a grid of `size` voxels by ITK's rule (every
-    continuous index in [-0.5, n - 0.5))."""
-    import torch
-
+    continuous index in [-0.5, n - 0.5)); `sides` says per axis which ends can be
+    crossed at all (from the chunk's bounds), so that the other comparison is skipped."""
     mask: object = None
-    for c, n in zip(coords, size):
-        # |c - centre| > n/2: one pass instead of two comparisons (the exclusive upper end
-        # differs only for a point exactly on it)
-        out = torch.abs(c - (n - 1) / 2.0) > n / 2.0  # type: ignore[operator]
-        mask = out if mask is None else mask | out  # type: ignore[operator]
+    for i, (c, n) in enumerate(zip(coords, size)):
+        low, high = sides[i] if sides is not None else (True, True)
+        for out in ([c < -0.5] if low else []) + ([c >= n - 0.5] if high else []):  # type: ignore[operator]
+            mask = out if mask is None else mask | out  # type: ignore[operator]
     return mask
 
 
@@ -496,6 +497,19 @@ def _mapped_bounds(m: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.nd
 def _normalized(c: object, n: int) -> object:
     """A continuous index as grid_sample's align_corners=True coordinate."""
     return c * (2.0 / (n - 1)) - 1.0 if n > 1 else c * 0.0  # type: ignore[operator]
+
+
+def _fills(masks: Sequence[tuple[int, object]], fill: dict[int, float]) -> list[tuple[float, object]]:
+    """(value, where) to paint in order: each step's outside region gets that step's
+    fill, a later step's over an earlier one's, as unfused; steps with the same fill
+    (the usual case) are painted as one union."""
+    out: list[tuple[float, object]] = []
+    for k, mask in sorted(masks, key=lambda km: km[0]):
+        if out and out[-1][0] == fill[k]:
+            out[-1] = (fill[k], out[-1][1] | mask)  # type: ignore[operator]
+        else:
+            out.append((fill[k], mask))
+    return out
 
 
 def _free_of(t: object, axis: int) -> bool:
@@ -557,9 +571,9 @@ def _map_chunk(stages: Sequence[_Stage], base: list[object], lo: np.ndarray, hi:
         if np.all(mlo >= 0.0) and np.all(mhi <= size - 1.0):
             continue
         coords = _affine_coords(acc, cur)
-        beyond = [i for i in range(d) if mlo[i] < -0.5 or mhi[i] >= size[i] - 0.5]
-        if beyond:
-            masks.append((k, _outside([coords[i] for i in beyond], [st.grid_in.size[i] for i in beyond])))
+        sides = [(bool(mlo[i] < -0.5), bool(mhi[i] >= size[i] - 0.5)) for i in range(d)]
+        if any(low or high for low, high in sides):
+            masks.append((k, _outside(coords, st.grid_in.size, sides)))
         if k == 0:  # the sampling itself clamps to the input's border (grid_sample's border mode)
             return _Chunk(coords, masks)
         # Unfused, the steps before this one were evaluated only at this step's input grid
@@ -568,16 +582,47 @@ def _map_chunk(stages: Sequence[_Stage], base: list[object], lo: np.ndarray, hi:
         # of an earlier step (which would fill it there, or sample what a crop removed).
         for i in range(d):
             if mlo[i] < 0.0 or mhi[i] > size[i] - 1.0:
-                coords[i] = coords[i].clamp(0.0, size[i] - 1.0)  # type: ignore[attr-defined]
+                coords[i].clamp_(0.0, size[i] - 1.0)  # type: ignore[attr-defined]  (fresh tensors: in place)
 
         cur, acc = coords, np.eye(d + 1)
         lo, hi = np.clip(mlo, 0.0, size - 1.0), np.clip(mhi, 0.0, size - 1.0)
     return _Chunk(_affine_coords(acc, cur), masks)
 
 
+@contextmanager
+def _cpu_threads(device: object, n: int) -> Iterator[None]:
+    """torch's CPU thread count set to `n` inside (restored after; nothing on other devices).
+
+    The coordinate arithmetic is many short, memory-bound elementwise passes; with
+    several threads each pass ends at a barrier, and on a busy machine a descheduled
+    thread holds every barrier up (measured on the 2-core benchmark machine under load:
+    3 to 10 times slower than one thread). So those passes run on one thread and only
+    grid_sample, one long pass, on the caller's threads."""
+    import torch
+
+    if getattr(device, "type", "cpu") != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _sample(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: np.dtype, minimum: float,
             device: str) -> np.ndarray:
     """`vol` sampled once through the composed `stages` (see the module docstring)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    with _cpu_threads(torch.device(device), 1):
+        return _sample_chunks(vol, stages, mode, out_dtype, minimum, device, threads)
+
+
+def _sample_chunks(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: np.dtype, minimum: float,
+                   device: str, threads: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F  # noqa: N812 (the alias torch documents)
 
@@ -634,6 +679,12 @@ def _sample(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: np.dtyp
             else:
                 vals = src_t[flat].cpu().numpy()
             vals = vals.reshape(full + a.shape[d:])
+            if channels:  # masks are (z, y, x): put the channels first while filling
+                vals = np.moveaxis(vals, -1, 0)
+            for value, mask in _fills(chunk.masks, fill):
+                vals[..., mask.expand(full).cpu().numpy()] = value  # type: ignore[attr-defined]
+            if channels:
+                vals = np.moveaxis(vals, 0, -1)
         else:
             if per_slice and _slice_aligned(c):
                 cz = c[2].reshape(-1).expand(z1 - z0)  # type: ignore[attr-defined]
@@ -643,18 +694,18 @@ def _sample(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: np.dtyp
                 g2 = torch.stack([_normalized(c[i], size_in[i]).expand((1, *full[1:]))[0]  # type: ignore[attr-defined]
                                   for i in (0, 1)], dim=-1)
                 g2 = g2.reshape(1, *full[1:], 2).expand(z1 - z0, *full[1:], 2).to(src_t.dtype)
-                vals_t = F.grid_sample(planes, g2, mode="bilinear", padding_mode="border", align_corners=True)
+                with _cpu_threads(dev, threads):
+                    vals_t = F.grid_sample(planes, g2, mode="bilinear", padding_mode="border", align_corners=True)
                 vals_t = vals_t.permute(1, 0, 2, 3)  # (C, z, y, x)
             else:
                 grid = torch.stack([_normalized(ci, n).expand(full) for ci, n in zip(c, size_in)], dim=-1)  # type: ignore[attr-defined]
-                vals_t = F.grid_sample(src_t, grid[None].to(src_t.dtype), mode="bilinear", padding_mode="border",
-                                       align_corners=True)[0]
+                with _cpu_threads(dev, threads):
+                    vals_t = F.grid_sample(src_t, grid[None].to(src_t.dtype), mode="bilinear",
+                                           padding_mode="border", align_corners=True)[0]
+            for value, mask in _fills(chunk.masks, fill):  # on the device, broadcast over channels
+                vals_t = torch.where(mask, torch.tensor(value, dtype=vals_t.dtype, device=dev), vals_t)  # type: ignore[arg-type]
             vals_t = vals_t.permute(*range(1, d + 1), 0) if channels else vals_t[0]
             vals = vals_t.cpu().numpy()
-        # fills in step order: a later step's fill covers an earlier one's, as unfused
-        for k, mask in sorted(chunk.masks, key=lambda km: km[0]):
-            m = mask.expand(full).cpu().numpy()  # type: ignore[attr-defined]
-            vals[m] = fill[k]
         out[z0:z1] = vals.astype(out_dtype, copy=False)
     return out
 
