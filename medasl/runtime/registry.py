@@ -26,6 +26,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from medasl.lower.plan import COLLECTING_REPORTS
+from medasl.runtime.fusion import FUSED_OPS
 
 SELECTIONS = frozenset({"field", "split", "kfold", "fold", "take", "shuffle", "concat", "subset"})
 TAKES_PAIRS = frozenset({"crop_foreground"})
@@ -73,7 +74,7 @@ def missing_dependency(op: str) -> str | None:
 
 def implemented(op: str) -> bool:
     """Whether `op` can run: it has a function, or it is one of the executor's selections."""
-    if op in SELECTIONS:
+    if op in SELECTIONS or op in FUSED_OPS:
         return True
     name = area(op)
     module = _module(name) if name else None

@@ -15,7 +15,8 @@ from rich.console import Console
 
 from medasl.diagnostics import Diagnostic, Diagnostics, Label, Severity
 from medasl.ir.graph import Graph
-from medasl.lower.plan import LoweringError, OpValue, Plan, lower
+from medasl.lower.plan import OpValue, Plan, lower
+from medasl.passes import DEFAULT_LEVEL, optimize
 from medasl.runtime import registry
 from medasl.runtime.cache import Cache
 from medasl.runtime.executor import Cases, LocalExecutor, RunFailure, RunOptions, RunResult, Single, preview
@@ -45,18 +46,20 @@ def default_workers() -> int:
     return 1 if cores <= 2 else min(cores // 2, 8)
 
 
-def plans(graphs: list[Graph], overrides: dict[str, str]) -> list[Plan]:
-    """Lower every pipeline; each `--set` must name a parameter of at least one of them."""
+def check_overrides(graphs: list[Graph], overrides: dict[str, str]) -> None:
+    """Each `--set` must name a parameter of at least one of the pipelines."""
     params = {n.id for g in graphs for n in g.nodes.values() if n.op == "param"}
     for name in overrides:
         if name not in params:
             have = ", ".join(sorted(params)) or "none"
             raise UsageProblem(f"--set {name}=…: no pipeline has a parameter `{name}` (parameters: {have})")
-    try:
-        return [lower(g, {k: v for k, v in overrides.items() if k in {n.id for n in g.nodes.values()}})
-                for g in graphs]
-    except LoweringError as exc:
-        raise UsageProblem(str(exc)) from None
+
+
+def plans(graphs: list[Graph], overrides: dict[str, str], level: int = DEFAULT_LEVEL) -> list[Plan]:
+    """Optimize and lower every pipeline. The graphs were checked with the `--set` values
+    as the parameters' defaults (a value outside its search space is E0502 there)."""
+    check_overrides(graphs, overrides)
+    return [lower(optimize(graph, level).graph, level) for graph in graphs]
 
 
 def unimplemented(plan: Plan) -> Diagnostics:

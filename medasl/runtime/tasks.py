@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medasl.runtime import registry
+from medasl.runtime import fusion, registry
 from medasl.runtime.cache import Cache, CacheKey, PendingEntry
 from medasl.runtime.digests import write_json_atomic
 from medasl.runtime.errors import DataError
@@ -292,6 +292,7 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
     args: dict[str, object] = dict(task.params)
     for name, ref in task.refs.items():
         args[name] = upstream if upstream is not None and name == task.lifted_arg else load_ref(cache, ref)
+    _gather_tuples(args)
     for name, cases in task.datasets.items():
         found = CachedCases(str(cache.root), cases)
         args[name] = found if area == "train" else [case.value for case in found]
@@ -303,6 +304,8 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
         _collect(args, task.datasets)
     elif area == "report" and isinstance(args.get("metrics"), Measured):
         args["metrics"] = [args["metrics"]]
+    elif area == "report" and isinstance(args.get("metrics"), tuple):
+        args["metrics"] = list(args["metrics"])  # type: ignore[arg-type]
     if task.op == "train":
         args.update(checkpoints=CacheCheckpoints(cache, task.key), device=task.device,
                     progress=hooks.progress if hooks is not None else None,
@@ -313,6 +316,12 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
         args[registry.GETS_CASE_ID[task.op]] = task.case
     if "reduce" in task.lift:
         return _reduce(task, args)
+    if task.op in fusion.FUSED_OPS:
+        value, drawn = fusion.run_fused(task.op, args[task.lifted_arg or "x"], args["chain"],  # type: ignore[arg-type]
+                                        args.get("seeds"), task.rng_seed, task.device)  # type: ignore[arg-type]
+        if drawn:
+            info.setdefault("drawn", {})[task.step] = drawn  # type: ignore[index]
+        return value
     function = registry.function(task.op)
     if task.rng_seed is not None:
         args["rng"] = np.random.default_rng(list(task.rng_seed))
@@ -322,6 +331,18 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
     if task.lifted_arg is not None and task.op not in registry.TAKES_PAIRS and {"pair", "image", "label"} & set(task.lift):
         return _apply_to_members(function, args, task.lifted_arg, task.lift[-1])
     return function(**args)
+
+
+def _gather_tuples(args: dict[str, object]) -> None:
+    """Put the values read for a tuple's references (`metrics[0]`, `metrics[1]`) into
+    its template (`metrics`, with None where they go): see `medasl.lower.plan`."""
+    for name in [n for n in args if n.endswith("]") and "[" in n]:
+        base, index = name[:-1].split("[", 1)
+        template = args.get(base)
+        if isinstance(template, tuple):
+            items = list(template)
+            items[int(index)] = args.pop(name)
+            args[base] = tuple(items)
 
 
 def _collect(args: dict[str, object], datasets: dict[str, tuple[tuple[str, str], ...]]) -> None:
