@@ -197,6 +197,13 @@ class Graph:
         for ref in node.inputs():
             self._users.get(ref, {}).pop(node.id, None)
 
+    def move_after(self, node_id: str, after: str) -> None:
+        """Put a node just after another (after a pass made it read that one)."""
+        node = self.nodes.pop(node_id)
+        order = list(self.nodes.items())
+        at = [k for k, _ in order].index(after) + 1
+        self.nodes = dict(order[:at] + [(node_id, node)] + order[at:])
+
     def move_to_end(self, node_id: str) -> None:
         """Put a node last (after a pass made it read nodes defined after it)."""
         self.nodes[node_id] = self.nodes.pop(node_id)

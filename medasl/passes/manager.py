@@ -3,7 +3,7 @@ the checked graph, verifies the graph after each one, and can print it after any
 
     -O0  specialize, wire_reports, place_storage, hash            (what a run needs)
     -O1  + eliminate_common, eliminate_dead                        (graph clean-up)
-    -O2  + fuse_spatial, fuse_intensity                            (the default of `run`)
+    -O2  + commute_pointwise, fuse_spatial, fuse_intensity         (the default of `run`)
     -O3  the same as -O2 for now (network passes come with compiled inference)
 
 Every pass is one file of this package with one job; docs/compiler.md states each
@@ -42,6 +42,7 @@ class PassError(Exception):
 
 def pipeline_passes() -> list[Pass]:
     from medasl.passes import (
+        commute_pointwise,
         eliminate_common,
         eliminate_dead,
         fuse_intensity,
@@ -52,7 +53,7 @@ def pipeline_passes() -> list[Pass]:
         wire_reports,
     )
 
-    return [specialize.PASS, wire_reports.PASS, eliminate_common.PASS, fuse_spatial.PASS, fuse_intensity.PASS,
+    return [specialize.PASS, wire_reports.PASS, eliminate_common.PASS, commute_pointwise.PASS, fuse_spatial.PASS, fuse_intensity.PASS,
             eliminate_dead.PASS, place_storage.PASS, hash.PASS]
 
 
