@@ -40,14 +40,19 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import numpy as np
-import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
 
+from medasl.ops import deferred
 from medasl.runtime.cache import pid_alive
 from medasl.runtime.errors import DataError
 from medasl.runtime.values import LABEL_KINDS, Annotations, Boxes, Case, CaseSpec, DicomSeries, Pair, Volume
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
+else:  # listing a source's cases, all a cached run asks of this module, needs no SimpleITK
+    sitk = deferred("SimpleITK")
 
 PathLike = str | os.PathLike[str]
 
