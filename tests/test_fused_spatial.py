@@ -9,12 +9,16 @@ What is claimed, and checked here:
   reorient) are bit-identical to the unfused chain, dtype included.
 - One fused resampling (one step, or an affine chain whose intermediate grids hold the
   content) equals one `sitk.Resample` with the composed transform to 1e-4 of the
-  intensity range.
+  intensity range (label maps: identical), except at exact ties, which float32
+  coordinates may break the other way: a continuous index within 1e-3 of a rounding
+  tie k + 1/2 (nearest) or of the buffer's edge (-1/2, n - 1/2: inside or fill).
 - Label maps: a voxel whose fused and unfused labels differ lies next to a boundary
   between those two labels: in the fused or in the unfused result, both labels occur
   within LABEL_BAND voxels of it (Chebyshev, on the output grid; the output's border
   counts as every label, since a step's fill, label 0, can lie just outside the
-  output); such voxels are at most LABEL_FRACTION of the output. Nearest neighbour
+  output); such voxels are at most LABEL_FRACTION of the voxels on a label boundary
+  (a neighbour holds another label) in either result: a one-voxel shift of a boundary
+  changes one of the two layers it separates. Nearest neighbour
   rounds each step's position to that step's grid, by up to half a voxel per resampling
   step, which the fused chain does once: positions differ by at most half a step voxel
   per resampling (at most 3 here, with step voxels up to 1.6 output voxels: under 2.5
@@ -62,7 +66,7 @@ SETTINGS: dict[str, Any] = dict(deadline=None, suppress_health_check=[HealthChec
 
 GEOMETRY_MM = 1e-6
 LABEL_BAND = 2
-LABEL_FRACTION = 0.15
+LABEL_FRACTION = 0.5
 WAVELENGTH = 24.0
 MAX_RESAMPLINGS = 3
 ELASTIC_FACTOR = 2.0
@@ -220,7 +224,12 @@ def _check_labels(f: Volume, u: Volume) -> float:
             in_fused = _near_or_edge(a == value) & _near_or_edge(a == other)
             in_unfused = _near_or_edge(b == value) & _near_or_edge(b == other)
             assert np.all((in_fused | in_unfused)[pair]), "a label changed away from any label boundary"
-    frac = float(diff.mean())
+    # the boundary voxels of either result: a neighbour (3^d) holds another label
+    size = (3,) * a.ndim
+    boundary = np.zeros(a.shape, bool)
+    for r in (a, b):
+        boundary |= ndimage.maximum_filter(r, size=size) != ndimage.minimum_filter(r, size=size)
+    frac = float(diff.sum()) / max(int(boundary.sum()), 1)
     assert frac <= LABEL_FRACTION, frac
     return frac
 
@@ -317,17 +326,23 @@ def _transform_of(x: Volume, step: SpatialStep) -> sitk.Transform:
     return make[step.op](x, drawn) if step.op in make else sitk.Transform(x.dim, sitk.sitkIdentity)
 
 
-def _assert_only_ties(x: Volume, out: Volume, transform: sitk.Transform, differ: np.ndarray) -> None:
-    """Nearest neighbour may differ from SimpleITK's only at rounding ties: where the
-    continuous input index (as SimpleITK computes it) is within 1e-3 of k + 1/2 along
-    some axis, or of the buffer's edge -1/2 or n - 1/2 (the coordinates are computed in
-    another order, in float32, so exact ties fall either way)."""
+def _assert_only_ties(x: Volume, out: Volume, transform: sitk.Transform, differ: np.ndarray,
+                      edges_only: bool = False) -> None:
+    """Differences from SimpleITK only at ties: nearest neighbour where the continuous
+    input index (as SimpleITK computes it) is within 1e-3 of k + 1/2 along some axis;
+    with `edges_only` (linear), where it is within 1e-3 of the buffer's edge -1/2 or
+    n - 1/2, inside for one and outside (fill) for the other. The coordinates are
+    computed in another order, in float32, so exact ties fall either way."""
     grid, src = out.to_sitk(), x.to_sitk()
     for index in np.argwhere(differ):
         point = grid.TransformContinuousIndexToPhysicalPoint([float(i) for i in reversed(index)])
         ci = np.array(src.TransformPhysicalPointToContinuousIndex(transform.TransformPoint(point)))
-        frac = ci - np.floor(ci)
-        assert np.any(np.abs(frac - 0.5) < 1e-3), (index, ci)
+        if edges_only:
+            size = np.array(x.shape, dtype=float)
+            assert np.any((np.abs(ci + 0.5) < 1e-3) | (np.abs(ci - (size - 0.5)) < 1e-3)), (index, ci)
+        else:
+            frac = ci - np.floor(ci)
+            assert np.any(np.abs(frac - 0.5) < 1e-3), (index, ci)
 
 
 @settings(max_examples=examples(25), **SETTINGS)
@@ -344,7 +359,7 @@ def test_one_resampling_is_one_sitk_resample(data: st.DataObject) -> None:
         if nearest:
             _assert_only_ties(x, out, _transform_of(x, step), out.array != ref)
         else:
-            assert np.max(np.abs(out.array - ref)) <= 1e-4 * rng
+            _assert_only_ties(x, out, _transform_of(x, step), np.abs(out.array - ref) > 1e-4 * rng, edges_only=True)
 
 
 def test_affine_chain_is_one_sitk_resample_with_the_composed_transform() -> None:
@@ -502,3 +517,24 @@ def test_real_ct_resample_and_rotate() -> None:
     _assert_same_geometry(f.input, u.input)
     _assert_same_geometry(f.target, u.target)
     _check_labels(f.target, u.target)
+
+
+@pytest.mark.parametrize(("dtype", "kind", "chain"), [
+    (np.float64, "image", [SpatialStep("rotate", {"p": 1.0}, (1,))]),  # aug keeps float64
+    (np.float64, "image", [SpatialStep("resample", {"spacing": (1.5, 1.5, 1.5)})]),  # pre gives float32
+    (np.int16, "image", [SpatialStep("resample", {"spacing": (1.5, 1.5, 1.5)})]),
+    (np.int16, "image", [SpatialStep("resample", {"spacing": (1.5, 1.5, 1.5), "interp": "nearest"})]),
+    (np.uint16, "instances", [SpatialStep("rotate", {"p": 1.0}, (2,))]),  # a dtype torch cannot gather
+    (np.float32, "probs", [SpatialStep("crop_or_pad", {"size": (12, 12, 12)}),
+                           SpatialStep("rotate", {"angle": 30.0, "p": 1.0}, (3,))]),
+])
+def test_dtypes_and_fills_follow_the_unfused_ops(dtype: type, kind: str, chain: list[SpatialStep]) -> None:
+    rng = np.random.default_rng(0)
+    arr = (rng.random((8, 9, 10)) * 50 + 5).astype(dtype)
+    vol = Volume(arr, (1.0, 1.1, 1.2), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), kind=kind)
+    (f, _), (u, _) = fused_spatial(vol, chain), unfused_spatial(vol, chain)
+    _assert_same_geometry(f, u)
+    # the fill: 0 outside for pre's crop of probs, the minimum for aug's rotate of probs
+    if kind == "probs":
+        corner = (0, 0, 0)
+        assert f.array[corner] == u.array[corner]

@@ -28,7 +28,8 @@ Semantics chosen where one sampling cannot reproduce the unfused chain exactly:
 - Fill values: label kinds 0; images the ORIGINAL input's minimum at every step (the
   unfused ops take the minimum of each step's input, which linear interpolation or a
   crop can only raise; for CT both are the air value). Probability maps follow each
-  op's own convention (std.pre fills 0, std.aug the minimum).
+  op's own convention (std.pre fills 0, std.aug the minimum, taken as the smallest of
+  the input's minimum and the fills of earlier steps that put voxels outside).
 - One interpolation: values differ from the unfused chain's by the difference between
   interpolating once and several times (less blur), and labels at most on a thin band
   next to label boundaries (nearest neighbour rounds once instead of once per step).
@@ -362,6 +363,18 @@ def _fill(stage: _Stage, vol: Volume, minimum: float) -> float:
     return minimum if vol.kind == "image" else 0.0  # pre._outside_value
 
 
+def _can_fill_any(stage: _Stage) -> bool:
+    """Whether `stage` puts any output voxel outside its input grid (exact for affine
+    stages, from the corners of the output grid; assumed for a displacement field)."""
+    if not stage.can_fill:
+        return False
+    if stage.field is not None:
+        return True
+    d = stage.grid_in.dim
+    lo, hi = _mapped_bounds(stage.matrix, np.zeros(d), np.array(stage.grid_out.size, dtype=float) - 1.0)
+    return bool(np.any(lo < -0.5) or np.any(hi >= np.array(stage.grid_in.size) - 0.5))
+
+
 def _fills_with_minimum(stage: _Stage, vol: Volume) -> bool:
     """Whether `_fill` gives the input's minimum (rather than 0) for `stage` on `vol`."""
     return _fill(stage, vol, 1.0) == 1.0 and _fill(stage, vol, 2.0) == 2.0
@@ -639,7 +652,15 @@ def _sample_chunks(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: 
     shape_out = out_grid.shape_zyx
     channels = vol.array.ndim > d
     dev = torch.device(device)
-    fill = {k: _fill(st, vol, minimum) for k, st in enumerate(stages)}
+    # A step that fills with its input's minimum sees the fills of earlier steps that put
+    # any voxel outside their input (0 from a std.pre step on a probability map): the
+    # smallest of those and the input's minimum stands for that step's input minimum.
+    fill: dict[int, float] = {}
+    running = minimum
+    for k, st in enumerate(stages):
+        fill[k] = _fill(st, vol, running)
+        if _can_fill_any(st):
+            running = min(running, fill[k])
     fields = {k: torch.from_numpy(np.moveaxis(st.field, -1, 0)[None].astype(np.float32)).to(dev)
               for k, st in enumerate(stages) if st.field is not None}
     a = vol.array
