@@ -35,10 +35,9 @@ from types import ModuleType
 
 from medasl.lower.plan import COLLECTING_REPORTS
 from medasl.runtime.fusion import FUSED_OPS
+from medasl.semantics.traits import EXPANDS, SELECTIONS, SOURCES  # noqa: F401 - the executor reads them here
 
-SELECTIONS = frozenset({"field", "split", "kfold", "fold", "take", "shuffle", "concat", "subset"})
 TAKES_PAIRS = frozenset({"crop_foreground"})
-EXPANDS = {"patches": "per_case", "box_patches": "per_case"}  # operator -> the parameter giving how many cases one case becomes
 PER_CASE = {"infer": "data", "boxed": "images"}  # operator -> the dataset argument it is applied to case by case
 GETS_CASE_ID = {"boxed": "case", "write_boxes": "case"}  # operator -> the parameter through which it learns the id of its case
 COLLECTS = COLLECTING_REPORTS  # report operators given the shown figures and the metrics
@@ -82,9 +81,8 @@ OPERATORS: dict[str, frozenset[str]] = {
 }
 """area -> the operators `medasl.ops.<area>.OPERATORS` implements (the keys of that table)."""
 
-SOURCES = frozenset({"atrophy_phantom", "classified", "datalist", "dicom_folder", "folder", "images",
-                     "instance_folder", "phantom", "slide_tiles"})
-"""The keys of `medasl.ops.io.SOURCES`: the source operators read case by case."""
+# SELECTIONS (regroup cases), EXPANDS (one case becomes several) and SOURCES (the keys of
+# `medasl.ops.io.SOURCES`) are node facts the compiler reads too: one table, in semantics.
 
 NEEDS: dict[str, tuple[str, ...]] = {
     "io": ("numpy",),  # SimpleITK is imported on first use: listing a phantom or a folder needs none of it
