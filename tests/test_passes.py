@@ -232,3 +232,70 @@ def test_commute_pointwise_moves_whole_voxel_steps_before_monotone_ones() -> Non
     assert graph.nodes["prepped"].op == "flip" and graph.nodes["prepped"].binding == "prepped"
     crop = next(n for n in graph.nodes.values() if n.op == "crop_or_pad")
     assert crop.arg("x") == Ref("cases") and graph.users(crop.id) == ["window"]
+
+
+def _fused(graph: Graph) -> list[tuple[str, tuple[str, ...]]]:
+    return [(n.op, tuple(graph.nodes[n.id].arg("chain").value[i]["op"]  # type: ignore[union-attr]
+                         for i in range(len(n.fused)))) for n in graph.nodes.values() if n.fused]
+
+
+def test_fuse_spatial_and_intensity_replace_chains_by_one_step() -> None:
+    from medasl.passes import fuse_intensity, fuse_spatial
+
+    graph = ran(checked("""
+  cases = phantom(cases=2)
+  a = cases |> resample(spacing=(3.0, 3.0, 3.0) mm) |> crop_or_pad((32, 32, 32)) |> window(level=40, width=400)
+      |> rescale(0, 1) |> flip(axis=0) |> rotate(angle=5 deg)
+  w = write_nifti(a.image, "a/*.nii.gz")
+"""), specialize, fuse_spatial, fuse_intensity)
+    assert _fused(graph) == [("fused_spatial", ("resample", "crop_or_pad")), ("fused_intensity", ("window", "rescale")),
+                             ("fused_spatial", ("flip", "rotate"))]
+    last = graph.nodes["a"]  # the last step's id, name and readers stay
+    assert last.op == "fused_spatial" and last.fused == ("flip", "a") and last.random
+    assert graph.users("a") == ["a_image"]
+
+
+@pytest.mark.parametrize(("chain", "expected"), [
+    ("crop_or_pad((32, 32, 32)) |> crop_foreground", []),  # its box depends on the data: first only
+    ("crop_foreground |> crop_or_pad((32, 32, 32))", [("fused_spatial", ("crop_foreground", "crop_or_pad"))]),
+    ("resample(spacing=(3.0, 3.0, 3.0) mm, interp=nearest) |> rotate(angle=5 deg)", []),  # disagree on images
+    ("zscore(mask=m) |> rescale(0, 1)", []),  # a second input
+])
+def test_fusion_rules(chain: str, expected: list[tuple[str, tuple[str, ...]]]) -> None:
+    from medasl.passes import fuse_intensity, fuse_spatial
+
+    graph = ran(checked(f"""
+  cases = phantom(cases=2)
+  m = cases.label
+  a = cases |> {chain}
+  w = write_nifti(a.image, "a/*.nii.gz")
+""".replace("zscore(mask=m)", "zscore(mask=m)" if "zscore" in chain else "")), specialize, fuse_spatial,
+                fuse_intensity)
+    assert _fused(graph) == expected
+
+
+def test_no_bspline_in_one_sampling() -> None:
+    from medasl.passes import fuse_spatial
+
+    graph = ran(checked("""
+  images = phantom(cases=2).image
+  a = images |> resample(spacing=(3.0, 3.0, 3.0) mm, interp=bspline) |> flip(axis=0)
+  w = write_nifti(a, "a/*.nii.gz")
+"""), specialize, fuse_spatial)
+    assert _fused(graph) == []
+
+
+def test_training_input_keeps_deterministic_and_random_steps_apart() -> None:
+    from medasl.passes import fuse_spatial
+
+    body = """
+  cases = phantom(cases=4) |> resample(spacing=(3.0, 3.0, 3.0) mm) |> crop_or_pad((32, 32, 32)) |> flip(axis=0)
+           |> rotate(angle=5 deg)
+  net = unet3d(in_channels=1, classes=2, channels=(4, 8, 16, 32, 64))
+  fit = train(net, cases, loss=dice_ce, epochs=1)
+"""
+    graph = ran(checked(body), specialize, fuse_spatial)
+    assert _fused(graph) == [("fused_spatial", ("resample", "crop_or_pad")), ("fused_spatial", ("flip", "rotate"))]
+    no_training = ran(checked(body.replace("  fit = train(net, cases, loss=dice_ce, epochs=1)\n",
+                                           '  w = write_nifti(cases.image, "c/*.nii.gz")\n')), specialize, fuse_spatial)
+    assert _fused(no_training) == [("fused_spatial", ("resample", "crop_or_pad", "flip", "rotate"))]

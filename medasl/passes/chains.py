@@ -34,7 +34,7 @@ def links(graph: Graph, before: Node, after: Node, accepts: Callable[[Node], boo
     a training's cases (`training`), deterministic and random steps are not mixed: the
     deterministic prefix is stored once and the random suffix drawn anew in every epoch."""
     mixes = before.random != after.random and after.id in training
-    return (accepts(before) and accepts(after) and only_input(after) == before.id
+    return (accepts(before) and accepts(after) and only_input(before) is not None and only_input(after) == before.id
             and graph.users(before.id) == [after.id] and before.id not in graph.shows
             and before.lift == after.lift and "map" in after.lift and not mixes and not before.goal)
 
