@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from medasl.ir.graph import Graph, OpRef, Ref, Tup, Value
-from medasl.ir.types import Ty, format_type
+from medasl.ir.types import Ty, TyLike, attr, format_type
 from medasl.passes.wire_reports import COLLECTING_REPORTS  # noqa: F401 - the registry reads it here
 from medasl.source import Span
 
@@ -67,6 +67,7 @@ class Step:
     interp: str | None = None
     store: str | None = None  # why the result is stored; "memory": computed in its user's chain; "never"
     fused: tuple[str, ...] = ()  # a fused step: the steps it replaced
+    value_type: TyLike | None = None  # the checked type as a structured value (`type` is its text)
 
     @property
     def mapped(self) -> bool:
@@ -77,6 +78,13 @@ class Step:
     def writes(self) -> bool:
         """Whether the step writes files named by its `path` (writers and reports)."""
         return self.stage in ("output", "report") and "path" in self.path_params
+
+    @property
+    def modality(self) -> str | None:
+        """The modality of the image this step gives (in a dataset, a pair), if it gives one."""
+        found = _first_image(self.value_type)
+        value = attr(found, "modality") if found is not None else None
+        return value if isinstance(value, str) else None
 
     @property
     def label(self) -> str:
@@ -141,6 +149,14 @@ def to_json(value: object) -> object:
     return value
 
 
+def _first_image(t: object) -> Ty | None:
+    if not isinstance(t, Ty):
+        return None
+    if t.name == "Image":
+        return t
+    return next((found for p in t.params if (found := _first_image(p)) is not None), None)
+
+
 def _is_dataset(type_: object) -> bool:
     return isinstance(type_, Ty) and type_.name == "Dataset"
 
@@ -170,7 +186,7 @@ def lower(graph: Graph, level: int = 0) -> Plan:
             path_params=node.path_params, lift=node.lift, random=node.random, output_is_dataset=_is_dataset(node.type),
             type=format_type(node.type), span=node.span, binding=node.binding, stage=node.stage,
             conversion=node.conversion, goal=node.goal, hash=node.hash, traits=node.traits, interp=node.interp,
-            store=node.store, fused=node.fused,
+            store=node.store, fused=node.fused, value_type=node.type,
         )
     return plan
 

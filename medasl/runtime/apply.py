@@ -48,6 +48,7 @@ def apply_chain(plan: Plan, start: str, value: object, case: str = "case", seed:
         lifted = next(iter(step.inputs))
         rng = (node_seed(seed, step.id), case_number(case)) if step.random else None
         task = Task(CacheKey(step.op, step.version, {}), step.id, step.op, case, call_params(params),
-                    refs={lifted: ""}, lift=step.lift, lifted_arg=lifted, rng_seed=rng, device=device)
+                    refs={lifted: ""}, lift=step.lift, lifted_arg=lifted, rng_seed=rng, device=device,
+                    module=step.module)
         value = _compute_stage(None, task, value, info)  # type: ignore[arg-type]  # nothing is read from a cache
     return Applied(value, tuple(s.id for s in steps), dict(info.get("drawn", {})))  # type: ignore[call-overload]

@@ -169,15 +169,6 @@ def node_seed(run_seed: int, step_id: str) -> int:
     return int(sha256_json([int(run_seed), step_id])[:15], 16)
 
 
-def _modality(step: Step) -> str | None:
-    text = step.type
-    at = text.find("Image[")
-    if at < 0:
-        return None
-    parts = text[at + len("Image["):].split("]", 1)[0].split(",")
-    return parts[1].strip() if len(parts) > 1 else None
-
-
 def fused_seeds(step: Step, run_seed: int) -> list[int]:
     """The seeds of the steps a fused step replaced: each draws with the seed it has unfused."""
     return [node_seed(run_seed, original) for original in step.fused]
@@ -279,7 +270,8 @@ class Preparer:
             sources = {f: file_digest(f, self.memo) for f in spec.files}
             key = CacheKey(step.op, step.version, {"ir": step.hash, "args": to_json(step.params), "case": spec.id,
                                                    "spec": to_json(spec.args)}, {}, sources)
-            tasks.append(Task(key, step.id, step.op, spec.id, dict(step.params), spec=spec, modality=_modality(step),
+            tasks.append(Task(key, step.id, step.op, spec.id, dict(step.params), spec=spec, modality=step.modality,
+                              module=step.module,
                               index_id=self._index_id(step, spec.id)))
             items.append((spec.id, key.digest()))
         return self._fused(step, tasks, Cases(tuple(items)))
@@ -300,7 +292,7 @@ class Preparer:
             key, rng = self._key(step, params, refs, self._sources(step, params, writes), case)
             before = upstream.get(case)
             chain = (*before.chain, replace(before, chain=())) if before is not None else ()
-            tasks.append(Task(key, step.id, step.op, case, call_params(params), refs=refs, lift=step.lift,
+            tasks.append(Task(key, step.id, step.op, case, call_params(params), refs=refs, lift=step.lift, module=step.module,
                               lifted_arg=lifted, rng_seed=rng, writes=writes, index_id=self._index_id(step, case),
                               chain=chain, device=self.options.device))
             if expand is not None:
@@ -358,6 +350,7 @@ class Preparer:
         params, writes = self._params(step, None), step.writes
         key, rng = self._key(step, params, inputs, self._sources(step, params, writes), None)
         task = Task(key, step.id, step.op, None, call_params(params), refs=refs, datasets=datasets, lift=step.lift,
+                    module=step.module,
                     lifted_arg=next(iter(step.inputs), None), rng_seed=rng, writes=writes,
                     index_id=self._index_id(step, None), device=self.options.device, recipes=self.recipes(step))
         return Prepared([task], Single(key.digest()))

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from medasl.diagnostics import Diagnostic, Diagnostics, Label, Severity
 from medasl.ir.graph import Graph
+from medasl.ir.types import Ty
 from medasl.lower.plan import OpValue, Plan, lower
 from medasl.passes import DEFAULT_LEVEL, optimize
 from medasl.runtime import registry
@@ -187,7 +188,7 @@ def _results(plan: Plan, result: RunResult, options: RunOptions) -> list[str]:
 
     lines: list[str] = []
     cache = options.cache
-    metric_steps = sorted((s for s in plan.steps.values() if s.type.startswith("Metric[")),
+    metric_steps = sorted((s for s in plan.steps.values() if isinstance(s.value_type, Ty) and s.value_type.name == "Metric"),
                           key=lambda s: s.binding is None)
     for step in metric_steps:
         value = result.values.get(step.id)

@@ -190,6 +190,7 @@ class Task:
     chain: tuple[Task, ...] = ()  # steps fused into this one: computed first, in memory, not stored
     device: str = "cpu"
     recipes: dict[str, Recipe] = field(default_factory=dict)  # train: how each training case is made
+    module: str = ""  # the plan's std module of `op` (`std.pre`), so a worker needs no table or stdlib to place it
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
         source = registry.source(task.op)
         assert source is not None
         return _declare_modality(source.load(task.spec), task.modality)  # type: ignore[attr-defined]
-    area = registry.area(task.op)
+    area = task.module.removeprefix("std.") if task.module.startswith("std.") else registry.area(task.op)
     args: dict[str, object] = dict(task.params)
     for name, ref in task.refs.items():
         args[name] = upstream if upstream is not None and name == task.lifted_arg else load_ref(cache, ref)
