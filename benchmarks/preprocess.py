@@ -1,31 +1,37 @@
-"""How fast is one CT pre-processing chain in medasl, MONAI, TorchIO and hand-fused torch?
+"""How fast is one CT pre-processing chain in medasl (-O0 and -O2), MONAI, TorchIO and
+hand-fused torch, and how fast are whole runs from files?
 
 The chain of issue 3: a 512x512x160 int16 CT at 0.7x0.7x2.5 mm, resampled to
 1.5x1.5x2.5 mm, windowed to [-100, 240] HU (level 70, width 340), rescaled to [0, 1],
 z-scored, cropped/padded to 256x256x160, randomly flipped and randomly rotated by up to
-10 degrees. Every implementation runs in this one process on the same synthetic volume
-(NumPy, fixed seed: air -1000 HU, soft tissue ~40 HU with noise, bone 700 HU); loading
-from disk is left out so that only the transforms are compared.
+10 degrees.
 
-    python benchmarks/preprocess.py            # N = 5 volumes per implementation
-    python benchmarks/preprocess.py --n 3
-    python benchmarks/preprocess.py --only medasl,torch-fused
+Part 1, transforms: every implementation runs in this one process on the same
+synthetic volume (NumPy, fixed seed: air -1000 HU, soft tissue ~40 HU with noise, bone
+700 HU); loading from disk is left out so that only the transforms are compared.
+medasl runs the chain written as a medas pipeline, compiled at -O0 (the operators as
+written) and at -O2 (the passes' fused steps), with the executor's own per-case code
+(medasl.runtime.apply); MONAI Compose eager and lazy; TorchIO; and a hand-fused torch
+version (one affine for resample + crop/pad + flip + rotate, one grid_sample, one
+intensity pass). A library that cannot be imported is skipped with a message.
 
-Implementations: medasl (the medasl.ops functions called in sequence: this measures
-medasl's operator implementations; what `medasc run`'s executor and cache add on top is
-measured by benchmarks/cache_overhead.py, about 2% of a run), medasl with its spatial
-steps fused (medasl/runtime/fused_spatial.py, as the spatial-fusion pass runs them),
-MONAI Compose eager and lazy, TorchIO, and a hand-fused torch version (one affine for
-resample + crop/pad + flip + rotate, one grid_sample, one intensity pass), the
-"hardware" reference the later optimizer issue aims at. A library that cannot be
-imported is skipped with a message.
+Part 2, whole runs (`--whole-runs K`): K such CTs written as uncompressed NIfTI;
+`medasc run -O0` and `-O2` of the pipeline (reading, caching, writing NIfTI; a fresh
+cache each time) against a MONAI script that loads, transforms and saves the same
+files, each in a fresh interpreter, wall time including start-up.
+
+    python benchmarks/preprocess.py                    # N = 5 volumes per implementation
+    python benchmarks/preprocess.py --n 3 --only medasl-O0,medasl-O2,monai-eager
+    python benchmarks/preprocess.py --n 0 --whole-runs 4   # only part 2
 
 Reported: median seconds per volume (one warm-up volume first, not counted), and peak
 memory as the peak resident set size above the level before the implementation started,
 sampled every 2 ms from /proc/self/statm by a thread (tracemalloc does not see torch's or
 SimpleITK's allocations, and ru_maxrss is a process-wide high-water mark that a one-process
 benchmark cannot reset; its increase is printed too, for what it is worth). Goals (issue
-3, printed, not asserted): medasl not slower than MONAI eager.
+9, printed, not asserted): -O2 at least 8x faster than MONAI eager and 5x faster than
+MONAI lazy, never slower than -O0; whole runs at least 5x faster than the MONAI script.
+Check `uptime` first: the figures mean something only on an idle machine.
 """
 
 from __future__ import annotations
@@ -59,9 +65,11 @@ MAX_ANGLE = 10.0  # degrees, about each axis
 SEED = 1234
 
 NOTES = [
-    "medasl: medasl.ops.pre/aug called directly in sequence on a Volume; this measures medasl's operator "
-    "implementations (SimpleITK resampling, NumPy intensity); the executor and cache add about 2% on top "
-    "(benchmarks/cache_overhead.py).",
+    "medasl -O0 / -O2: the chain written as a medas pipeline (PIPELINE), compiled at that level and run case by "
+    "case with the executor's own code (medasl.runtime.apply), without the cache: -O0 calls the operators as "
+    "written (SimpleITK resampling, NumPy intensity), -O2 runs the fused steps the passes make (print them with "
+    "`medasc compile --emit ir -O2`); the cache adds about 2% on top (benchmarks/cache_overhead.py). Random "
+    "steps draw from the executor's seeds, so the angles differ from the other libraries'.",
     "Loading is excluded everywhere: every implementation starts from the same in-memory int16 array.",
     "Flip and rotate run with probability 1 everywhere (the 'random' part is the drawn angles), so every volume "
     "does the same work; flip is about the x axis.",
@@ -79,11 +87,6 @@ NOTES = [
     "256x256x160 output. Differences: the window clips after interpolation instead of before, z-score statistics "
     "are taken over the padded and rotated output instead of the resampled volume, and rescale is folded away "
     "(z-score cancels any positive affine map).",
-    "medasl, spatial steps fused: what the spatial-fusion pass (issue 9) makes of this chain: resample alone is "
-    "one fused_spatial call (in-plane, so 2-D sampling per slice), window/rescale/z-score are the medasl.ops "
-    "functions, and crop/pad + flip + rotate are a second fused_spatial call (one trilinear sampling with torch "
-    "instead of SimpleITK's one; crop and flip are folded into it). Same semantics as the `medasl` row except "
-    "one interpolation per fused run; each random step has its own generator, so the angles differ.",
     "TorchIO: Resample (SimpleITK, linear), Clamp + RescaleIntensity(in_min_max=window) for the window, "
     "RescaleIntensity, ZNormalization, CropOrPad, RandomFlip, RandomAffine(scales=0, degrees=10).",
 ]
@@ -174,52 +177,49 @@ class PeakRss:
 # raises ImportError. The factory's own set-up (imports, building a Compose) is not timed.
 
 
-def make_medasl(ct: np.ndarray) -> Callable[[int], object]:
-    from medasl.ops import aug, pre
-    from medasl.runtime.values import Volume
-
-    def run(i: int) -> object:
-        rng = np.random.default_rng(SEED + i)
-        v = Volume(ct, SPACING_IN, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), kind="image", modality="CT")
-        v = pre.resample(v, spacing=SPACING_OUT, interp="linear")
-        v = pre.window(v, level=LEVEL, width=WIDTH)
-        v = pre.rescale(v, low=0.0, high=1.0)
-        v = pre.zscore(v)
-        v = pre.crop_or_pad(v, size=SIZE_OUT)
-        v, _ = aug.flip(v, axis=0, p=1.0, rng=rng)
-        v, _ = aug.rotate(v, angle=MAX_ANGLE, p=1.0, rng=rng)
-        return v.array  # (z, y, x)
-
-    return run
+CHAIN_TEXT = (f"resample(spacing=({SPACING_OUT[0]}, {SPACING_OUT[1]}, {SPACING_OUT[2]}) mm, interp=linear) "
+              f"|> window(level={LEVEL:g}, width={WIDTH:g}) |> rescale(0, 1) |> zscore "
+              f"|> crop_or_pad(({SIZE_OUT[0]}, {SIZE_OUT[1]}, {SIZE_OUT[2]})) |> flip(axis=0, p=1.0) "
+              f"|> rotate(angle={MAX_ANGLE:g} deg, p=1.0)")
+PIPELINE = f"""import std.io, std.pre, std.aug
+pipeline bench {{
+  cases = images("in", "*.nii") as Dataset<Image[3, CT]>
+  prepared = cases |> {CHAIN_TEXT}
+  written = write_nifti(prepared, "out/*.nii")
+}}
+"""
+"""The chain as a medas pipeline: what `medasc run` compiles (the whole-run part runs it)."""
 
 
-def make_medasl_o2_spatial(ct: np.ndarray) -> Callable[[int], object]:
-    """The chain as the spatial-fusion pass (issue 9) runs it: each run of consecutive
-    spatial steps is one `fused_spatial` call (one sampling with torch), the intensity
-    steps between them are the medasl.ops functions as in the `medasl` row. Here that is
-    resample alone (in-plane only: sampled in 2-D per slice), then window / rescale /
-    z-score, then crop_or_pad + flip + rotate as one sampling."""
-    from medasl.ops import pre
-    from medasl.runtime.fused_spatial import SpatialStep, fused_spatial
-    from medasl.runtime.values import Volume
+def compiled_plan(level: int) -> object:
+    """The plan `medasc run -O<level>` makes of PIPELINE."""
+    from medasl.runtime.session import plans
+    from medasl.semantics.checker import check_source
+    from medasl.source import SourceFile
 
-    resample = [SpatialStep("resample", {"spacing": SPACING_OUT, "interp": "linear"})]
+    result = check_source(SourceFile("bench.medas", PIPELINE))
+    assert not result.diagnostics.has_errors, [d.message for d in result.diagnostics.errors]
+    (plan,) = plans(result.graphs, {}, level)
+    return plan
 
-    def run(i: int) -> object:
-        v = Volume(ct, SPACING_IN, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), kind="image", modality="CT")
-        v, _ = fused_spatial(v, resample)
-        v = pre.window(v, level=LEVEL, width=WIDTH)
-        v = pre.rescale(v, low=0.0, high=1.0)
-        v = pre.zscore(v)
-        # each random step has its generator (as the executor seeds each node), so the
-        # angles differ from the `medasl` row's, which draws flip and rotate from one
-        augment = [SpatialStep("crop_or_pad", {"size": SIZE_OUT}),
-                   SpatialStep("flip", {"axis": 0, "p": 1.0}, (SEED + i, 0)),
-                   SpatialStep("rotate", {"angle": MAX_ANGLE, "p": 1.0}, (SEED + i, 1))]
-        v, _ = fused_spatial(v, augment)
-        return v.array  # (z, y, x)
 
-    return run
+def _make_medasl(level: int) -> Callable[[np.ndarray], Callable[[int], object]]:
+    """The chain through the executor's own code (runtime.apply: the compiled plan's
+    per-case steps, the same seeds) at one -O level, without the cache."""
+
+    def make(ct: np.ndarray) -> Callable[[int], object]:
+        from medasl.runtime.apply import apply_chain
+        from medasl.runtime.values import Volume
+
+        plan = compiled_plan(level)
+
+        def run(i: int) -> object:
+            v = Volume(ct, SPACING_IN, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), kind="image", modality="CT")
+            return apply_chain(plan, "cases", v, f"case{i:03d}", seed=SEED).value.array  # type: ignore[union-attr]
+
+        return run
+
+    return make
 
 
 def _monai(ct: np.ndarray, lazy: bool) -> Callable[[int], object]:
@@ -351,8 +351,8 @@ def make_torch_fused(ct: np.ndarray) -> Callable[[int], object]:
 
 
 IMPLEMENTATIONS: dict[str, tuple[str, Callable[[np.ndarray], Callable[[int], object]]]] = {
-    "medasl": ("medasl ops (not the executor)", make_medasl),
-    "medasl-O2-spatial": ("medasl, spatial steps fused", make_medasl_o2_spatial),
+    "medasl-O0": ("medasl -O0 (operators as written)", _make_medasl(0)),
+    "medasl-O2": ("medasl -O2 (fused)", _make_medasl(2)),
     "monai-eager": ("MONAI Compose eager", make_monai_eager),
     "monai-lazy": ("MONAI Compose lazy", make_monai_lazy),
     "torchio": ("TorchIO", make_torchio),
@@ -432,11 +432,15 @@ def report(results: list[Result], n: int) -> None:
           "2 ms from /proc/self/statm (includes torch and SimpleITK buffers, which tracemalloc does not see).")
     print("maxrss+: increase of getrusage ru_maxrss (a process-wide high-water mark: 0 when an earlier "
           "implementation already reached a higher peak; only the first rows are meaningful).")
-    medasl = next((r for r in results if r.name == "medasl" and not r.skipped), None)
-    if medasl and base:
-        verdict = "met" if medasl.median <= base.median else "NOT met"
-        print(f"Goal (issue 3): medasl not slower than MONAI eager: {verdict} "
-              f"({medasl.median:.3f} s vs {base.median:.3f} s).")
+    by_name = {r.name: r for r in results if not r.skipped}
+    o0, o2, lazy = by_name.get("medasl-O0"), by_name.get("medasl-O2"), by_name.get("monai-lazy")
+    goals = [(o2, base, 8.0, "-O2 at least 8x faster than MONAI eager"),
+             (o2, lazy, 5.0, "-O2 at least 5x faster than MONAI lazy"),
+             (o2, o0, 1.0, "-O2 not slower than -O0")]
+    for ours, theirs, factor, text in goals:
+        if ours and theirs:
+            speedup = theirs.median / ours.median
+            print(f"Goal (issue 9): {text}: {'met' if speedup >= factor else 'NOT met'} ({speedup:.2f}x)")
     print()
     print("Notes on equivalence:")
     for note in NOTES:
@@ -446,13 +450,15 @@ def report(results: list[Result], n: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=5, help="volumes per implementation (default 5)")
+    ap.add_argument("--whole-runs", type=int, default=0, metavar="K",
+                    help="also time whole runs from K NIfTI files: medasc run -O0/-O2 against a MONAI script")
     ap.add_argument("--only", default=",".join(IMPLEMENTATIONS),
                     help=f"comma-separated subset of {', '.join(IMPLEMENTATIONS)}")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in names if s not in IMPLEMENTATIONS]
-    if unknown or args.n < 1:
-        ap.error(f"unknown implementation(s): {', '.join(unknown)}" if unknown else "--n must be at least 1")
+    if unknown or args.n < 0:
+        ap.error(f"unknown implementation(s): {', '.join(unknown)}" if unknown else "--n must be at least 0")
 
     t0 = time.perf_counter()
     ct = synthetic_ct()
@@ -468,17 +474,95 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         threads = "torch not importable"
     print(f"machine: {os.cpu_count()} CPUs, {threads}, Python {sys.version.split()[0]}")
-    print("NOTE: the medasl row measures medasl's operator implementations called directly in sequence; "
-          "what `medasc run` adds on top is measured by benchmarks/cache_overhead.py.")
+    print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1, 5, 15 min)")
 
     results = []
-    for name in names:
+    for name in names if args.n > 0 else ():
         print(f"running {IMPLEMENTATIONS[name][0]} ...", flush=True)
         results.append(bench(name, ct, args.n))
         r = results[-1]
         print(f"  {'skipped: ' + r.skipped if r.skipped else f'{r.median:.3f} s/volume'}", flush=True)
-    report(results, args.n)
+    if results:
+        report(results, args.n)
+    if args.whole_runs:
+        whole_runs(ct, args.whole_runs)
     return 0
+
+
+# ===== part 2: whole runs from files =============================================================
+
+MONAI_SCRIPT = """
+import sys, math, glob, os
+import numpy as np
+import torch
+from monai.transforms import (Compose, LoadImage, EnsureChannelFirst, NormalizeIntensity, RandFlip, RandRotate,
+                              ResizeWithPadOrCrop, SaveImage, ScaleIntensity, ScaleIntensityRange, Spacing)
+spacing, window, size, angle, seed = {spacing}, {window}, {size}, {angle}, {seed}
+r = math.radians(angle)
+chain = Compose([
+    LoadImage(image_only=True), EnsureChannelFirst(),
+    Spacing(pixdim=spacing, mode="bilinear"),
+    ScaleIntensityRange(a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True),
+    ScaleIntensity(minv=0.0, maxv=1.0), NormalizeIntensity(), ResizeWithPadOrCrop(spatial_size=size),
+    RandFlip(prob=1.0, spatial_axis=0),
+    RandRotate(range_x=r, range_y=r, range_z=r, prob=1.0, keep_size=True, mode="bilinear", padding_mode="zeros"),
+    SaveImage(output_dir=sys.argv[2], output_postfix="", output_ext=".nii", separate_folder=False, print_log=False),
+])
+chain.set_random_state(seed=seed)
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.nii"))):
+    chain(path)
+"""
+
+
+def whole_runs(ct: np.ndarray, k: int) -> None:
+    """Part 2: `medasc run -O0` / `-O2` against a MONAI script, from K NIfTI files to K NIfTI files."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    import SimpleITK as sitk  # noqa: N813
+
+    if importlib.util.find_spec("nibabel") is None:
+        print("whole runs skipped: MONAI reads and writes NIfTI with nibabel (pip install nibabel)")
+        return
+
+    with tempfile.TemporaryDirectory(prefix="medasl-bench-") as tmp:
+        root = Path(tmp)
+        (root / "in").mkdir()
+        image = sitk.GetImageFromArray(ct)
+        image.SetSpacing(SPACING_IN)
+        for i in range(k):
+            sitk.WriteImage(image, str(root / "in" / f"ct{i:02d}.nii"))  # uncompressed: reading is not gzip
+        (root / "bench.medas").write_text(PIPELINE)
+        script = root / "monai_run.py"
+        script.write_text(MONAI_SCRIPT.format(spacing=SPACING_OUT, window=(WINDOW_LOW, WINDOW_HIGH), size=SIZE_OUT,
+                                              angle=MAX_ANGLE, seed=SEED))
+        commands = {
+            "medasc run -O0": [sys.executable, "-m", "medasl.cli", "run", "bench.medas", "-O0", "--workers", "1"],
+            "medasc run -O2": [sys.executable, "-m", "medasl.cli", "run", "bench.medas", "-O2", "--workers", "1"],
+            "MONAI script": [sys.executable, str(script), "in", "monai-out"],
+        }
+        times: dict[str, float] = {}
+        for name, command in commands.items():
+            for folder in ("cache", "results", "monai-out"):
+                subprocess.run(["rm", "-rf", str(root / folder)], check=True)
+            (root / "monai-out").mkdir()
+            env = {**os.environ, "MEDASL_CACHE_DIR": str(root / "cache")}
+            clock = time.perf_counter()
+            done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+            times[name] = time.perf_counter() - clock
+            if done.returncode != 0:
+                print(f"{name} failed:\n{done.stderr[-2000:]}")
+                return
+        print()
+        print(f"whole runs: {k} CTs {ct.shape[::-1]} (x, y, z) from uncompressed NIfTI to NIfTI, one process each "
+              "(interpreter start included), a fresh cache for medasc")
+        monai = times["MONAI script"]
+        for name, seconds in times.items():
+            print(f"  {name:16} {seconds:7.2f} s   {monai / seconds:5.2f}x the MONAI script's speed")
+        speedup = monai / times["medasc run -O2"]
+        print(f"Goal (issue 9): whole runs at -O2 at least 5x faster than the MONAI script: "
+              f"{'met' if speedup >= 5 else 'NOT met'} ({speedup:.2f}x)")
 
 
 if __name__ == "__main__":
