@@ -157,6 +157,22 @@ def torch_reductions() -> Iterator[None]:
         kernel._NUMPY_ON_CPU = True
 
 
+@contextmanager
+def cpu_backend(name: str) -> Iterator[None]:
+    """The element-wise passes on the CPU with `name` ("numpy" or "torch") whatever the
+    image's size: the size threshold decides only which one runs, both must agree with
+    the unfused operators."""
+    before = kernel._NUMPY_MAX_VOXELS
+    kernel._NUMPY_MAX_VOXELS = 2**62 if name == "numpy" else -1
+    try:
+        yield
+    finally:
+        kernel._NUMPY_MAX_VOXELS = before
+
+
+BACKENDS = ("numpy", "torch")
+
+
 def _ct(shape: tuple[int, ...] = (12, 20, 24), seed: int = 0) -> np.ndarray:
     """An int16 CT-like array: air, a noisy soft-tissue body, bone."""
     rng = np.random.default_rng(seed)
@@ -189,7 +205,9 @@ def test_images_larger_than_one_reduction_chunk() -> None:
     ]
     for array in (ct, ct.astype(np.float32) + np.float32(3000.5)):  # a large offset: the sums centre first
         for chain in chains:
-            assert check_chain(_volume(array), chain) <= 1e-5
+            for backend in BACKENDS:
+                with cpu_backend(backend):
+                    assert check_chain(_volume(array), chain) <= 1e-5
             with torch_reductions():
                 assert check_chain(_volume(array), chain) <= 1e-5
 
@@ -284,6 +302,89 @@ def test_invalid_chains_are_refused() -> None:
         fused_intensity(x, [IntensityStep("rescale", {"lo": 0.0})])
 
 
+def test_small_volumes_take_the_numpy_path_and_large_ones_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    x = _volume(_ct((8, 16, 16)).astype(np.float32))
+    assert x.array.size <= kernel._NUMPY_MAX_VOXELS
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch used for a small volume on the CPU")
+
+    with monkeypatch.context() as m:
+        m.setattr(kernel, "_TorchArrays", refuse)
+        assert check_chain(x, BENCH) <= 1e-5
+    # above the threshold: torch, its passes on one thread, the caller's thread count restored
+    monkeypatch.setattr(kernel, "_NUMPY_MAX_VOXELS", x.array.size - 1)
+    seen: list[int] = []
+    affine = kernel._TorchArrays.affine
+
+    def spy(self: Any, *args: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return affine(self, *args)
+
+    monkeypatch.setattr(kernel._TorchArrays, "affine", spy)
+    threads = torch.get_num_threads()
+    assert check_chain(x, BENCH) <= 1e-5
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == threads
+
+
+def test_a_small_cpu_chain_does_not_import_torch() -> None:
+    # torch's first import takes seconds: the NumPy path of a small volume must not pay it
+    code = ("import sys, numpy as np\n"
+            "from medasl.runtime.fused_intensity import IntensityStep, fused_intensity\n"
+            "from medasl.runtime.values import Volume\n"
+            "x = Volume(np.arange(2048, dtype=np.float32).reshape(8, 16, 16), (1.0,) * 3, (0.0,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1))\n"
+            "steps = [IntensityStep('window', {'level': 40.0, 'width': 400.0}), IntensityStep('zscore', {}),\n"
+            "         IntensityStep('gaussian_noise', {'std': 0.1}, (1,)), IntensityStep('percentile_rescale', {})]\n"
+            "fused_intensity(x, steps)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_bound_parameters_are_cached_per_operator_and_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = _volume(_ct())
+    fused_intensity(x, BENCH)
+    # the same chain again binds nothing: inspect is not consulted
+    monkeypatch.setattr(kernel, "_bind", lambda *a: pytest.fail("parameters bound again"))
+    got, _ = fused_intensity(x, BENCH)
+    want, _, _ = unfused(x, BENCH)
+    np.testing.assert_allclose(got.array, want.array, rtol=0, atol=1e-5 * float(np.ptp(want.array)))
+    monkeypatch.undo()
+    # defaults are filled in and the cached dict is not changed by later calls with other values
+    assert kernel._bound(IntensityStep("rescale", {"low": 2.0})) == {"low": 2.0, "high": 1.0}
+    assert kernel._bound(IntensityStep("rescale", {"low": 3.0})) == {"low": 3.0, "high": 1.0}
+    assert kernel._bound(IntensityStep("rescale", {"low": 2.0})) == {"low": 2.0, "high": 1.0}
+
+
+def test_ranges_of_subnormals() -> None:
+    # Found by the random chains. float64: 1 / range overflows where the operators divide.
+    # float32: a clamp in the units of a subnormal base rounds its bounds to the subnormal grid.
+    cases = [
+        (np.array([[0.00012573, -0.0001321]]),
+         [IntensityStep("clip", {"low": 0.0, "high": 0.0}),
+          IntensityStep("gaussian_noise", {"std": 2.225073858507e-311, "p": 1.0}, (0, 0)),
+          IntensityStep("percentile_rescale", {"lower": 0.0, "upper": 1.0})]),
+        (np.full((1, 3), -1000.0, dtype=np.float32),
+         [IntensityStep("zscore", {}), IntensityStep("gaussian_noise", {"std": 1.401298464324817e-45, "p": 1.0}, (0, 0)),
+          IntensityStep("zscore", {}), IntensityStep("clip", {"low": 0.0, "high": 1.0}),
+          IntensityStep("contrast", {"factor": 0.0, "p": 1.0}, (0, 0))]),
+    ]
+    for array, chain in cases:
+        for backend in BACKENDS:
+            with cpu_backend(backend):
+                check_chain(_volume(array), chain)
+    tiny = _volume(np.array([[1e-311, 3e-311, 2e-311]]))
+    for op in ("rescale", "zscore", "percentile_rescale"):
+        for backend in BACKENDS:
+            with cpu_backend(backend):
+                got, _ = fused_intensity(tiny, [IntensityStep(op, {})])
+                want = getattr(pre, op)(tiny)
+                np.testing.assert_allclose(got.array, want.array, rtol=0, atol=1e-6)
+
+
 def test_importing_the_module_stays_light() -> None:
     # The compiler's passes import INTENSITY_OPS and IntensityStep from the front end.
     code = "import sys, medasl.runtime.fused_intensity; print(sorted({'numpy', 'torch'} & set(sys.modules)))"
@@ -355,6 +456,15 @@ def images(draw: st.DrawFn) -> Volume | Pair:
 @given(images(), st.lists(steps(), min_size=1, max_size=6))
 def test_random_chains_match_the_unfused_operators(x: Volume | Pair, chain: list[IntensityStep]) -> None:
     check_chain(x, chain)
+
+
+@settings(max_examples=max(1, int(300 * SCALE)), **SETTINGS)
+@given(images(), st.lists(steps(), min_size=1, max_size=6), st.sampled_from(BACKENDS))
+def test_random_chains_on_both_cpu_backends(x: Volume | Pair, chain: list[IntensityStep], backend: str) -> None:
+    # The images here are small, so the default above runs the NumPy path; both backends
+    # are checked explicitly, whatever the size threshold is set to.
+    with cpu_backend(backend):
+        check_chain(x, chain)
 
 
 @settings(max_examples=max(1, int(100 * SCALE)), **SETTINGS)
