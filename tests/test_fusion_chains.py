@@ -5,8 +5,12 @@ operator as written) on one case, with the executor's code (`runtime.apply`).
 Claimed and checked: the passes fuse what they should (a fused step for every run of
 two or more fusable steps); geometry equal to 1e-6 mm; every random step draws the
 same in both; chains whose spatial steps only move whole voxels (crop_or_pad, flip,
-random_crop) give the same label maps and images within 1e-5 of the image's range (or
-largest magnitude, where a window leaves almost no range).
+random_crop) give the same label maps, and images within 1e-3 of the image's range (or
+largest magnitude, where a window leaves almost no range). That bound is loose on
+purpose: the unfused chain itself amplifies float32 rounding (a rescale of a nearly
+constant image), while a wrong parameter, order or seed in the glue gives differences
+of the order of the image; tests/test_fused_intensity.py holds the kernel to a bound
+that follows rounding through the chain.
 Chains that interpolate are compared by the kernel's own tests, which bound the
 difference one interpolation instead of several makes (tests/test_fused_spatial.py).
 """
@@ -104,8 +108,8 @@ def _check_common(reference: object, fused: object) -> tuple[Pair, Pair]:
 def test_index_chains_fused_equal_the_operators(chain: list[str]) -> None:
     a, b = _check_common(*_both(chain))
     np.testing.assert_array_equal(b.target.array, a.target.array)
-    scale = max(float(np.ptp(a.input.array)), float(np.max(np.abs(a.input.array)))) or 1.0  # float32 rounding
-    assert float(np.max(np.abs(a.input.array.astype(np.float64) - b.input.array))) <= 1e-5 * scale
+    scale = max(float(np.ptp(a.input.array)), float(np.max(np.abs(a.input.array)))) or 1.0
+    assert float(np.max(np.abs(a.input.array.astype(np.float64) - b.input.array))) <= 1e-3 * scale
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
