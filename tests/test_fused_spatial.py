@@ -40,12 +40,18 @@ What is claimed, and checked here:
   grid (converted to output voxels) of the fill region of either result, or of the
   output's border, are left out of the image comparison, and the fill region of the
   fused result is checked to hold the input's minimum.
+- On the CPU, chains that `_sitk_route` accepts are sampled by one SimpleITK resampling
+  (`SITK_ON_CPU`); the claims above are checked for that path and for the torch path,
+  and the two agree with each other: images to 1e-5 of the intensity range, labels by
+  the band rule (they round in float64 and float32: exact ties fall either way).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -75,6 +81,21 @@ FILL_BAND = 2
 
 def examples(n: int) -> int:
     return max(1, int(n * SCALE))
+
+
+@contextmanager
+def sampling_with(sitk_on_cpu: bool) -> Iterator[None]:
+    """The kernel's CPU sampling path: SimpleITK where it can (True) or torch only (False).
+    (Not monkeypatch: hypothesis tests may not use function-scoped fixtures.)"""
+    before = fs.SITK_ON_CPU
+    fs.SITK_ON_CPU = sitk_on_cpu
+    try:
+        yield
+    finally:
+        fs.SITK_ON_CPU = before
+
+
+PATHS = pytest.mark.parametrize("sitk_on_cpu", [True, False], ids=["sitk", "torch"])
 
 
 # ----- data ---------------------------------------------------------------------------------
@@ -280,18 +301,20 @@ def _check_image(f: Volume, u: Volume, x: Volume, chain: list[SpatialStep], inte
 # ----- 1. random chains against the unfused chain -------------------------------------------------
 
 
+@PATHS
 @settings(max_examples=examples(40), **SETTINGS)
 @given(data=st.data())
-def test_random_chains_match_the_unfused_chain(data: st.DataObject) -> None:
+def test_random_chains_match_the_unfused_chain(sitk_on_cpu: bool, data: st.DataObject) -> None:
     img, lab = data.draw(cases())
     chain = data.draw(steps(img))
     assert fusable(chain), why_not_fusable(chain)
-    (f, df), (u, du) = fused_spatial(Pair(img, lab), chain), unfused_spatial(Pair(img, lab), chain)
-    assert df == du
-    for a, b in ((f.input, u.input), (f.target, u.target)):
-        _assert_same_geometry(a, b)
-    _check_labels(f.target, u.target)
-    _check_image(f.input, u.input, img, chain, _interpolates(chain, df))
+    with sampling_with(sitk_on_cpu):  # _check_image's probe of the fill region too
+        (f, df), (u, du) = fused_spatial(Pair(img, lab), chain), unfused_spatial(Pair(img, lab), chain)
+        assert df == du
+        for a, b in ((f.input, u.input), (f.target, u.target)):
+            _assert_same_geometry(a, b)
+        _check_labels(f.target, u.target)
+        _check_image(f.input, u.input, img, chain, _interpolates(chain, df))
 
 
 # ----- 2. one fused resampling is one sitk.Resample -----------------------------------------------
@@ -336,16 +359,18 @@ def _assert_only_ties(x: Volume, out: Volume, transform: sitk.Transform, differ:
             assert np.any(np.abs(frac - 0.5) < 1e-3), (index, ci)
 
 
+@PATHS
 @settings(max_examples=examples(25), **SETTINGS)
 @given(data=st.data())
-def test_one_resampling_is_one_sitk_resample(data: st.DataObject) -> None:
+def test_one_resampling_is_one_sitk_resample(sitk_on_cpu: bool, data: st.DataObject) -> None:
     img, lab = data.draw(cases())
     step = data.draw(steps(img).filter(lambda c: c[0].op in ("resample", "resample_to", "resize", "rotate", "affine",
                                                                "random_rescale")).map(lambda c: c[0]))
     step = SpatialStep(step.op, {**step.params, **({"p": 1.0} if "p" in step.params else {})}, step.seed)
     rng = float(np.ptp(img.array))
     for x, nearest in ((img, False), (lab, True)):
-        out, _ = fused_spatial(x, [step])
+        with sampling_with(sitk_on_cpu):
+            out, _ = fused_spatial(x, [step])
         ref = _sitk_reference(x, out, _transform_of(x, step), nearest)
         if nearest:
             _assert_only_ties(x, out, _transform_of(x, step), out.array != ref)
@@ -481,6 +506,7 @@ def test_per_slice_sampling_equals_3d_sampling(monkeypatch: pytest.MonkeyPatch) 
     img = Volume(_smooth((9, 20, 22), [0.1, 0.2, 0.3]), (0.7, 0.8, 2.5), (1, 2, 3), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     chain = [SpatialStep("resample", {"spacing": (1.1, 1.3, 2.5)}), SpatialStep("crop_or_pad", {"size": (18, 12, 11)}),
              SpatialStep("flip", {"axis": 0, "p": 1.0}, (1,))]
+    monkeypatch.setattr(fs, "SITK_ON_CPU", False)  # the torch path's two ways of sampling
     calls: list[bool] = []
     original = fs._slice_aligned
     monkeypatch.setattr(fs, "_slice_aligned", lambda *a: calls.append(original(*a)) or calls[-1])
@@ -493,6 +519,97 @@ def test_per_slice_sampling_equals_3d_sampling(monkeypatch: pytest.MonkeyPatch) 
     pf = fused_spatial(Volume(np.ones((9, 20, 22), np.uint8), img.spacing, img.origin, img.direction, "labels"),
                        chain)[0].array > 0
     assert np.max(np.abs(per_slice - u)[pf]) <= 1e-4 * float(np.ptp(img.array))
+
+
+# ----- 5. the SimpleITK path (CPU) against the torch path -----------------------------------------
+
+
+@settings(max_examples=examples(40), **SETTINGS)
+@given(data=st.data())
+def test_sitk_path_equals_the_torch_path(data: st.DataObject) -> None:
+    img, lab = data.draw(cases())
+    chain = data.draw(steps(img))
+    with sampling_with(True):
+        (s, ds) = fused_spatial(Pair(img, lab), chain)
+    with sampling_with(False):
+        (t, dt) = fused_spatial(Pair(img, lab), chain)
+    assert ds == dt
+    for a, b in ((s.input, t.input), (s.target, t.target)):
+        _assert_same_geometry(a, b)
+    assert np.max(np.abs(s.input.array - t.input.array)) <= 1e-5 * float(np.ptp(img.array))
+    _check_labels(s.target, t.target)
+
+
+def _benchmark_chains(vol: Volume) -> dict[str, list[SpatialStep]]:
+    """The chain types of benchmarks/spatial_fusion.py, scaled to `vol`."""
+    size = tuple(n + 6 for n in vol.shape)
+    res = SpatialStep("resample", {"spacing": tuple(s * 0.8 for s in vol.spacing)})
+    pad = SpatialStep("crop_or_pad", {"size": size})
+    flip = SpatialStep("flip", {"axis": 0, "p": 1.0}, (7, 0))
+    rot = SpatialStep("rotate", {"angle": 10.0, "p": 1.0}, (7, 1))
+    return {"resample + crop_or_pad": [res, pad], "crop_or_pad + flip + rotate": [pad, flip, rot],
+            "resample + rotate": [res, rot],
+            "resample + crop_or_pad + flip + rotate + random_rescale":
+                [res, pad, flip, rot, SpatialStep("random_rescale", {"scale": (0.9, 1.1), "p": 1.0}, (7, 3))]}
+
+
+def test_benchmark_chains_take_the_sitk_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interpolating chain types of benchmarks/spatial_fusion.py are one SimpleITK
+    resampling on the CPU (including the recomputed outer-half-voxel shell of the
+    rotation's grid), equal to the torch path, and match the unfused chain."""
+    img, lab = _smooth_pair((14, 20, 18))
+    taken: list[bool] = []
+    shells: list[int] = []
+    route, points = fs._sample_sitk, fs._sample_points
+    monkeypatch.setattr(fs, "_sample_sitk", lambda *a: taken.append((r := route(*a)) is not None) or r)
+    monkeypatch.setattr(fs, "_sample_points", lambda *a: shells.append(len(a[-1])) or points(*a))
+    for name, chain in _benchmark_chains(img).items():
+        taken.clear()
+        s, _ = fused_spatial(Pair(img, lab), chain)
+        assert taken == [True, True], name
+        with sampling_with(False):
+            t, _ = fused_spatial(Pair(img, lab), chain)
+        assert np.max(np.abs(s.input.array - t.input.array)) <= 1e-5 * float(np.ptp(img.array)), name
+        _check_labels(s.target, t.target)
+        u, _ = unfused_spatial(Pair(img, lab), chain)
+        _check_labels(s.target, u.target)
+        _check_image(s.input, u.input, img, chain, True)
+    assert max(shells) > 0  # the rotations clamp some points: the recomputed shell is exercised
+
+
+def test_shell_voxels_are_the_torch_paths() -> None:
+    """Resample up, then rotate: output points in the outer half voxel of the resampled
+    grid are clamped onto it by the torch path (as unfused, where rotate repeats that
+    grid's edge); SimpleITK alone would read the input beyond it. On a ramp linear
+    interpolation is exact, so the torch path, the SimpleITK path and the unfused chain
+    agree wherever no step fills."""
+    ramp = np.add.outer(np.arange(30, dtype=np.float32) * 2.0, np.arange(40, dtype=np.float32) * 3.0) + 100
+    vol = Volume(ramp, (1.0, 1.0), (0, 0), (1, 0, 0, 1))
+    chain = [SpatialStep("resample", {"spacing": (0.7, 0.7)}), SpatialStep("rotate", {"angle": 20.0, "p": 1.0}, (3,))]
+    with sampling_with(True):
+        s, _ = fused_spatial(vol, chain)
+    with sampling_with(False):
+        t, _ = fused_spatial(vol, chain)
+    u, _ = unfused_spatial(vol, chain)
+    assert np.max(np.abs(s.array - t.array)) <= 1e-4
+    data = (s.array != ramp.min()) & (u.array != ramp.min())
+    data &= ~_near(np.pad(~data, 1, constant_values=True), 2)[1:-1, 1:-1]  # the unfused blend with the fill
+    assert np.max(np.abs(s.array - u.array)[data]) <= 1e-3
+
+
+def _smooth_pair(shape_zyx: tuple[int, ...]) -> tuple[Volume, Volume]:
+    spacing, origin, direction = (1.1, 0.9, 1.6), (3.0, -2.0, 1.0), _rotation(3, [0.1, -0.2, 0.15])
+    img = Volume(_smooth(shape_zyx, [0.3, 1.1, 2.0]), spacing, origin, direction, kind="image", modality="CT")
+    lab = Volume(_labels(shape_zyx, [0.4, 0.5, 0.45]), spacing, origin, direction, kind="labels")
+    return img, lab
+
+
+def test_worth_fusing_leaves_elastic_chains_unfused_on_the_cpu() -> None:
+    rot = SpatialStep("rotate", {"p": 1.0}, (1,))
+    el = SpatialStep("elastic", {"p": 1.0}, (2,))
+    assert fs.worth_fusing([SpatialStep("resample", {"spacing": (2, 2, 2)}), rot])
+    assert not fs.worth_fusing([rot, el])
+    assert fs.worth_fusing([rot, el], device="cuda")
 
 
 def test_real_ct_resample_and_rotate() -> None:

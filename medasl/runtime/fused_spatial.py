@@ -7,8 +7,9 @@ from output voxel indices to continuous input voxel indices: an affine map (resa
 crops, flips, reorientation and the rotate / affine / random_rescale augmentations) or,
 for `elastic`, a displacement field built exactly as `medasl.ops.aug._apply_elastic`
 builds it, on elastic's input grid. The maps are composed from the output back to the
-original input, which is then sampled once with torch (`grid_sample`, bilinear or
-trilinear; nearest neighbour by rounding and gathering), on the run's device. Label
+original input, which is then sampled once: with torch (`grid_sample`, bilinear or
+trilinear; nearest neighbour by rounding and gathering) on the run's device, or on the
+CPU by one SimpleITK resampling where that gives the same result (below). Label
 kinds are sampled by nearest neighbour and keep their dtype; images become float32
 (float64 stays float64 when no std.pre resampling step is in the chain, as the unfused
 ops do).
@@ -41,6 +42,19 @@ Semantics chosen where one sampling cannot reproduce the unfused chain exactly:
   reorient) involve no interpolation at all: one exact gather (axis permutation, flips
   and a window), bit-identical to the unfused ops, dtype kept, each step's fill value
   (the minimum of that step's own input for images) reproduced exactly.
+
+On the CPU the one sampling is done by SimpleITK's resampler wherever that gives the same
+result (`_sitk_route`: no elastic step, and the fills of leading index steps agree): one
+`ResampleImageFilter` with the composed map as an `AffineTransform` in index space (float64),
+linear or nearest neighbour, fill = the kernel's fill, reading the input (or the window of
+it that leading index steps keep) in place of a float copy; later steps' fill regions are
+painted from per-row index ranges, and the few voxels in an intermediate grid's outer half
+voxel (which the torch path clamps) are recomputed as the torch path computes them. Its
+linear interpolation skips the neighbours with zero weight, and it needs no per-voxel
+coordinate tensors: on this 2-core CPU it takes 0.25-0.9 of the unfused time on every
+chain of benchmarks/spatial_fusion.py, where the torch path took 0.7-3.6 (see
+`worth_fusing`). Torch samples on other devices, for elastic chains, and when
+`SITK_ON_CPU` is off.
 
 Where the composed map keeps the slice axis (z) index-aligned (in-plane resampling,
 in-plane rotation, crops, flips), the volume is sampled in 2-D per slice, on a view of
@@ -151,6 +165,24 @@ def why_not_fusable(steps: Sequence[SpatialStep]) -> str | None:
 def fusable(steps: Sequence[SpatialStep]) -> bool:
     """Whether `fused_spatial` accepts the chain `steps` (see `why_not_fusable`)."""
     return why_not_fusable(steps) is None
+
+
+def worth_fusing(steps: Sequence[SpatialStep], device: str = "cpu") -> bool:
+    """Whether the fused call is expected to be at least as fast as the unfused operators
+    (for a chain `fusable` accepts): on the CPU, when no step is `elastic`; elsewhere
+    always (torch on an accelerator; not measured here).
+
+    Measured with benchmarks/spatial_fusion.py (2 shared CPU cores, load 3.4, median of 5
+    interleaved runs; fused / unfused seconds): index-only chains 0.25-0.9; one
+    interpolation (resample + crop_or_pad, crop_or_pad + flip + rotate) 0.7-0.92; two or
+    more (resample + rotate, resample + crop_or_pad + flip + rotate + random_rescale)
+    0.44-0.87, on the 64x64x48 phantom pair and the 512x512x160 CT (image, and pair with
+    a label). Chains with `elastic` take the torch path (the SimpleITK route has no
+    displacement field): elastic alone 1.20, resample + elastic 1.11, rotate + elastic
+    1.13, resample + rotate + elastic 1.13 on the phantom pair, so they are left unfused."""
+    if str(device).split(":")[0] != "cpu":
+        return True
+    return not any(step.op == "elastic" for step in steps)
 
 
 # ===== grids and steps =======================================================================
@@ -375,6 +407,17 @@ def _can_fill_any(stage: _Stage) -> bool:
     return bool(np.any(lo < -0.5) or np.any(hi >= np.array(stage.grid_in.size) - 0.5))
 
 
+def _stage_fills(stages: Sequence[_Stage], vol: Volume, minimum: float) -> dict[int, float]:
+    """Each stage's fill value in the sampled (not exact) chain."""
+    fill: dict[int, float] = {}
+    running = minimum
+    for k, st in enumerate(stages):
+        fill[k] = _fill(st, vol, running)
+        if _can_fill_any(st):
+            running = min(running, fill[k])
+    return fill
+
+
 def _fills_with_minimum(stage: _Stage, vol: Volume) -> bool:
     """Whether `_fill` gives the input's minimum (rather than 0) for `stage` on `vol`."""
     return _fill(stage, vol, 1.0) == 1.0 and _fill(stage, vol, 2.0) == 2.0
@@ -416,19 +459,14 @@ def _valid_box(m: np.ndarray, size_in: Sequence[int], size_out: Sequence[int]) -
     return box
 
 
-def _exact(vol: Volume, stages: Sequence[_Stage], minimum_cache: dict[int, float]) -> np.ndarray:
-    """The chain of index-only `stages` on `vol` as one exact gather: permute and flip
-    the input's axes, take one window, then give every voxel that some step put outside
-    its input that step's fill value, in step order (a later step's fill covers an
-    earlier one's, as it does unfused)."""
-    d = vol.dim
-    a = vol.array
-    if not stages:
-        return a.copy()
-    out_grid = stages[-1].grid_out
-    size_out = out_grid.size
-    m = _compose(stages, d)
-    axes = _signed_axes(m, d)
+def _data_view(a: np.ndarray, stages: Sequence[_Stage]
+               ) -> tuple[np.ndarray | None, list[tuple[int, int]], list[tuple[int, list[tuple[int, int]]]]]:
+    """For index-only `stages` on the array `a`: a view of `a` holding the output voxels
+    that come from the input (None when none do), their box in output indices ((lo, hi)
+    per axis, x first), and per stage that puts voxels outside its input, its valid box."""
+    d = stages[0].grid_in.dim
+    size_out = stages[-1].grid_out.size
+    axes = _signed_axes(_compose(stages, d), d)
     # a view of the input whose axis i (x, y, z order) runs along output axis i
     view = a
     for j, sign, _ in axes:
@@ -436,7 +474,6 @@ def _exact(vol: Volume, stages: Sequence[_Stage], minimum_cache: dict[int, float
             view = np.flip(view, axis=d - 1 - j)
     order = [d - 1 - axes[d - 1 - k][0] for k in range(d)] + list(range(d, a.ndim))
     view = np.transpose(view, order)
-    out = np.empty(tuple(reversed(size_out)) + a.shape[d:], dtype=a.dtype)
     data_box = [(0, n) for n in size_out]
     painted: list[tuple[int, list[tuple[int, int]]]] = []
     for k, st in enumerate(stages):
@@ -446,29 +483,51 @@ def _exact(vol: Volume, stages: Sequence[_Stage], minimum_cache: dict[int, float
         if any(lo > 0 or hi < n for (lo, hi), n in zip(box, size_out)):
             painted.append((k, box))
         data_box = [(max(lo, blo), min(hi, bhi)) for (lo, hi), (blo, bhi) in zip(data_box, box)]
-    if all(lo < hi for lo, hi in data_box):
-        src = []
-        for i, (j, sign, off) in enumerate(axes):
-            lo, hi = data_box[i]
-            start = off + lo if sign > 0 else a.shape[d - 1 - j] - 1 - off + lo  # in the flipped view
-            src.append(slice(start, start + hi - lo))
-        dst = tuple(slice(lo, hi) for lo, hi in reversed(data_box))
-        out[dst] = view[tuple(reversed(src))]
+    if not all(lo < hi for lo, hi in data_box):
+        return None, data_box, painted
+    src = []
+    for i, (j, sign, off) in enumerate(axes):
+        lo, hi = data_box[i]
+        start = off + lo if sign > 0 else a.shape[d - 1 - j] - 1 - off + lo  # in the flipped view
+        src.append(slice(start, start + hi - lo))
+    return view[tuple(reversed(src))], data_box, painted
+
+
+def _exact(vol: Volume, stages: Sequence[_Stage], minimum_cache: dict[int, float]) -> np.ndarray:
+    """The chain of index-only `stages` on `vol` as one exact gather: permute and flip
+    the input's axes, take one window, then give every voxel that some step put outside
+    its input that step's fill value, in step order (a later step's fill covers an
+    earlier one's, as it does unfused)."""
+    d = vol.dim
+    a = vol.array
+    if not stages:
+        return a.copy()
+    size_out = stages[-1].grid_out.size
+    out = np.empty(tuple(reversed(size_out)) + a.shape[d:], dtype=a.dtype)
+    data, data_box, painted = _data_view(a, stages)
+    if data is not None:
+        out[tuple(slice(lo, hi) for lo, hi in reversed(data_box))] = data
     for k, box in painted:
         st = stages[k]
         if k not in minimum_cache and _fills_with_minimum(st, vol):
             # the minimum of this step's own input, as the unfused op takes it
             minimum_cache[k] = _minimum(_exact(vol, stages[:k], minimum_cache))
-        fill = _fill(st, vol, minimum_cache.get(k, 0.0))
-        for i, (lo, hi) in enumerate(box):
-            axis = d - 1 - i
-            before = [slice(None)] * out.ndim
-            before[axis] = slice(0, max(lo, 0))
-            out[tuple(before)] = fill
-            after = [slice(None)] * out.ndim
-            after[axis] = slice(max(hi, lo, 0), None)
-            out[tuple(after)] = fill
+        _paint_outside(out, box, _fill(st, vol, minimum_cache.get(k, 0.0)))
     return out
+
+
+def _paint_outside(out: np.ndarray, box: Sequence[tuple[int, int]], fill: float) -> None:
+    """`fill` into the voxels of `out` ((z, y, x, ...) array) outside the output-index
+    box `box` ((lo, hi) per axis, x first)."""
+    d = len(box)
+    for i, (lo, hi) in enumerate(box):
+        axis = d - 1 - i
+        before = [slice(None)] * out.ndim
+        before[axis] = slice(0, max(lo, 0))
+        out[tuple(before)] = fill
+        after = [slice(None)] * out.ndim
+        after[axis] = slice(max(hi, lo, 0), None)
+        out[tuple(after)] = fill
 
 
 # ===== sampling ================================================================================
@@ -655,12 +714,7 @@ def _sample_chunks(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: 
     # A step that fills with its input's minimum sees the fills of earlier steps that put
     # any voxel outside their input (0 from a std.pre step on a probability map): the
     # smallest of those and the input's minimum stands for that step's input minimum.
-    fill: dict[int, float] = {}
-    running = minimum
-    for k, st in enumerate(stages):
-        fill[k] = _fill(st, vol, running)
-        if _can_fill_any(st):
-            running = min(running, fill[k])
+    fill = _stage_fills(stages, vol, minimum)
     fields = {k: torch.from_numpy(np.moveaxis(st.field, -1, 0)[None].astype(np.float32)).to(dev)
               for k, st in enumerate(stages) if st.field is not None}
     a = vol.array
@@ -743,6 +797,214 @@ def _sample_chunks(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: 
     return out
 
 
+# ===== one SimpleITK resampling (CPU) ===========================================================
+
+_SITK_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32,
+                                               np.uint64, np.int64, np.float32, np.float64))
+
+
+def _sitk_route(stages: Sequence[_Stage], fill: dict[int, float]
+                ) -> tuple[int, list[tuple[int, list[tuple[int, int]]]], list[int]] | None:
+    """Whether the sampled chain `stages` is one `sitk.Resample` plus exact fills, and how:
+    (the first interpolating stage; the trailing index stages' fill boxes, as (stage,
+    valid output box); the other stages whose validity must be checked (`_row_ranges`));
+    None when not.
+
+    The torch path checks every stage's validity per voxel and clamps points in an
+    intermediate grid's outer half voxel. One SimpleITK resampling checks and clamps
+    against its input buffer only; it gives the torch path's result when: the index-only
+    steps before the first interpolating stage are one window of the input (sampled from
+    its data part: a point beyond it is outside the first step that cut it, and gets the
+    same fill as long as those fills agree); a later stage either contains the image of
+    the whole output box in [0, n - 1] (nothing to fill or clamp), or is a window in a
+    tail of index steps (its fill region is a box of output indices, and its points are
+    whole voxels, so nothing to clamp), or is affine: its fill region and the voxels it
+    would clamp are intervals of every output row, found per row, and the few clamped
+    voxels are recomputed as the torch path computes them; no displacement field."""
+    if any(st.field is not None for st in stages):
+        return None
+    first = next((k for k, st in enumerate(stages) if not st.index_only), None)
+    if first is None:
+        return None
+    if any(fill[k] != fill[first] for k in range(first) if _can_fill_any(stages[k])):
+        return None
+    d = stages[0].grid_in.dim
+    size_out = stages[-1].grid_out.size
+    lo, hi = np.zeros(d), np.array(size_out, dtype=float) - 1.0
+    painted: list[tuple[int, list[tuple[int, int]]]] = []
+    masked: list[int] = []
+    for k in range(first + 1, len(stages)):
+        st = stages[k]
+        if not st.can_fill:
+            continue
+        m = _compose(stages[k:], d)
+        mlo, mhi = _mapped_bounds(m, lo, hi)
+        if np.all(mlo >= 0.0) and np.all(mhi <= np.array(st.grid_in.size, dtype=float) - 1.0):
+            continue
+        if not all(s.index_only for s in stages[k:]):
+            masked.append(k)
+            continue
+        box = _valid_box(m, st.grid_in.size, size_out)
+        if any(blo > 0 or bhi < n for (blo, bhi), n in zip(box, size_out)):
+            painted.append((k, box))
+    return first, painted, masked
+
+
+def _sample_sitk(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: np.dtype, minimum: float
+                 ) -> np.ndarray | None:
+    """`vol` sampled once through the composed `stages` by one SimpleITK resampling, or
+    None when `_sitk_route` says the chain needs the torch path. Same conventions as the
+    torch path (ITK's, which it follows); the map is composed in index space, in float64."""
+    import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
+
+    a = vol.array
+    d = vol.dim
+    if a.dtype not in _SITK_DTYPES or a.ndim > d + 1:
+        return None
+    fill = _stage_fills(stages, vol, minimum)
+    route = _sitk_route(stages, fill)
+    if route is None:
+        return None
+    first, painted, masked = route
+    m = _compose(stages[first:], d)  # output index -> the first interpolating stage's input index
+    src = a
+    if first > 0:
+        view, data_box, _ = _data_view(a, stages[:first])
+        if view is None:
+            return None
+        src = view
+        shift = np.eye(d + 1)
+        shift[:d, d] = [-lo for lo, _ in data_box]  # index in that stage's input -> index in the data part
+        m = shift @ m
+    channels = a.ndim > d
+    if channels and mode != "nearest":
+        src = src.astype(out_dtype)  # vector pixels: interpolate in the output type
+    img = sitk.GetImageFromArray(np.ascontiguousarray(src), isVector=channels)  # unit spacing, identity
+    transform = sitk.AffineTransform(d)
+    transform.SetMatrix([float(v) for v in m[:d, :d].ravel()])
+    transform.SetTranslation([float(v) for v in m[:d, d]])
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(n) for n in stages[-1].grid_out.size])
+    f.SetTransform(transform)
+    f.SetDefaultPixelValue(float(fill[first]))
+    if mode == "nearest":
+        f.SetInterpolator(sitk.sitkNearestNeighbor)
+    else:
+        f.SetInterpolator(sitk.sitkLinear)
+        # interpolated in double and written in the output type: no cast pass over the input
+        scalar, vector = (sitk.sitkFloat64, sitk.sitkVectorFloat64) if out_dtype == np.float64 else (
+            sitk.sitkFloat32, sitk.sitkVectorFloat32)
+        f.SetOutputPixelType(vector if channels else scalar)
+    out = sitk.GetArrayFromImage(f.Execute(img))
+    if out.dtype != out_dtype:
+        out = out.astype(out_dtype)
+    size_out = stages[-1].grid_out.size
+    shell: list[np.ndarray] = []
+    xs = np.arange(size_out[0])
+    for k in masked:  # in stage order: a later stage's fill covers an earlier one's, as unfused
+        (lo, hi), (inner_lo, inner_hi) = _row_ranges(_compose(stages[k:], d), stages[k].grid_in.size, size_out)
+        np.copyto(out, out.dtype.type(fill[k]), where=((xs < lo[..., None]) | (xs >= hi[..., None])).reshape(
+            out.shape[:d] + (1,) * (out.ndim - d)))
+        # the voxels valid here but in this grid's outer half voxel, which the torch path
+        # clamps onto the grid: a few per row, at its ends ([lo, inner_lo) and [inner_hi, hi))
+        empty = inner_hi <= inner_lo
+        a = np.where(empty, hi, np.clip(inner_lo, lo, hi))
+        b = np.where(empty, hi, np.clip(inner_hi, a, hi))
+        shell += [_row_segments(lo, a), _row_segments(b, hi)]
+    for k, box in painted:
+        _paint_outside(out, box, fill[k])
+    # a voxel in two stages' shells is computed twice, to the same value: no need to dedupe
+    points = np.concatenate(shell) if shell else np.zeros((0, d), np.int64)
+    if len(points):
+        out[tuple(points[:, ::-1].T)] = _sample_points(vol, stages, mode, fill, points).astype(out_dtype)
+    return out
+
+
+def _row_segments(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """The voxels of the per-row x ranges [start, stop) (arrays over the rows, (z, y) or
+    (y,)) as (N, d) indices, x first."""
+    length = (stop - start).astype(np.int64).ravel()
+    rows = np.repeat(np.arange(length.size), length)
+    if not rows.size:
+        return np.zeros((0, start.ndim + 1), np.int64)
+    offsets = np.arange(rows.size) - np.repeat(np.cumsum(length) - length, length)
+    x = start.astype(np.int64).ravel()[rows] + offsets
+    rest = np.unravel_index(rows, start.shape)  # (z, y) or (y,)
+    return np.stack([x, *reversed(rest)], axis=1)
+
+
+def _row_ranges(m: np.ndarray, size_in: Sequence[int], size_out: Sequence[int]
+                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Per output row (all x for one (z, y) or one y), the x range [lo, hi) whose image
+    under the affine `m` lies inside a grid of `size_in` voxels by ITK's rule (every
+    continuous index in [-0.5, n - 0.5)), and the range whose image lies in [0, n - 1]
+    (where no clamping happens); arrays of shape size_out's (z, y) (or (y,))."""
+    d = len(size_out)
+    nx = int(size_out[0])
+    rest = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in reversed(size_out[1:])], indexing="ij")
+    shape = tuple(reversed(size_out[1:]))
+    ranges = []
+    for low_off, high_off, strict in ((-0.5, -0.5, True), (0.0, -1.0, False)):
+        lo, hi = np.zeros(shape), np.full(shape, float(nx))
+        for i in range(d):
+            b = m[i, d] + sum(m[i, j] * rest[d - 1 - j] for j in range(1, d))  # index i at x = 0
+            a = m[i, 0]
+            bottom, top = low_off, size_in[i] + high_off  # bottom <= a x + b, and < top (strict) or <= top
+            if abs(a) <= _ZERO:
+                ok = (b >= bottom) & ((b < top) if strict else (b <= top))
+                hi = np.where(ok, hi, 0.0)
+                continue
+            t0, t1 = (bottom - b) / a, (top - b) / a
+            if a > 0:  # x >= t0, and x < t1 (x <= t1)
+                lo = np.maximum(lo, np.ceil(t0))
+                hi = np.minimum(hi, np.ceil(t1) if strict else np.floor(t1) + 1.0)
+            else:  # x <= t0, and x > t1 (x >= t1)
+                hi = np.minimum(hi, np.floor(t0) + 1.0)
+                lo = np.maximum(lo, np.floor(t1) + 1.0 if strict else np.ceil(t1))
+        lo = np.clip(lo, 0.0, nx)
+        ranges.append((lo, np.maximum(np.clip(hi, 0.0, nx), lo)))
+    return ranges[0], ranges[1]
+
+
+def _sample_points(vol: Volume, stages: Sequence[_Stage], mode: str, fill: dict[int, float], points: np.ndarray
+                   ) -> np.ndarray:
+    """The torch path's values at the output voxels `points` ((N, d), x first): the same
+    mapping (`_map_chunk`: each stage's check and clamp), then linear interpolation with
+    the border clamp (grid_sample's border mode) or nearest neighbour, in NumPy."""
+    import torch
+
+    d = vol.dim
+    a = vol.array
+    n = len(points)
+    base = [torch.from_numpy(points[:, i].astype(np.float32)) for i in range(d)]
+    with _cpu_threads(torch.device("cpu"), 1):  # short elementwise passes: see _cpu_threads
+        chunk = _map_chunk(stages, base, points.min(axis=0).astype(float), points.max(axis=0).astype(float), {})
+    coords = [np.broadcast_to(c.numpy(), (n,)).astype(np.float64) for c in chunk.coords]  # type: ignore[attr-defined]
+    size = a.shape[:d][::-1]
+    if mode == "nearest":
+        idx = tuple(np.clip(np.floor(coords[i] + 0.5), 0, size[i] - 1).astype(np.int64) for i in reversed(range(d)))
+        vals = a[idx].astype(np.float64)
+    else:
+        vals = np.zeros((n,) + a.shape[d:])
+        lo, w = [], []
+        for i in range(d):
+            c = np.clip(coords[i], 0.0, size[i] - 1.0)
+            f = np.clip(np.floor(c), 0, max(size[i] - 2, 0)).astype(np.int64)
+            lo.append(f)
+            w.append(c - f)
+        for corner in range(1 << d):
+            weight = np.ones(n)
+            idx = []
+            for i in range(d):
+                up = (corner >> i) & 1
+                weight = weight * (w[i] if up else 1.0 - w[i])
+                idx.append(np.minimum(lo[i] + up, size[i] - 1))
+            vals += (weight.reshape((n,) + (1,) * (a.ndim - d))) * a[tuple(reversed(idx))]
+    for value, mask in _fills(chunk.masks, fill):
+        vals[np.broadcast_to(mask.numpy(), (n,))] = value  # type: ignore[attr-defined]
+    return vals
+
+
 # ===== the kernel ===============================================================================
 
 
@@ -754,6 +1016,15 @@ def _out_dtype(vol: Volume, mode: str, steps_done: Sequence[_Stage]) -> np.dtype
     return np.dtype(np.float32)
 
 
+SITK_ON_CPU = True
+"""Whether chains that `_sitk_route` accepts are sampled with SimpleITK on the CPU
+(faster there, see the module docstring); tests switch it off to compare with torch."""
+
+
+def _use_sitk(device: str) -> bool:
+    return SITK_ON_CPU and str(device).split(":")[0] == "cpu"
+
+
 def _one(vol: Volume, stages: Sequence[_Stage], image_mode: str | None, device: str) -> Volume:
     """One member of the value through the planned stages."""
     if not stages:  # nothing moved (random steps not applied)
@@ -763,7 +1034,10 @@ def _one(vol: Volume, stages: Sequence[_Stage], image_mode: str | None, device: 
         array = _exact(vol, stages, {})
     else:
         mode = "nearest" if vol.kind in NEAREST_KINDS else (image_mode or "linear")
-        array = _sample(vol, stages, mode, _out_dtype(vol, mode, stages), _minimum(vol.array), device)
+        out_dtype, minimum = _out_dtype(vol, mode, stages), _minimum(vol.array)
+        array = _sample_sitk(vol, stages, mode, out_dtype, minimum) if _use_sitk(device) else None
+        if array is None:
+            array = _sample(vol, stages, mode, out_dtype, minimum, device)
     return Volume(array, out_grid.spacing, out_grid.origin, out_grid.direction, vol.kind, vol.modality, vol.source)
 
 
