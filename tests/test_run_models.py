@@ -58,12 +58,18 @@ def _events(out: Path, pipeline: str) -> list[list[dict[str, object]]]:
 
 def _trained_outputs(cache: Path) -> tuple[dict[str, str], list[dict[str, object]]]:
     """The stored trained model: sha256 of each weight array, and the history without timings."""
-    from medasl.runtime.store import load_value
+    import hashlib
 
-    entries = [e for e in Cache(cache / "results").entries() if e.op == "train"]
+    from medasl.runtime.tasks import load_ref
+
+    store = Cache(cache / "results")
+    entries = [e for e in store.entries() if e.op == "train"]
     assert len(entries) == 1
-    weights = {name: out.sha256 for name, out in entries[0].outputs.items() if name.endswith(".npy")}
-    trained = load_value(entries[0].path)
+    trained = load_ref(store, entries[0].digest)
+    state = trained.network.module.state_dict()  # type: ignore[attr-defined]
+    weights = {name: hashlib.sha256(tensor.detach().cpu().numpy().tobytes()).hexdigest()
+               for name, tensor in state.items()}
+    assert weights
     history = [{k: v for k, v in h.items() if k != "seconds"} for h in trained.history]  # type: ignore[attr-defined]
     return weights, history
 
@@ -136,14 +142,14 @@ def test_labels_the_network_cannot_predict_are_e2006(tmp_path: Path, monkeypatch
 
 def _recipes_after_a_run(tmp_path: Path, text: str) -> tuple[dict[str, object], Cache, object]:
     """Run `text` in this process; the training step's recipes, the cache and the result."""
-    from medasl.lower.plan import lower
     from medasl.runtime.digests import DigestMemo
     from medasl.runtime.executor import LocalExecutor, Preparer, RunOptions
     from medasl.runtime.progress import Reporters
+    from medasl.runtime.session import plans
     from medasl.semantics.checker import check_source
     from medasl.source import SourceFile
 
-    plan = lower(check_source(SourceFile("small.medas", text)).graphs[0])
+    (plan,) = plans(check_source(SourceFile("small.medas", text)).graphs, {})  # what `medasc run` runs
     options = RunOptions(cache=Cache(tmp_path / "results"), out_dir=tmp_path / "out", workers=1)
     result = LocalExecutor().run(plan, options, Reporters())
     preparer = Preparer(plan, options, DigestMemo(tmp_path / "results"))
