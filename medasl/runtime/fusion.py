@@ -18,20 +18,27 @@ FUSED_OPS = frozenset({"fused_spatial", "fused_intensity"})
 def run_fused(op: str, x: object, chain: Sequence[dict[str, object]], seeds: Sequence[int] | None,
               rng_seed: tuple[int, ...] | None, device: str = "cpu") -> tuple[object, dict[str, object]]:
     """The fused step's value and what its random steps drew, by their node ids."""
-    tail = tuple(rng_seed[1:]) if rng_seed else ()
     if op == "fused_spatial":
-        from medasl.runtime.fused_spatial import SpatialStep, fused_spatial
+        from medasl.runtime.fused_spatial import SpatialStep, fused_spatial, unfused_spatial, worth_fusing
 
-        kernel, make = fused_spatial, SpatialStep
+        steps = [_step(SpatialStep, s, i, seeds, rng_seed) for i, s in enumerate(chain)]
+        if worth_fusing(steps, device):  # type: ignore[arg-type]
+            value, drawn = fused_spatial(x, steps, device=device)  # type: ignore[arg-type]
+        else:  # slower fused on this device (elastic on the CPU): the operators, with the same draws
+            value, drawn = unfused_spatial(x, steps)  # type: ignore[arg-type]
     else:
         from medasl.runtime.fused_intensity import IntensityStep, fused_intensity
 
-        kernel, make = fused_intensity, IntensityStep  # type: ignore[assignment]
-    steps = [make(str(s["op"]), _call_params(s["params"]),  # type: ignore[arg-type]
-                  (int(seeds[i]), *tail) if seeds is not None and rng_seed is not None else None)
-             for i, s in enumerate(chain)]
-    value, drawn = kernel(x, steps, device=device)  # type: ignore[arg-type, operator]
+        steps = [_step(IntensityStep, s, i, seeds, rng_seed) for i, s in enumerate(chain)]
+        value, drawn = fused_intensity(x, steps, device=device)  # type: ignore[arg-type]
     return value, {str(chain[i]["id"]): d for i, d in drawn.items()}
+
+
+def _step(make: type, step: dict[str, object], index: int, seeds: Sequence[int] | None,
+          rng_seed: tuple[int, ...] | None) -> object:
+    """A kernel's step: operator, arguments, and the generator seed it has unfused."""
+    seed = (int(seeds[index]), *rng_seed[1:]) if seeds is not None and rng_seed is not None else None
+    return make(str(step["op"]), _call_params(step["params"]), seed)  # type: ignore[arg-type]
 
 
 def _call_params(params: dict[str, object]) -> dict[str, object]:
