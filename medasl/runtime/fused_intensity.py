@@ -30,9 +30,9 @@ dispatches for microseconds, and on a 2-core machine under load each multi-threa
 ends at an OpenMP barrier that waits for a descheduled thread (measured with load ~3: a
 multiply-add plus clamp of a 64x64x48 float32 volume took 15 ms on 2 threads, 0.05 ms on
 one). So on the CPU volumes of up to `_NUMPY_MAX_VOXELS` voxels run with NumPy (which
-also spares the 1.7 s first import of torch), larger ones with torch on one thread (a
-fused multiply-add pass, not NumPy's separate multiply and add; about even with NumPy at
-128x128x80). The parameters of a step, bound to the operator's signature, are cached
+also spares the 1-1.7 s first import of torch), larger ones with torch on one thread (a
+fused multiply-add pass, not NumPy's separate multiply and add; about even with NumPy
+from 128x128x80 to 256x256x160). The parameters of a step, bound to the operator's signature, are cached
 per (operator, parameters): `inspect` took longer than a small volume's whole chain.
 
 Reductions: on the CPU they use NumPy on the tensor's memory (NumPy's SIMD min/max and
@@ -90,11 +90,13 @@ the torch reductions (and element-wise passes) other devices use on the CPU as w
 _F32_MAX = 3.4028234663852886e38
 """The largest finite float32."""
 
-_NUMPY_MAX_VOXELS = 1 << 20
-"""On the CPU, volumes of up to this many voxels run their element-wise passes with NumPy,
-larger ones with torch on one thread (see "Array backends" above). Measured on the 2-core
-machine under load ~4: NumPy 25% faster at 64x64x48, even at 128x128x80 (1.3 M voxels),
-within 10% either way at 256x256x160."""
+_NUMPY_MAX_VOXELS = 1 << 26
+"""On the CPU, volumes of up to this many voxels (a 512x512x256 CT) run their element-wise
+passes with NumPy, larger ones with torch on one thread (see "Array backends" above).
+Measured on the 2-core machine under load ~4: NumPy 25% faster at 64x64x48, even at
+128x128x80 (1.3 M voxels), within 10% either way at 256x256x160 (32 ms against 30 ms
+for window, rescale and zscore at load 1.4); so NumPy up to large volumes, which spares
+a pre-processing run the import of torch (about 1 s per process)."""
 
 
 @dataclass(frozen=True)
