@@ -690,43 +690,63 @@ def _cpu_threads(device: object, n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _sample(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: np.dtype, minimum: float,
-            device: str) -> np.ndarray:
-    """`vol` sampled once through the composed `stages` (see the module docstring)."""
+@dataclass
+class _Member:
+    """One volume to sample through the stages (a Pair's members share the mapping)."""
+
+    vol: Volume
+    mode: str
+    fill: dict[int, float]
+    table: np.ndarray | None  # nearest: (voxels, channels)
+    src_t: object  # the torch source: gather table (nearest) or (1, C, *spatial)
+    out: np.ndarray
+
+
+def _sample(members: Sequence[tuple[Volume, str, np.dtype, float]], stages: Sequence[_Stage], device: str
+            ) -> list[np.ndarray]:
+    """Each (volume, mode, output dtype, minimum) of `members` sampled once through the
+    composed `stages` (see the module docstring); the members lie on one grid, and the
+    mapping (coordinates and validity masks) is computed once for all of them."""
     import torch
 
     threads = torch.get_num_threads()
     with _cpu_threads(torch.device(device), 1):
-        return _sample_chunks(vol, stages, mode, out_dtype, minimum, device, threads)
+        return _sample_chunks(members, stages, device, threads)
 
 
-def _sample_chunks(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: np.dtype, minimum: float,
-                   device: str, threads: int) -> np.ndarray:
+def _member(vol: Volume, mode: str, out_dtype: np.dtype, minimum: float, stages: Sequence[_Stage],
+            shape_out: tuple[int, ...], dev: object) -> _Member:
     import torch
-    import torch.nn.functional as F  # noqa: N812 (the alias torch documents)
 
     d = vol.dim
-    out_grid = stages[-1].grid_out
-    size_in = vol.shape
-    shape_out = out_grid.shape_zyx
-    channels = vol.array.ndim > d
-    dev = torch.device(device)
-    # A step that fills with its input's minimum sees the fills of earlier steps that put
-    # any voxel outside their input (0 from a std.pre step on a probability map): the
-    # smallest of those and the input's minimum stands for that step's input minimum.
-    fill = _stage_fills(stages, vol, minimum)
-    fields = {k: torch.from_numpy(np.moveaxis(st.field, -1, 0)[None].astype(np.float32)).to(dev)
-              for k, st in enumerate(stages) if st.field is not None}
     a = vol.array
+    table = None
     if mode == "nearest":
         # gather rows of a (voxels, channels) table: any dtype, no interpolation
         table = a.reshape(int(np.prod(a.shape[:d])), -1)
         src_t = None if table.dtype in (np.uint16, np.uint32) else torch.from_numpy(np.ascontiguousarray(table)).to(dev)
     else:
         tdtype = torch.float64 if out_dtype == np.float64 else torch.float32
-        arr = np.moveaxis(a, -1, 0) if channels else a[None]
+        arr = np.moveaxis(a, -1, 0) if a.ndim > d else a[None]
         src_t = torch.from_numpy(np.ascontiguousarray(arr)).to(dev, tdtype)[None]  # (1, C, *spatial)
-    out = np.empty(shape_out + a.shape[d:], dtype=out_dtype)
+    # A step that fills with its input's minimum sees the fills of earlier steps that put
+    # any voxel outside their input (0 from a std.pre step on a probability map): the
+    # smallest of those and the input's minimum stands for that step's input minimum.
+    return _Member(vol, mode, _stage_fills(stages, vol, minimum), table, src_t,
+                   np.empty(shape_out + a.shape[d:], dtype=out_dtype))
+
+
+def _sample_chunks(members: Sequence[tuple[Volume, str, np.dtype, float]], stages: Sequence[_Stage], device: str,
+                   threads: int) -> list[np.ndarray]:
+    import torch
+
+    out_grid = stages[-1].grid_out
+    d = out_grid.dim
+    shape_out = out_grid.shape_zyx
+    dev = torch.device(device)
+    fields = {k: torch.from_numpy(np.moveaxis(st.field, -1, 0)[None].astype(np.float32)).to(dev)
+              for k, st in enumerate(stages) if st.field is not None}
+    ms = [_member(vol, mode, out_dtype, minimum, stages, shape_out, dev) for vol, mode, out_dtype, minimum in members]
     # float32 coordinates: 3e-5 of a voxel at index 512, far below interpolation's own
     # error; it halves the memory traffic, which is what the sampling's time is spent on
     cdtype = torch.float32
@@ -747,54 +767,69 @@ def _sample_chunks(vol: Volume, stages: Sequence[_Stage], mode: str, out_dtype: 
         hi[-1] = float(z1 - 1)
         chunk = _map_chunk(stages, base, lo, hi, fields)
         full = tuple(z1 - z0 if i == 0 else n for i, n in enumerate(shape_out))
-        c = chunk.coords
-        if mode == "nearest":
-            idx = [torch.clamp(torch.floor(ci + 0.5), 0, n - 1).to(torch.int64) for ci, n in zip(c, size_in)]  # type: ignore[arg-type]
-            flat = idx[0]
-            stride = 1
-            for i in range(1, d):
-                stride *= size_in[i - 1]
-                flat = flat + idx[i] * stride
-            flat = flat.expand(full).reshape(-1)
-            if src_t is None:
-                vals = table[flat.cpu().numpy()]
-            else:
-                vals = src_t[flat].cpu().numpy()
-            vals = vals.reshape(full + a.shape[d:])
-            if channels:  # masks are (z, y, x): put the channels first while filling
-                vals = np.moveaxis(vals, -1, 0)
-            for value, mask in _fills(chunk.masks, fill):
-                vals[..., mask.expand(full).cpu().numpy()] = value  # type: ignore[attr-defined]
-            if channels:
-                vals = np.moveaxis(vals, 0, -1)
+        for m in ms:
+            m.out[z0:z1] = _sample_member(m, chunk, full, per_slice, dev, threads)
+    return [m.out for m in ms]
+
+
+def _sample_member(m: _Member, chunk: _Chunk, full: tuple[int, ...], per_slice: bool, dev: object, threads: int
+                   ) -> np.ndarray:
+    """One member's values at one chunk's mapped coordinates, fills painted."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 (the alias torch documents)
+
+    a, mode, fill, table, src_t = m.vol.array, m.mode, m.fill, m.table, m.src_t
+    d = m.vol.dim
+    size_in = m.vol.shape
+    channels = a.ndim > d
+    z0, z1 = 0, full[0]
+    c = chunk.coords
+    if mode == "nearest":
+        idx = [torch.clamp(torch.floor(ci + 0.5), 0, n - 1).to(torch.int64) for ci, n in zip(c, size_in)]  # type: ignore[arg-type]
+        flat = idx[0]
+        stride = 1
+        for i in range(1, d):
+            stride *= size_in[i - 1]
+            flat = flat + idx[i] * stride
+        flat = flat.expand(full).reshape(-1)
+        if src_t is None:
+            vals = table[flat.cpu().numpy()]
         else:
-            if per_slice and _slice_aligned(c):
-                cz = c[2].reshape(-1).expand(z1 - z0)  # type: ignore[attr-defined]
-                # every output slice is one input slice resampled in-plane: 2-D sampling per slice
-                zi = torch.clamp(torch.round(cz), 0, size_in[2] - 1).to(torch.int64)
-                first = int(zi[0])
-                if torch.equal(zi, torch.arange(first, first + len(zi), device=zi.device)):
-                    # consecutive input slices: a view, not a copy of the input
-                    planes = src_t[0, :, first:first + len(zi)].permute(1, 0, 2, 3)  # (slices, C, y, x)
-                else:
-                    planes = src_t[0].permute(1, 0, 2, 3)[zi]
-                g2 = torch.stack([_normalized(c[i], size_in[i]).expand((1, *full[1:]))[0]  # type: ignore[attr-defined]
-                                  for i in (0, 1)], dim=-1)
-                g2 = g2.reshape(1, *full[1:], 2).expand(z1 - z0, *full[1:], 2).to(src_t.dtype)
-                with _cpu_threads(dev, threads):
-                    vals_t = F.grid_sample(planes, g2, mode="bilinear", padding_mode="border", align_corners=True)
-                vals_t = vals_t.permute(1, 0, 2, 3)  # (C, z, y, x)
+            vals = src_t[flat].cpu().numpy()
+        vals = vals.reshape(full + a.shape[d:])
+        if channels:  # masks are (z, y, x): put the channels first while filling
+            vals = np.moveaxis(vals, -1, 0)
+        for value, mask in _fills(chunk.masks, fill):
+            vals[..., mask.expand(full).cpu().numpy()] = value  # type: ignore[attr-defined]
+        if channels:
+            vals = np.moveaxis(vals, 0, -1)
+    else:
+        if per_slice and _slice_aligned(c):
+            cz = c[2].reshape(-1).expand(z1 - z0)  # type: ignore[attr-defined]
+            # every output slice is one input slice resampled in-plane: 2-D sampling per slice
+            zi = torch.clamp(torch.round(cz), 0, size_in[2] - 1).to(torch.int64)
+            first = int(zi[0])
+            if torch.equal(zi, torch.arange(first, first + len(zi), device=zi.device)):
+                # consecutive input slices: a view, not a copy of the input
+                planes = src_t[0, :, first:first + len(zi)].permute(1, 0, 2, 3)  # (slices, C, y, x)
             else:
-                grid = torch.stack([_normalized(ci, n).expand(full) for ci, n in zip(c, size_in)], dim=-1)  # type: ignore[attr-defined]
-                with _cpu_threads(dev, threads):
-                    vals_t = F.grid_sample(src_t, grid[None].to(src_t.dtype), mode="bilinear",
-                                           padding_mode="border", align_corners=True)[0]
-            for value, mask in _fills(chunk.masks, fill):  # on the device, broadcast over channels
-                vals_t = torch.where(mask, torch.tensor(value, dtype=vals_t.dtype, device=dev), vals_t)  # type: ignore[arg-type]
-            vals_t = vals_t.permute(*range(1, d + 1), 0) if channels else vals_t[0]
-            vals = vals_t.cpu().numpy()
-        out[z0:z1] = vals.astype(out_dtype, copy=False)
-    return out
+                planes = src_t[0].permute(1, 0, 2, 3)[zi]
+            g2 = torch.stack([_normalized(c[i], size_in[i]).expand((1, *full[1:]))[0]  # type: ignore[attr-defined]
+                              for i in (0, 1)], dim=-1)
+            g2 = g2.reshape(1, *full[1:], 2).expand(z1 - z0, *full[1:], 2).to(src_t.dtype)
+            with _cpu_threads(dev, threads):
+                vals_t = F.grid_sample(planes, g2, mode="bilinear", padding_mode="border", align_corners=True)
+            vals_t = vals_t.permute(1, 0, 2, 3)  # (C, z, y, x)
+        else:
+            grid = torch.stack([_normalized(ci, n).expand(full) for ci, n in zip(c, size_in)], dim=-1)  # type: ignore[attr-defined]
+            with _cpu_threads(dev, threads):
+                vals_t = F.grid_sample(src_t, grid[None].to(src_t.dtype), mode="bilinear",
+                                       padding_mode="border", align_corners=True)[0]
+        for value, mask in _fills(chunk.masks, fill):  # on the device, broadcast over channels
+            vals_t = torch.where(mask, torch.tensor(value, dtype=vals_t.dtype, device=dev), vals_t)  # type: ignore[arg-type]
+        vals_t = vals_t.permute(*range(1, d + 1), 0) if channels else vals_t[0]
+        vals = vals_t.cpu().numpy()
+    return vals.astype(m.out.dtype, copy=False)
 
 
 # ===== one SimpleITK resampling (CPU) ===========================================================
@@ -983,7 +1018,7 @@ def _sample_points(vol: Volume, stages: Sequence[_Stage], mode: str, fill: dict[
     size = a.shape[:d][::-1]
     if mode == "nearest":
         idx = tuple(np.clip(np.floor(coords[i] + 0.5), 0, size[i] - 1).astype(np.int64) for i in reversed(range(d)))
-        vals = a[idx].astype(np.float64)
+        vals = a[idx]  # the input's dtype: 64-bit ids stay exact
     else:
         vals = np.zeros((n,) + a.shape[d:])
         lo, w = [], []
@@ -1025,20 +1060,27 @@ def _use_sitk(device: str) -> bool:
     return SITK_ON_CPU and str(device).split(":")[0] == "cpu"
 
 
-def _one(vol: Volume, stages: Sequence[_Stage], image_mode: str | None, device: str) -> Volume:
-    """One member of the value through the planned stages."""
+def _run(vols: Sequence[Volume], stages: Sequence[_Stage], image_mode: str | None, device: str) -> list[Volume]:
+    """The members of the value (on one grid) through the planned stages."""
     if not stages:  # nothing moved (random steps not applied)
-        return vol.with_array(vol.array.copy())
+        return [vol.with_array(vol.array.copy()) for vol in vols]
     out_grid = stages[-1].grid_out
-    if all(st.index_only for st in stages):
-        array = _exact(vol, stages, {})
-    else:
+    arrays: list[np.ndarray | None] = []
+    torch_members: list[tuple[int, tuple[Volume, str, np.dtype, float]]] = []
+    for i, vol in enumerate(vols):
+        if all(st.index_only for st in stages):
+            arrays.append(_exact(vol, stages, {}))
+            continue
         mode = "nearest" if vol.kind in NEAREST_KINDS else (image_mode or "linear")
         out_dtype, minimum = _out_dtype(vol, mode, stages), _minimum(vol.array)
-        array = _sample_sitk(vol, stages, mode, out_dtype, minimum) if _use_sitk(device) else None
-        if array is None:
-            array = _sample(vol, stages, mode, out_dtype, minimum, device)
-    return Volume(array, out_grid.spacing, out_grid.origin, out_grid.direction, vol.kind, vol.modality, vol.source)
+        arrays.append(_sample_sitk(vol, stages, mode, out_dtype, minimum) if _use_sitk(device) else None)
+        if arrays[-1] is None:
+            torch_members.append((i, (vol, mode, out_dtype, minimum)))
+    if torch_members:
+        for (i, _), array in zip(torch_members, _sample([mb for _, mb in torch_members], stages, device)):
+            arrays[i] = array
+    return [Volume(array, out_grid.spacing, out_grid.origin, out_grid.direction, vol.kind, vol.modality, vol.source)
+            for vol, array in zip(vols, arrays)]
 
 
 def unfused_spatial(x: Volume | Pair, steps: Sequence[SpatialStep]) -> tuple[Volume | Pair, dict[int, dict]]:
@@ -1082,5 +1124,6 @@ def fused_spatial(x: Volume | Pair, steps: Sequence[SpatialStep], device: str = 
                 pre._interpolator(member, str(_params(step).get("interp", "auto")))  # ValueError as unfused
     stages, drawn = _plan(vol, steps)
     if isinstance(x, Pair):
-        return Pair(_one(x.input, stages, image_mode, device), _one(x.target, stages, image_mode, device)), drawn
-    return _one(vol, stages, image_mode, device), drawn
+        image, target = _run([x.input, x.target], stages, image_mode, device)
+        return Pair(image, target), drawn
+    return _run([vol], stages, image_mode, device)[0], drawn
