@@ -172,14 +172,17 @@ def worth_fusing(steps: Sequence[SpatialStep], device: str = "cpu") -> bool:
     (for a chain `fusable` accepts): on the CPU, when no step is `elastic`; elsewhere
     always (torch on an accelerator; not measured here).
 
-    Measured with benchmarks/spatial_fusion.py (2 shared CPU cores, load 3.4, median of 5
-    interleaved runs; fused / unfused seconds): index-only chains 0.25-0.9; one
-    interpolation (resample + crop_or_pad, crop_or_pad + flip + rotate) 0.7-0.92; two or
-    more (resample + rotate, resample + crop_or_pad + flip + rotate + random_rescale)
-    0.44-0.87, on the 64x64x48 phantom pair and the 512x512x160 CT (image, and pair with
-    a label). Chains with `elastic` take the torch path (the SimpleITK route has no
-    displacement field): elastic alone 1.20, resample + elastic 1.11, rotate + elastic
-    1.13, resample + rotate + elastic 1.13 on the phantom pair, so they are left unfused."""
+    Measured with benchmarks/spatial_fusion.py (2 shared CPU cores, load 2.5-3.4, median
+    of 5 interleaved runs; fused / unfused seconds), on the 64x64x48 phantom pair and the
+    512x512x160 CT (image, and pair with a label): index-only chains (crop_or_pad + flip
+    + random_crop) 0.23-0.73; one interpolation (resample + crop_or_pad, crop_or_pad +
+    flip + rotate) 0.72-0.92; two or more (resample + rotate, resample + crop_or_pad +
+    flip + rotate + random_rescale) 0.44-0.91. Chains with `elastic` take the torch path
+    (the SimpleITK route has no displacement field), and both are dominated by drawing
+    the field, which fusing does not save: on the phantom pair elastic alone 1.05-1.20,
+    resample + elastic 1.01-1.11, rotate + elastic 0.98-1.33, resample + rotate +
+    elastic 1.00-1.13 over several runs; no gain, sometimes a loss, so they are left
+    unfused on the CPU."""
     if str(device).split(":")[0] != "cpu":
         return True
     return not any(step.op == "elastic" for step in steps)
