@@ -63,10 +63,28 @@ def _flat_draws(drawn: dict[str, object]) -> dict[str, object]:
     return flat
 
 
+NORMALIZING = {"rescale", "zscore", "gamma"}  # stretch the image's range to a fixed one
+COMPRESSING = {"window", "clip"}  # may squeeze it to a few float32 steps
+
+
+def _numerically_tame(kinds: list[str]) -> list[str]:
+    """The chain without normalizing steps after a compressing one: `window |> window |>
+    rescale` stretches a range of a few float32 steps back to [0, 1], where the unfused
+    chain keeps only its rounding (the fused one, folded, is exact); comparing the two
+    there says nothing about the glue this file tests."""
+    kept: list[str] = []
+    for kind in kinds:
+        if kind in NORMALIZING and COMPRESSING & set(kept):
+            continue
+        kept.append(kind)
+    return kept
+
+
 @st.composite
 def chains(draw: st.DrawFn, interpolating: bool) -> list[str]:
     spatial = {**INDEX_STEPS, **(INTERPOLATING_STEPS if interpolating else {})}
-    kinds = draw(st.lists(st.sampled_from(sorted(spatial) + sorted(INTENSITY_STEPS)), min_size=2, max_size=7))
+    kinds = _numerically_tame(draw(st.lists(st.sampled_from(sorted(spatial) + sorted(INTENSITY_STEPS)),
+                                            min_size=2, max_size=7)))
     return [{**spatial, **INTENSITY_STEPS}[k].format(a=draw(st.sampled_from([16, 20, 28])),
                                                    b=draw(st.sampled_from([12, 20, 24])),
                                                    axis=draw(st.integers(0, 2)), s=draw(st.sampled_from([1.2, 2.0])),
