@@ -23,6 +23,11 @@ files, each in a fresh interpreter, wall time including start-up.
     python benchmarks/preprocess.py                    # N = 5 volumes per implementation
     python benchmarks/preprocess.py --n 3 --only medasl-O0,medasl-O2,monai-eager
     python benchmarks/preprocess.py --n 0 --whole-runs 4   # only part 2
+    python benchmarks/preprocess.py --n 0 --small 3        # only part 3
+
+Part 3, small volumes (`--small R`): the training chain of examples/preprocess.medas on
+its 16 generated 64x64x48 phantoms (image and label together), per case, medasl -O0
+and -O2 against MONAI's dictionary transforms, interleaved.
 
 Reported: median seconds per volume (one warm-up volume first, not counted), and peak
 memory as the peak resident set size above the level before the implementation started,
@@ -452,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=5, help="volumes per implementation (default 5)")
     ap.add_argument("--whole-runs", type=int, default=0, metavar="K",
                     help="also time whole runs from K NIfTI files: medasc run -O0/-O2 against a MONAI script")
+    ap.add_argument("--small", type=int, default=0, metavar="R",
+                    help="also time the chain of examples/preprocess.medas on its 64^3 phantoms, R passes")
     ap.add_argument("--only", default=",".join(IMPLEMENTATIONS),
                     help=f"comma-separated subset of {', '.join(IMPLEMENTATIONS)}")
     args = ap.parse_args(argv)
@@ -486,7 +493,87 @@ def main(argv: list[str] | None = None) -> int:
         report(results, args.n)
     if args.whole_runs:
         whole_runs(ct, args.whole_runs)
+    if args.small:
+        small_volumes(args.small)
     return 0
+
+
+# ===== part 3: small volumes ====================================================================
+
+SMALL_EXAMPLE = ROOT / "examples" / "preprocess.medas"
+
+
+def small_volumes(repeats: int) -> None:
+    """Part 3: the training chain of examples/preprocess.medas (resample 2 mm, window,
+    rescale, crop/pad 64^3, random flip, rotate and noise; image and label together) on
+    its 16 generated 64x64x48 phantoms, medasl -O0 / -O2 against MONAI's dictionary
+    transforms, per case, interleaved: per-case overheads dominate at this size."""
+    import statistics
+
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import (
+        Compose,
+        RandFlipd,
+        RandGaussianNoised,
+        RandRotated,
+        ResizeWithPadOrCropd,
+        ScaleIntensityd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    from medasl.ops import io
+    from medasl.runtime.apply import apply_chain
+    from medasl.runtime.session import plans
+    from medasl.semantics.checker import check_source
+    from medasl.source import SourceFile
+
+    cases = io.phantom(cases=16, seed=7)
+    result = check_source(SourceFile.read(SMALL_EXAMPLE))
+    compiled = {level: plans(result.graphs, {}, level)[0] for level in (0, 2)}
+    r = math.radians(10.0)
+    monai = Compose([
+        Spacingd(keys=("image", "label"), pixdim=(2.0, 2.0, 2.0), mode=("bilinear", "nearest")),
+        ScaleIntensityRanged(keys="image", a_min=-160.0, a_max=240.0, b_min=0.0, b_max=1.0, clip=True),
+        ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
+        ResizeWithPadOrCropd(keys=("image", "label"), spatial_size=(64, 64, 64)),
+        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
+        RandRotated(keys=("image", "label"), range_x=r, range_y=r, range_z=r, prob=0.5, mode=("bilinear", "nearest")),
+        RandGaussianNoised(keys="image", prob=0.5, std=0.02),
+    ])
+    monai.set_random_state(seed=SEED)
+
+    def as_monai(case: object) -> dict[str, object]:
+        pair = case.value  # type: ignore[attr-defined]
+        affine = torch.diag(torch.tensor([*pair.input.spacing, 1.0], dtype=torch.float64))
+        return {k: MetaTensor(torch.from_numpy(np.ascontiguousarray(v.array.transpose(2, 1, 0))[None].copy()),
+                              affine=affine.clone()) for k, v in (("image", pair.input), ("label", pair.target))}
+
+    runs = {
+        "medasl -O0": lambda c: apply_chain(compiled[0], "folds_train", c.value, c.id),
+        "medasl -O2": lambda c: apply_chain(compiled[2], "folds_train", c.value, c.id),
+        "MONAI eager (dict)": lambda c: monai(as_monai(c)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run(cases[0])  # warm-up
+    for _ in range(repeats):
+        for case in cases:
+            for name, run in runs.items():
+                clock = time.perf_counter()
+                run(case)
+                times[name].append(time.perf_counter() - clock)
+    print()
+    print(f"small volumes: the training chain of {SMALL_EXAMPLE.name} on its 16 phantoms (64x64x48, image and "
+          f"label), {repeats} passes, interleaved per case")
+    monai_ms = statistics.median(times["MONAI eager (dict)"]) * 1000
+    for name, found in times.items():
+        ms = statistics.median(found) * 1000
+        print(f"  {name:20} {ms:7.2f} ms per case   {monai_ms / ms:5.2f}x MONAI's speed")
+    speedup = monai_ms / (statistics.median(times["medasl -O2"]) * 1000)
+    print(f"Goal (issue 9): on small volumes -O2 at least 2x faster than MONAI: {'met' if speedup >= 2 else 'NOT met'} "
+          f"({speedup:.2f}x)")
 
 
 # ===== part 2: whole runs from files =============================================================
