@@ -87,3 +87,36 @@ def test_graph_draws_the_optimized_graph(tmp_path: Path) -> None:
     assert "fused_spatial" in text and "fused_intensity" in text and "rotate(angle=10.0, p=0.5)" in text
     code, _, err = run("graph", str(ROOT / "examples" / "preprocess.medas"), "-o", str(out))
     assert code == 0 and "fused_" not in out.read_text()  # without -O: the graph as written
+
+
+def _documented_set_commands() -> list[tuple[str, dict[str, str]]]:
+    """Every `medasc run examples/X.medas --set ...` command written in the examples' headers
+    (a command continues over lines ending in a backslash)."""
+    import shlex
+
+    found = []
+    for example in sorted((ROOT / "examples").glob("*.medas")):
+        lines = [line.lstrip("#").strip() for line in example.read_text().splitlines() if line.startswith("#")]
+        text = "\n".join(lines).replace("\\\n", " ")
+        for line in text.splitlines():
+            if "medasc run" in line and "--set" in line:
+                words = shlex.split(line[line.index("medasc run"):])
+                sets = dict(w.split("=", 1) for w, flag in zip(words[1:], words) if flag == "--set")
+                found.append((example.name, sets))
+    return found
+
+
+@pytest.mark.parametrize(("example", "sets"), _documented_set_commands())
+def test_the_full_settings_the_examples_document_check_clean(example: str, sets: dict[str, str]) -> None:
+    from medasl.semantics.checker import check_source
+    from medasl.source import SourceFile
+
+    path = ROOT / "examples" / example
+    result = check_source(SourceFile(str(path.relative_to(ROOT)), path.read_text()), overrides=sets)
+    assert not result.diagnostics.has_errors, [d.message for d in result.diagnostics.errors]
+    params = {n.id for g in result.graphs for n in g.nodes.values() if n.op == "param"}
+    assert set(sets) <= params
+
+
+def test_there_are_documented_settings() -> None:
+    assert len(_documented_set_commands()) >= 5

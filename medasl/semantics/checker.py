@@ -24,6 +24,7 @@ from medasl.ir.types import (
     FLOAT,
     INT,
     MM,
+    PATH,
     SPATIAL_KINDS,
     STR,
     UNKNOWN,
@@ -95,12 +96,11 @@ def check_source(source: SourceFile, diags: Diagnostics | None = None,
 
     diags = diags if diags is not None else Diagnostics()
     sources = {source.name: source}
-    parsed = _parse_overrides(overrides or {}, diags, sources)
     tree = parse(source, diags)
-    if tree is None or diags.has_errors:
+    if tree is None:
         return CheckResult([], diags, sources)
     before = len(diags.items)
-    result = check_module(tree, source, diags, sources, parsed)
+    result = check_module(tree, source, diags, sources, Overrides(dict(overrides or {}), diags, sources))
     if overrides:  # a mistake shown in the file may come from a `--set` value: say which were given
         given = "this check used " + ", ".join(f"--set {k}={v}" for k, v in overrides.items())
         diags.items[before:] = [replace(d, notes=(*d.notes, given))
@@ -118,29 +118,46 @@ def override_source(name: str, text: str) -> SourceFile:
     return SourceFile(f"--set {name}", f"pipeline set {{\n  param {name} = {value}\n}}\n")
 
 
-def _parse_overrides(overrides: dict[str, str], diags: Diagnostics,
-                     sources: dict[str, SourceFile]) -> dict[str, ast.Expr]:
-    from medasl.syntax.parser import parse
+@dataclass
+class Overrides:
+    """The `--set` values of a check: their text, and each parsed once (as the default
+    of a parameter `name` in a small file of its own) when a pipeline asks for it."""
 
-    parsed: dict[str, ast.Expr] = {}
-    for name, text in overrides.items():
-        source = override_source(name, text)
-        sources[source.name] = source
-        tree = parse(source, diags)
-        items = tree.items if tree is not None else ()
-        stmts = items[0].stmts if len(items) == 1 and isinstance(items[0], ast.Pipeline) else ()
-        if len(stmts) == 1 and isinstance(stmts[0], ast.Param) and stmts[0].search is None:
-            parsed[name] = stmts[0].default
-        elif tree is not None:
-            diags.error("E0001", f"`--set {name}={text}`: the value is not one medas expression",
-                        help="give a value as it would be written in the file, e.g. --set lr=0.001 or "
-                        "--set \"spacing=(1.5, 1.5, 2) mm\"")
-    return parsed
+    texts: dict[str, str]
+    diags: Diagnostics
+    sources: dict[str, SourceFile]
+    parsed: dict[str, ast.Expr | None] = field(default_factory=dict)
+
+    def expr(self, name: str) -> ast.Expr | None:
+        from medasl.syntax.parser import parse
+
+        if name not in self.parsed:
+            source = override_source(name, self.texts[name])
+            self.sources[source.name] = source
+            tree = parse(source, self.diags)
+            items = tree.items if tree is not None else ()
+            stmts = items[0].stmts if len(items) == 1 and isinstance(items[0], ast.Pipeline) else ()
+            found = len(stmts) == 1 and isinstance(stmts[0], ast.Param) and stmts[0].search is None
+            if not found and tree is not None:
+                self.diags.error("E0001", f"`--set {name}={self.texts[name]}`: the value is not one medas expression",
+                                 help="give a value as it would be written in the file, e.g. --set lr=0.001 or "
+                                 "--set \"spacing=(1.5, 1.5, 2) mm\"")
+            self.parsed[name] = stmts[0].default if found else None  # type: ignore[union-attr]
+        return self.parsed[name]
+
+    def text_value(self, name: str) -> tuple[str, Span] | None:
+        """A value for a text or path parameter as the shell gives it (`--set root=data/lits`),
+        unless it is written as a medas string (`--set 'root="data/lits"'`)."""
+        text = self.texts[name].strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            return None
+        column = len(f"  param {name} = ") + 1
+        return text, Span(f"--set {name}", 2, column, 2, column + max(len(text), 1))
 
 
 def check_module(
     tree: ast.Module, source: SourceFile, diags: Diagnostics, sources: dict[str, SourceFile],
-    overrides: dict[str, ast.Expr] | None = None,
+    overrides: Overrides | None = None,
 ) -> CheckResult:
     loader = Loader(diags, sources)
     base_dir = Path(source.name).resolve().parent
@@ -156,7 +173,7 @@ def check_module(
                             secondary(seen[item.name], "first definition"))
                 continue
             seen[item.name] = item.name_span
-            graphs.append(PipelineChecker(item, scope, loader, diags, dict(overrides or {})).run())
+            graphs.append(PipelineChecker(item, scope, loader, diags, overrides or Overrides({}, diags, sources)).run())
     _check_unused_imports(tree, scope, graphs, diags)
     return CheckResult(graphs, diags, sources)
 
@@ -211,7 +228,7 @@ class PipelineChecker:
     file_scope: FileScope
     loader: Loader
     diags: Diagnostics
-    overrides: dict[str, ast.Expr] = field(default_factory=dict)  # `--set` values, parsed
+    overrides: Overrides | None = None  # the `--set` values
     graph: Graph = field(init=False)
     bindings: dict[str, ast.Binding] = field(default_factory=dict)
     params: dict[str, ast.Param] = field(default_factory=dict)
@@ -303,10 +320,9 @@ class PipelineChecker:
             ptype = declared if declared is not None else default.type
             if declared is not None:
                 self._fit_value(default, declared, f"the default of `{name}`")
-            if name in self.overrides and ptype != ERROR:
-                given = self.expr(self.overrides[name], ptype)
-                if given.type != ERROR and self._fit_value(given, ptype, f"`--set {name}`"):
-                    default = given
+            given = self._override(name, ptype) if ptype != ERROR else None
+            if given is not None and given.type != ERROR and self._fit_value(given, ptype, f"`--set {name}`"):
+                default = given
             space = search.check_search(stmt, default, ptype, self) if stmt.search is not None else None
         finally:
             self.in_progress.pop()
@@ -315,6 +331,16 @@ class PipelineChecker:
         val = Val(Ref(node.id), ptype, stmt.name_span, stmt.span, name)
         self.values[name] = val
         return val
+
+    def _override(self, name: str, ptype: TyLike) -> Val | None:
+        """The `--set` value of parameter `name`, checked as its default would be."""
+        if self.overrides is None or name not in self.overrides.texts:
+            return None
+        text = self.overrides.text_value(name) if ptype in (STR, PATH) else None
+        if text is not None:
+            return Val(Const(text[0]), ptype, text[1])
+        expr = self.overrides.expr(name)
+        return self.expr(expr, ptype) if expr is not None else Val(Const(None), ERROR, self.pipeline.name_span)
 
     def _binding(self, name: str) -> Val:
         if name in self.values:
