@@ -330,7 +330,7 @@ pipeline p {
 
 
 @pytest.mark.parametrize(("name", "text", "value"), [
-    ("n", "3", 3), ("f", "-2.5", -2.5), ("f", "1e-3", 1e-3), ("f", "2", 2), ("b", "true", True), ("s", '"a b"', "a b"),
+    ("n", "3", 3), ("f", "-2.5", -2.5), ("f", "1e-3", 1e-3), ("f", "2", 2), ("b", "true", True), ("s", '"a b"', "a b"), ("s", "data/x y.nii.gz", "data/x y.nii.gz"),
     ("loss", "dice_loss", OpValue("dice_loss")), ("loss", "@dice_loss", OpValue("dice_loss")),
     ("sp", "(2, 2.5, 3) mm", (2.0, 2.5, 3.0)), ("sp", "(0.2, 0.2, 0.3) cm", (2.0, 2.0, 3.0)),
 ])
