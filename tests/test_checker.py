@@ -215,3 +215,8 @@ pipeline p {
     node = result.graphs[0].nodes["liver"]
     assert node.lift == ("map", "label")
     assert format_type(node.type) == "Dataset<Pair<Image[3, CT], LabelMap[3]>>"
+
+
+def test_the_empty_tuple_fits_a_tuple_of_any_type() -> None:
+    g = check('  cases = phantom(cases=3) |> subset((), exclude=true)\n  show overlay(cases.image, cases.label)')
+    assert any(n.op == "subset" for n in g.nodes.values())

@@ -180,9 +180,8 @@ class Graph:
         self._users.pop(node_id, None)
 
     def users(self, node_id: str) -> list[str]:
-        """The nodes reading `node_id`, in graph order."""
-        found = self._users.get(node_id, {})
-        return [n for n in self.nodes if n in found]
+        """The nodes reading `node_id`, in the order they started reading it."""
+        return list(self._users.get(node_id, {}))
 
     def rebuild_users(self) -> None:
         self._users = {}

@@ -312,6 +312,7 @@ class PipelineChecker:
         if name in self.in_progress:
             return self._cycle(name, stmt.name_span)
         declared = None
+        origin = stmt.span  # where the value is written: the default, or a `--set`
         if stmt.type is not None:
             declared = self._type(stmt.type)
         self.in_progress.append(name)
@@ -320,15 +321,19 @@ class PipelineChecker:
             ptype = declared if declared is not None else default.type
             if declared is not None:
                 self._fit_value(default, declared, f"the default of `{name}`")
-            given = self._override(name, ptype) if ptype != ERROR else None
-            if given is not None and given.type != ERROR and self._fit_value(given, ptype, f"`--set {name}`"):
-                default = given
+            given = self._override(name, declared or ptype) if ptype != ERROR else None
+            if given is not None and given.type != ERROR:
+                # the value stands where the default was: it must fit a declared type; without
+                # one it gives the parameter its type (`--set "liver=(1, 2)"` for `liver = (5,)`),
+                # and every use checks it as it would check that default
+                if declared is None or self._fit_value(given, declared, f"`--set {name}`"):
+                    default, ptype, origin = given, declared or given.type, given.span
             space = search.check_search(stmt, default, ptype, self) if stmt.search is not None else None
         finally:
             self.in_progress.pop()
         node = self.graph.add(Node(name, "param", (("default", default.value),), ptype, stmt.span,
                                    stage="params", binding=name, search=space))
-        val = Val(Ref(node.id), ptype, stmt.name_span, stmt.span, name)
+        val = Val(Ref(node.id), ptype, stmt.name_span, origin, name)
         self.values[name] = val
         return val
 
@@ -867,6 +872,8 @@ def _refine(actual: TyLike, declared: TyLike) -> None:
 def _common_type(types: list[TyLike]) -> TyLike:
     """The element type of a tuple: int and float make float; values of one constructor
     keep what they agree on (a Dice and an HD95 are both metrics)."""
+    if not types:
+        return Ty("Any")  # `()`: no element to say, so it fits a tuple of anything
     names = {format_type(t) for t in types}
     if names <= {"int"}:
         return INT

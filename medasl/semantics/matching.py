@@ -53,6 +53,10 @@ class Mismatch(Exception):
 Converter = Callable[[TyLike, TyLike, int], bool]
 
 
+def _empty_tuple(t: TyLike) -> bool:
+    return isinstance(t, Ty) and t.name == "Vec" and t.attrs[:1] == (0,)
+
+
 def fit(actual: TyLike, expected: TyLike, subst: Subst, converter: Converter | None = None) -> None:
     """Fit `actual` into `expected`. `converter(value, slot, i)` is asked, inside function
     types only, whether a conversion can make a value fit the function's i-th parameter."""
@@ -68,6 +72,8 @@ def fit(actual: TyLike, expected: TyLike, subst: Subst, converter: Converter | N
             return
     if isinstance(expected, Ty) and expected.name == "Any":
         return
+    if _empty_tuple(actual) and isinstance(expected, Ty) and expected.name == "Vec" and expected.params:
+        actual = Ty("Vec", actual.attrs, expected.params)  # type: ignore[union-attr]  # `()` has no element to disagree
     if isinstance(expected, Fn):
         if not isinstance(actual, Fn):
             raise Mismatch(actual, expected)

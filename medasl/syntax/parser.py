@@ -342,6 +342,9 @@ class _Builder(Transformer_NonRecursive):
         items = [i for i in items if i is not None]
         return ast.Tuple(tuple(items), str(unit) if unit else None, self._span(meta))
 
+    def empty_tuple(self, meta, children):
+        return ast.Tuple((), None, self._span(meta))
+
     def list(self, meta, children):
         return ast.ListExpr(tuple(c for c in children if c is not None), self._span(meta))
 
