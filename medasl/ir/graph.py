@@ -129,7 +129,8 @@ class Graph:
     """The IR of one pipeline: nodes in topological order, plus its sinks.
 
     `users` is maintained: change a node's arguments through `set_args`, add nodes with
-    `add` / `insert_before`, and remove them with `remove` (after `replace_all_uses_with`).
+    `add`, move them with `move_after` / `move_to_end`, and remove them with `remove` (after
+    `replace_all_uses_with`).
     Code that edits `node.args` directly calls `rebuild_users()` afterwards."""
 
     name: str
@@ -145,14 +146,6 @@ class Graph:
 
     def add(self, node: Node) -> Node:
         self.nodes[node.id] = node
-        self._use(node)
-        return node
-
-    def insert_before(self, before: str, node: Node) -> Node:
-        """Add `node` just before `before` in the order (its inputs must come earlier)."""
-        order = list(self.nodes.items())
-        at = [k for k, _ in order].index(before)
-        self.nodes = dict(order[:at] + [(node.id, node)] + order[at:])
         self._use(node)
         return node
 
