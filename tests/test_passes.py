@@ -299,3 +299,14 @@ def test_training_input_keeps_deterministic_and_random_steps_apart() -> None:
     no_training = ran(checked(body.replace("  fit = train(net, cases, loss=dice_ce, epochs=1)\n",
                                            '  w = write_nifti(cases.image, "c/*.nii.gz")\n')), specialize, fuse_spatial)
     assert _fused(no_training) == [("fused_spatial", ("resample", "crop_or_pad", "flip", "rotate"))]
+
+
+def test_a_chain_broken_by_a_rule_starts_again_after_the_break() -> None:
+    from medasl.passes import fuse_spatial
+
+    graph = ran(checked("""
+  images = phantom(cases=2).image
+  a = images |> resample(spacing=(3.0, 3.0, 3.0) mm, interp=nearest) |> rotate(angle=5 deg) |> flip(axis=0)
+  w = write_nifti(a, "a/*.nii.gz")
+"""), specialize, fuse_spatial)
+    assert _fused(graph) == [("fused_spatial", ("rotate", "flip"))]  # nearest and linear images do not mix

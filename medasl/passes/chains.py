@@ -46,12 +46,9 @@ def find_chains(graph: Graph, accepts: Callable[[Node], bool],
     chains: list[list[Node]] = []
     taken: set[str] = set()
     training = augmenting(graph)
-    for node in graph.nodes.values():
+    for node in graph.nodes.values():  # topological order: a chain is met at its first node
         if node.id in taken or not accepts(node):
             continue
-        start = graph.nodes.get(only_input(node) or "")
-        if start is not None and links(graph, start, node, accepts, training):
-            continue  # not the first of its chain
         chain = [node]
         while True:
             users = graph.users(chain[-1].id)
