@@ -202,6 +202,19 @@ def vec(element: TyLike, length: AttrValue) -> Ty:
     return Ty("Vec", (length,), (element,))
 
 
+def is_dataset(t: object) -> bool:
+    return isinstance(t, Ty) and t.name == "Dataset"
+
+
+def first_image(t: object) -> Ty | None:
+    """The first `Image` in a type (itself, or inside a dataset or pair), if any."""
+    if not isinstance(t, Ty):
+        return None
+    if t.name == "Image":
+        return t
+    return next((found for p in t.params if (found := first_image(p)) is not None), None)
+
+
 def attr(t: Ty, name: str) -> AttrValue:
     cons = CONSTRUCTORS[t.name]
     return t.attrs[cons.attrs.index(name)] if name in cons.attrs else UNKNOWN

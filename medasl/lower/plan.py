@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from medasl.ir.graph import Graph, OpRef, Ref, Tup, Value
-from medasl.ir.types import Ty, TyLike, attr, format_type
+from medasl.ir.types import TyLike, attr, first_image, format_type, is_dataset
 from medasl.passes.wire_reports import COLLECTING_REPORTS  # noqa: F401 - the registry reads it here
 from medasl.source import Span
 
@@ -82,7 +82,7 @@ class Step:
     @property
     def modality(self) -> str | None:
         """The modality of the image this step gives (in a dataset, a pair), if it gives one."""
-        found = _first_image(self.value_type)
+        found = first_image(self.value_type)
         value = attr(found, "modality") if found is not None else None
         return value if isinstance(value, str) else None
 
@@ -149,18 +149,6 @@ def to_json(value: object) -> object:
     return value
 
 
-def _first_image(t: object) -> Ty | None:
-    if not isinstance(t, Ty):
-        return None
-    if t.name == "Image":
-        return t
-    return next((found for p in t.params if (found := _first_image(p)) is not None), None)
-
-
-def _is_dataset(type_: object) -> bool:
-    return isinstance(type_, Ty) and type_.name == "Dataset"
-
-
 def lower(graph: Graph, level: int = 0) -> Plan:
     """The plan of one optimized pipeline (see `medasl.passes.optimize`)."""
     plan = Plan(graph.name, shows=list(graph.shows), reports=list(graph.reports), level=level,
@@ -182,8 +170,8 @@ def lower(graph: Graph, level: int = 0) -> Plan:
                 consts[name] = constant(value)
         plan.steps[node.id] = Step(
             id=node.id, op=node.op, module=node.module, version=node.version, params=consts, inputs=inputs,
-            dataset_inputs=frozenset(k for k, v in inputs.items() if _is_dataset(graph.nodes[v].type)),
-            path_params=node.path_params, lift=node.lift, random=node.random, output_is_dataset=_is_dataset(node.type),
+            dataset_inputs=frozenset(k for k, v in inputs.items() if is_dataset(graph.nodes[v].type)),
+            path_params=node.path_params, lift=node.lift, random=node.random, output_is_dataset=is_dataset(node.type),
             type=format_type(node.type), span=node.span, binding=node.binding, stage=node.stage,
             conversion=node.conversion, goal=node.goal, hash=node.hash, traits=node.traits, interp=node.interp,
             store=node.store, fused=node.fused, value_type=node.type,

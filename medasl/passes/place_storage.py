@@ -23,18 +23,14 @@ references to stored cases (`store = "never"`).
 from __future__ import annotations
 
 from medasl.ir.graph import Graph, Node, Ref
-from medasl.ir.types import Ty
+from medasl.ir.types import is_dataset
 from medasl.passes.manager import Pass
 
 MEMORY, NEVER = "memory", "never"
 
 
 def _dataset_args(graph: Graph, node: Node) -> list[str]:
-    return [k for k, v in node.args if isinstance(v, Ref) and _is_dataset(graph.nodes[v.node])]
-
-
-def _is_dataset(node: Node) -> bool:
-    return isinstance(node.type, Ty) and node.type.name == "Dataset"
+    return [k for k, v in node.args if isinstance(v, Ref) and is_dataset(graph.nodes[v.node].type)]
 
 
 def first_input(node: Node) -> tuple[str, str] | None:

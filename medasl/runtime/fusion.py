@@ -38,9 +38,4 @@ def _step(make: type, step: dict[str, object], index: int, seeds: Sequence[int] 
           rng_seed: tuple[int, ...] | None) -> object:
     """A kernel's step: operator, arguments, and the generator seed it has unfused."""
     seed = (int(seeds[index]), *rng_seed[1:]) if seeds is not None and rng_seed is not None else None
-    return make(str(step["op"]), _call_params(step["params"]), seed)  # type: ignore[arg-type]
-
-
-def _call_params(params: dict[str, object]) -> dict[str, object]:
-    """Constant arguments as the operators take them (tuples, not JSON lists)."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    return make(str(step["op"]), dict(step["params"]), seed)  # type: ignore[arg-type, call-overload]

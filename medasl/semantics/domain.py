@@ -22,6 +22,7 @@ from medasl.ir.types import (
     TyLike,
     Var,
     attr,
+    first_image,
     format_type,
 )
 from medasl.semantics.matching import ERROR, Mismatch, finalize, resolve
@@ -319,7 +320,7 @@ def check_divisible(cc: CallChecker, attempt: Attempt, values: dict[str, Val]) -
     if isinstance(literal, tuple):
         size = literal
     else:
-        image = _first_image(size_val.type)
+        image = first_image(size_val.type)
         if image is not None:
             shape = attr(image, "shape")
             size = shape if isinstance(shape, tuple) else None
@@ -354,18 +355,6 @@ def literal_with_defaults(graph: Graph, value: object) -> object:
         items = tuple(literal_with_defaults(graph, v) for v in value)
         return None if any(i is None for i in items) else items
     return value
-
-
-def _first_image(t: TyLike) -> Ty | None:
-    if not isinstance(t, Ty):
-        return None
-    if t.name == "Image":
-        return t
-    for p in t.params:
-        found = _first_image(p)
-        if found is not None:
-            return found
-    return None
 
 
 def _round_up(n: int, factor: int) -> int:
