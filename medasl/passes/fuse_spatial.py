@@ -15,7 +15,7 @@ spatial steps end a chain: clipping and normalizing do not commute with interpol
 
 from __future__ import annotations
 
-from medasl.ir.graph import Const, Graph, Node
+from medasl.ir.graph import Graph, Node
 from medasl.passes.chains import find_chains, fuse
 from medasl.passes.manager import Pass
 
@@ -23,8 +23,8 @@ OP = "fused_spatial"
 FUSABLE = frozenset({"resample", "reorient", "crop_or_pad", "resize", "crop_foreground",
                      "flip", "rotate", "affine", "random_rescale", "elastic", "random_crop"})
 """The operators `medasl.runtime.fused_spatial` accepts, less `resample_to` (a second input)."""
-ASKS_INTERPOLATION = frozenset({"resample", "resize"})  # the others interpolate linearly or not at all
-INTERPOLATES_LINEARLY = frozenset({"rotate", "affine", "random_rescale", "elastic"})
+INTERPOLATING = frozenset({"resample", "resize", "rotate", "affine", "random_rescale", "elastic"})
+"""The operators that interpolate (the others move whole voxels)."""
 
 
 def accepts(node: Node) -> bool:
@@ -32,13 +32,8 @@ def accepts(node: Node) -> bool:
 
 
 def _interpolation(node: Node) -> str | None:
-    if node.op in INTERPOLATES_LINEARLY:
-        return "linear"
-    if node.op in ASKS_INTERPOLATION:
-        asked = node.arg("interp")
-        name = asked.value if isinstance(asked, Const) else "auto"
-        return "linear" if name in ("auto", "linear") else str(name)
-    return None
+    """How the step interpolates images (the node's `interp`, from the checker), if it does."""
+    return node.interp if node.op in INTERPOLATING else None
 
 
 def compatible(chain: list[Node]) -> bool:

@@ -351,10 +351,7 @@ def literal_with_defaults(graph: Graph, value: object) -> object:
         if node is None or node.op != "param" or node.search is not None:
             return None
         return literal_with_defaults(graph, node.arg("default"))
-    if isinstance(value, tuple):
-        items = tuple(literal_with_defaults(graph, v) for v in value)
-        return None if any(i is None for i in items) else items
-    return value
+    return None  # an operator value
 
 
 def _round_up(n: int, factor: int) -> int:
