@@ -120,3 +120,9 @@ def test_the_full_settings_the_examples_document_check_clean(example: str, sets:
 
 def test_there_are_documented_settings() -> None:
     assert len(_documented_set_commands()) >= 5
+
+
+def test_compile_takes_set_values_and_folds_them() -> None:
+    code, out, err = run("compile", "--emit", "ir", "-O2", "--set", "crop=32", "--set", "sp=(3, 3, 3) mm", TUPLES)
+    assert code == 0, err
+    assert "size: (32, 32, 48)" in out and "spacing: (3.0, 3.0, 3.0)" in out  # inside the fused step
