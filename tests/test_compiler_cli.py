@@ -84,7 +84,7 @@ def test_graph_draws_the_optimized_graph(tmp_path: Path) -> None:
     code, _, err = run("graph", str(ROOT / "examples" / "preprocess.medas"), "-O2", "-o", str(out))
     assert code == 0, err
     text = out.read_text()
-    assert "fused_spatial" in text and "fused_intensity" in text and "rotate(angle=10.0, p=0.5)" in text
+    assert "fused_spatial" in text and "fused_intensity" in text and "rotate(angle=10.0, p=0.5, in_plane=" in text
     code, _, err = run("graph", str(ROOT / "examples" / "preprocess.medas"), "-o", str(out))
     assert code == 0 and "fused_" not in out.read_text()  # without -O: the graph as written
 

@@ -258,7 +258,10 @@ def test_fuse_spatial_and_intensity_replace_chains_by_one_step() -> None:
 @pytest.mark.parametrize(("chain", "expected"), [
     ("crop_or_pad((32, 32, 32)) |> crop_foreground", []),  # its box depends on the data: first only
     ("crop_foreground |> crop_or_pad((32, 32, 32))", [("fused_spatial", ("crop_foreground", "crop_or_pad"))]),
-    ("resample(spacing=(3.0, 3.0, 3.0) mm, interp=nearest) |> rotate(angle=5 deg)", []),  # disagree on images
+    # they disagree on images: each interpolating step goes to the kernel alone
+    ("resample(spacing=(3.0, 3.0, 3.0) mm, interp=nearest) |> rotate(angle=5 deg)",
+     [("fused_spatial", ("resample",)), ("fused_spatial", ("rotate",))]),
+    ("crop_or_pad((32, 32, 32))", []),  # alone, a step that moves whole voxels is left to its operator
     ("zscore(mask=m) |> rescale(0, 1)", []),  # a second input
 ])
 def test_fusion_rules(chain: str, expected: list[tuple[str, tuple[str, ...]]]) -> None:
@@ -309,4 +312,5 @@ def test_a_chain_broken_by_a_rule_starts_again_after_the_break() -> None:
   a = images |> resample(spacing=(3.0, 3.0, 3.0) mm, interp=nearest) |> rotate(angle=5 deg) |> flip(axis=0)
   w = write_nifti(a, "a/*.nii.gz")
 """), specialize, fuse_spatial)
-    assert _fused(graph) == [("fused_spatial", ("rotate", "flip"))]  # nearest and linear images do not mix
+    # nearest and linear images do not mix: the resampling goes to the kernel alone
+    assert _fused(graph) == [("fused_spatial", ("resample",)), ("fused_spatial", ("rotate", "flip"))]

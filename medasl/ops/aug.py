@@ -20,7 +20,11 @@ Conventions every operator here keeps, and why:
 - A `Pair(input, target)` given to a spatial operator is drawn for once and both parts
   get the same transform; label kinds (`labels`, `instances`, `onehot`) are resampled
   with nearest neighbour and keep their dtype, so they never gain new values; images
-  are resampled linearly. Intensity operators change the input of a pair only.
+  are resampled linearly. Intensity operators change the input of a pair only. A
+  target without a voxel grid follows the input (`values.carried`): a `Class` is kept
+  as it is; `Boxes` (world mm) move with the content (a flipped, rotated or deformed box
+  becomes the world-axis-aligned box around where its corners, or for `elastic` its
+  faces, went) and are clipped to the new grid, losing the boxes left outside it.
 - Spatial operators keep the input's voxel grid (size, spacing, origin, direction): the
   result is resampled with `sitk.Resample` through a transform about the image centre
   in physical space (ITK's convention: the transform maps output points to input
@@ -44,7 +48,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
 
 from medasl.runtime.errors import DataError
-from medasl.runtime.values import Pair, Volume
+from medasl.runtime.values import Boxes, Pair, Volume, carried, index_to_world, world_to_index
 
 NEAREST_KINDS = ("labels", "instances", "onehot")
 """Kinds whose values are never interpolated linearly (and never gain new values)."""
@@ -79,11 +83,27 @@ def _volumes(x: Value) -> tuple[Volume, Volume | None]:
     return (x.input, x.target) if isinstance(x, Pair) else (x, None)
 
 
-def _spatial(x: Value, fn: Callable[[Volume], Volume]) -> Value:
-    """Apply one spatial change to a volume, or the same change to both parts of a pair."""
+Move = Callable[[np.ndarray], np.ndarray]
+"""Where a spatial change takes world points `(n, D)` of its input (for boxes)."""
+
+
+def _spatial(x: Value, fn: Callable[[Volume], Volume], move: Move | None = None, step: float | None = None) -> Value:
+    """Apply one spatial change to a volume, or the same change to both parts of a pair.
+    A target without a voxel grid follows the input (`values.carried`): boxes are moved
+    by `move` (None: the change moves nothing in world coordinates, as a crop) and
+    clipped to the new grid, a class is kept as it is."""
     if isinstance(x, Pair):
-        return Pair(fn(x.input), fn(x.target))
+        image = fn(x.input)
+        target = fn(x.target) if isinstance(x.target, Volume) else carried(x.target, image, move, step)
+        return Pair(image, target)
     return fn(x)
+
+
+def _moving(transform: sitk.Transform) -> Move:
+    """Where content moves under a resampling through `transform` (output point -> input
+    point, ITK's convention): the inverse transform, applied point by point."""
+    inverse = transform.GetInverse()
+    return lambda points: np.array([inverse.TransformPoint([float(v) for v in p]) for p in points])
 
 
 def _intensity(x: Value, fn: Callable[[Volume], Volume]) -> Value:
@@ -122,8 +142,9 @@ def _resample(vol: Volume, transform: sitk.Transform) -> Volume:
 
 
 def _same_grid(x: Value, what: str) -> None:
-    """E1007 when image and label of a pair are not on one grid (crops work on indices)."""
-    if isinstance(x, Pair):
+    """E1007 when image and label of a pair are not on one grid (crops work on indices;
+    a target without a grid, boxes or a class, is cropped in world coordinates)."""
+    if isinstance(x, Pair) and isinstance(x.target, Volume):
         diffs = x.input.grid_differences(x.target)
         if diffs:
             raise DataError("E1007", f"{what}: image and label are not on the same voxel grid ({'; '.join(diffs)})",
@@ -155,40 +176,59 @@ def _draw_flip(dim: int, axis: int, p: float, rng: np.random.Generator) -> Drawn
 
 
 def _apply_flip(x: Value, drawn: Drawn) -> Value:
+    axis = drawn["axis"]
+
     def one(vol: Volume) -> Volume:
-        return vol.with_array(np.ascontiguousarray(np.flip(vol.array, axis=vol.dim - 1 - drawn["axis"])))
+        return vol.with_array(np.ascontiguousarray(np.flip(vol.array, axis=vol.dim - 1 - axis)))
 
-    return _spatial(x, one)
+    grid, _ = _volumes(x)
+
+    def mirrored(points: np.ndarray) -> np.ndarray:  # index i along the axis goes to n - 1 - i
+        index = world_to_index(grid, points)
+        index[:, axis] = grid.shape[axis] - 1 - index[:, axis]
+        return index_to_world(grid, index)
+
+    return _spatial(x, one, mirrored)
 
 
-def rotate(x: Value, angle: float = 10.0, p: float = 0.5, *, rng: np.random.Generator) -> tuple[Value, Drawn]:
+def rotate(x: Value, angle: float = 10.0, p: float = 0.5, in_plane: bool = False, *,
+           rng: np.random.Generator) -> tuple[Value, Drawn]:
     """Rotate about the image centre by angles drawn uniformly from [-angle, angle]
-    degrees: one in-plane angle in 2-D, one about each of x, y and z in 3-D."""
+    degrees: one in-plane angle in 2-D, one about each of x, y and z in 3-D, or with
+    `in_plane` one about the volume's slice axis (its third index axis)."""
     vol, _ = _volumes(x)
-    drawn = _draw_rotate(vol.dim, angle, p, rng)
+    drawn = _draw_rotate(vol.dim, angle, p, rng, in_plane)
     return (_apply_rotate(x, drawn) if drawn["applied"] else x), drawn
 
 
-def _draw_rotate(dim: int, angle: float, p: float, rng: np.random.Generator) -> Drawn:
-    """rotate's random draw, apart from the volume (shared with the fused spatial kernel)."""
+def _draw_rotate(dim: int, angle: float, p: float, rng: np.random.Generator, in_plane: bool = False) -> Drawn:
+    """rotate's random draw, apart from the volume (shared with the fused spatial kernel):
+    one angle in 2-D and in-plane, else three."""
     if not _applies(rng, p):
         return {"applied": False}
-    n = 1 if dim == 2 else 3
+    n = 1 if dim == 2 or in_plane else 3
     return {"applied": True, "angles": _floats(rng.uniform(-angle, angle, size=n))}
 
 
 def _rotate_transform(vol: Volume, drawn: Drawn) -> sitk.Transform:
-    """The rotation about `vol`'s centre (output point -> input point)."""
+    """The rotation about `vol`'s centre (output point -> input point). One angle in 3-D
+    turns about the slice axis: the direction's third column, which is world z only for
+    an identity direction, so the rotation is conjugated by the direction."""
     radians = [math.radians(a) for a in drawn["angles"]]
     if vol.dim == 2:
         return sitk.Euler2DTransform(_centre(vol), radians[0])
+    if len(radians) == 1:
+        c, s = math.cos(radians[0]), math.sin(radians[0])
+        axes = np.asarray(vol.direction, dtype=np.float64).reshape(3, 3)
+        matrix = axes @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ axes.T
+        return sitk.AffineTransform(_floats(matrix), (0.0, 0.0, 0.0), _centre(vol))
     return sitk.Euler3DTransform(_centre(vol), *radians)
 
 
 def _apply_rotate(x: Value, drawn: Drawn) -> Value:
     vol, _ = _volumes(x)
     transform = _rotate_transform(vol, drawn)
-    return _spatial(x, lambda v: _resample(v, transform))
+    return _spatial(x, lambda v: _resample(v, transform), _moving(transform))
 
 
 def affine(x: Value, scale: float = 0.1, shear: float = 0.0, translate: float = 0.0, p: float = 0.5, *,
@@ -215,7 +255,7 @@ def _draw_affine(d: int, scale: float, shear: float, translate: float, p: float,
 def _apply_affine(x: Value, drawn: Drawn) -> Value:
     vol, _ = _volumes(x)
     transform = _affine_transform(vol, drawn)
-    return _spatial(x, lambda v: _resample(v, transform))
+    return _spatial(x, lambda v: _resample(v, transform), _moving(transform))
 
 
 def _affine_transform(vol: Volume, drawn: Drawn) -> sitk.Transform:
@@ -248,12 +288,38 @@ def _draw_elastic(sigma: float, magnitude: float, p: float, rng: np.random.Gener
 
 def _apply_elastic(x: Value, drawn: Drawn) -> Value:
     vol, _ = _volumes(x)
-    displacement = sitk.GetImageFromArray(_elastic_field(vol, drawn), isVector=True)
+    field = _elastic_field(vol, drawn)
+    displacement = sitk.GetImageFromArray(field, isVector=True)
     displacement.SetSpacing(vol.spacing)
     displacement.SetOrigin(vol.origin)
     displacement.SetDirection(vol.direction)
     transform = sitk.DisplacementFieldTransform(displacement)
-    return _spatial(x, lambda v: _resample(v, transform))
+    return _spatial(x, lambda v: _resample(v, transform), _displaced(vol, field), step=min(vol.spacing))
+
+
+def _displaced(vol: Volume, field: np.ndarray) -> Move:
+    """Where content moves under the resampling through the displacement `field` on
+    `vol`'s grid: the output point q whose sample point q + d(q) is the input point p,
+    found by the fixed-point iteration q <- p - d(q) (a contraction: the field is smooth,
+    its displacements change by less than the distances between points), with d(q)
+    interpolated linearly as ITK's DisplacementFieldTransform does, 0 off the grid."""
+    from scipy.ndimage import map_coordinates
+
+    def d(points: np.ndarray) -> np.ndarray:
+        index = world_to_index(vol, points)[:, ::-1].T  # array axes (z, y, x)
+        return np.stack([map_coordinates(field[..., c], index, order=1, mode="constant", cval=0.0)
+                         for c in range(vol.dim)], axis=1)
+
+    def move(points: np.ndarray) -> np.ndarray:
+        q = np.array(points, dtype=np.float64)
+        for _ in range(50):
+            after = points - d(q)
+            if np.max(np.abs(after - q), initial=0.0) < 1e-6:
+                return after
+            q = after
+        return q
+
+    return move
 
 
 def _elastic_field(vol: Volume, drawn: Drawn) -> np.ndarray:
@@ -304,7 +370,7 @@ def _rescale_transform(vol: Volume, drawn: Drawn) -> sitk.Transform:
 def _apply_random_rescale(x: Value, drawn: Drawn) -> Value:
     vol, _ = _volumes(x)
     transform = _rescale_transform(vol, drawn)
-    return _spatial(x, lambda v: _resample(v, transform))
+    return _spatial(x, lambda v: _resample(v, transform), _moving(transform))
 
 
 # ===== cropping and patch sampling =========================================================
@@ -368,9 +434,17 @@ def _apply_random_crop(x: Value, drawn: Drawn) -> Value:
     return _spatial(x, lambda v: _window(v, drawn["start"], drawn["size"]))
 
 
-def _foreground(label: Volume) -> np.ndarray:
-    """The foreground mask of a label (array order): non-zero labels, or for a map with
-    a channel axis (one-hot, probabilities) the voxels whose largest channel is not 0."""
+def _foreground(label: object, image: Volume) -> np.ndarray | None:
+    """The foreground mask of a pair's target on `image`'s grid (array order): non-zero
+    labels, or for a map with a channel axis (one-hot, probabilities) the voxels whose
+    largest channel is not 0; for boxes the voxels whose centre is in one; None for a
+    target that marks no place (a class)."""
+    if isinstance(label, Boxes):
+        from medasl.ops import io  # the box geometry lives with the box readers and writers
+
+        return io.boxes_to_mask(label, image).array != 0
+    if not isinstance(label, Volume):
+        return None
     a = label.array
     if a.ndim > label.dim:
         return np.argmax(a, axis=-1) != 0
@@ -380,9 +454,10 @@ def _foreground(label: Volume) -> np.ndarray:
 def patches(x: Value, size: Sequence[int], per_case: int = 4, positive: float = 0.5, *,
             rng: np.random.Generator) -> tuple[list[Value], Drawn]:
     """`per_case` windows of `size` voxels. On a pair, each patch is centred on a
-    foreground voxel of the label with probability `positive` and on a background voxel
-    otherwise (uniformly over all voxels when the label has none of the kind asked for);
-    a single volume gets uniformly placed centres. The centre of a patch is voxel
+    foreground voxel of the label (a voxel in a box, for boxes) with probability
+    `positive` and on a background voxel otherwise (uniformly over all voxels when the
+    label has none of the kind asked for); a single volume, or a pair whose target is a
+    class (which every patch keeps), gets uniformly placed centres. The centre of a patch is voxel
     `start + size // 2`; a patch reaching outside the case is padded, so that its
     centre stays where it was drawn."""
     vol, label = _volumes(x)
@@ -390,7 +465,8 @@ def patches(x: Value, size: Sequence[int], per_case: int = 4, positive: float = 
     _same_grid(x, "patches")
     if per_case <= 0:
         raise ValueError(f"patches: per_case must be positive, not {per_case}")
-    mask = _foreground(label).ravel() if label is not None else None
+    found = _foreground(label, vol) if label is not None else None
+    mask = found.ravel() if found is not None else None
     fg = np.flatnonzero(mask) if mask is not None else None
     bg = np.flatnonzero(~mask) if mask is not None else None
     array_shape = vol.array.shape[: vol.dim]

@@ -40,9 +40,11 @@ def links(graph: Graph, before: Node, after: Node, accepts: Callable[[Node], boo
 
 
 def find_chains(graph: Graph, accepts: Callable[[Node], bool],
-                compatible: Callable[[list[Node]], bool] = lambda chain: True) -> list[list[Node]]:
-    """Maximal chains (in graph order) of two or more nodes that `accepts`, each linked
-    to the next, and that `compatible` allows as a whole."""
+                compatible: Callable[[list[Node]], bool] = lambda chain: True,
+                alone: Callable[[Node], bool] = lambda node: False) -> list[list[Node]]:
+    """Maximal chains (in graph order) of nodes that `accepts`, each linked to the next,
+    and that `compatible` allows as a whole: two or more nodes, or one that `alone`
+    accepts (a step the kernel runs faster than its operator even by itself)."""
     chains: list[list[Node]] = []
     taken: set[str] = set()
     training = augmenting(graph)
@@ -57,7 +59,8 @@ def find_chains(graph: Graph, accepts: Callable[[Node], bool],
                     or not compatible([*chain, following]):
                 break
             chain.append(following)
-        if len(chain) > 1:
+        if len(chain) > 1 or (alone(node) and compatible(chain) and only_input(node) is not None
+                              and "map" in node.lift):
             chains.append(chain)
             taken.update(n.id for n in chain)
     return chains

@@ -11,6 +11,10 @@ mixed, so the deterministic prefix is stored once and the random suffix is one
 sampling drawn anew in every epoch (elsewhere they are one sampling); the steps must
 agree on how images are interpolated (B-spline is never fused). Intensity steps between
 spatial steps end a chain: clipping and normalizing do not commute with interpolation.
+A step that interpolates is given to the kernel even alone (`ALONE`): where the map keeps
+every slice a slice (resampling in plane, an in-plane rotation) the kernel samples in
+2-D per slice, which is faster than the operator's 3-D resampling; the runtime runs the
+operator instead where the kernel does not pay (`fused_spatial.worth_fusing`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ FUSABLE = frozenset({"resample", "reorient", "crop_or_pad", "resize", "crop_fore
 """The operators `medasl.runtime.fused_spatial` accepts, less `resample_to` (a second input)."""
 INTERPOLATING = frozenset({"resample", "resize", "rotate", "affine", "random_rescale", "elastic"})
 """The operators that interpolate (the others move whole voxels)."""
+ALONE = INTERPOLATING - {"elastic"}
+"""Operators lowered to the kernel even when no other spatial step joins them (elastic is
+left unfused on the CPU anyway: drawing its field costs what fusing would save)."""
 
 
 def accepts(node: Node) -> bool:
@@ -44,7 +51,7 @@ def compatible(chain: list[Node]) -> bool:
 
 
 def run(graph: Graph) -> None:
-    for chain in find_chains(graph, accepts, compatible):
+    for chain in find_chains(graph, accepts, compatible, alone=lambda node: node.op in ALONE):
         fuse(graph, chain, OP)
 
 

@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medasl.ops import aug, pre
-from medasl.runtime.values import Pair, Volume
+from medasl.runtime.values import Boxes, Pair, Volume, carried
 
 SPATIAL_OPS: frozenset[str] = frozenset({
     "resample", "resample_to", "reorient", "crop_or_pad", "resize", "crop_foreground",
@@ -97,6 +97,7 @@ NEAREST_KINDS = pre.NEAREST_KINDS
 
 _CHUNK_VOXELS = 1 << 20  # output voxels per sampling chunk: bounds memory, and keeps the elementwise passes over
 # the coordinates in cache (measured fastest of 2^16 .. 2^22 on the benchmark CT)
+_SLICES_PER_BATCH = 4  # slices converted to float and sampled together in per-slice sampling (fastest of 1-32)
 _ZERO = 1e-12  # composed matrix coefficients below this are rounding noise of exact zeros
 
 
@@ -167,10 +168,12 @@ def fusable(steps: Sequence[SpatialStep]) -> bool:
     return why_not_fusable(steps) is None
 
 
-def worth_fusing(steps: Sequence[SpatialStep], device: str = "cpu") -> bool:
+def worth_fusing(steps: Sequence[SpatialStep], device: str = "cpu", x: Volume | Pair | None = None) -> bool:
     """Whether the fused call is expected to be at least as fast as the unfused operators
-    (for a chain `fusable` accepts): on the CPU, when no step is `elastic`; elsewhere
-    always (torch on an accelerator; not measured here).
+    (for a chain `fusable` accepts): on the CPU, when no step is `elastic`, and for a
+    step alone only on volumes of `ALONE_VOXELS` or more (the kernel's own planning costs
+    more than it saves on small ones); elsewhere always (torch on an accelerator; not
+    measured here).
 
     Measured with benchmarks/spatial_fusion.py (2 shared CPU cores, load 2.5-3.4, median
     of 5 interleaved runs; fused / unfused seconds), on the 64x64x48 phantom pair and the
@@ -185,7 +188,16 @@ def worth_fusing(steps: Sequence[SpatialStep], device: str = "cpu") -> bool:
     unfused on the CPU."""
     if str(device).split(":")[0] != "cpu":
         return True
+    if len(steps) == 1 and x is not None:
+        vol = x.input if isinstance(x, Pair) else x
+        return vol.array.size >= ALONE_VOXELS and steps[0].op != "elastic"
     return not any(step.op == "elastic" for step in steps)
+
+
+ALONE_VOXELS = 1 << 22
+"""The size from which one interpolating step runs in the kernel rather than as its operator
+on the CPU: the 512 x 512 x 160 CT resampled in plane takes ... of the operator's time,
+a 64 x 64 x 48 phantom ... (benchmarks/spatial_fusion.py)."""
 
 
 # ===== grids and steps =======================================================================
@@ -360,7 +372,8 @@ def _plan(x: Volume, steps: Sequence[SpatialStep]) -> tuple[list[_Stage], dict[i
             st = _window_stage(op, g, dr["start"], dr["size"])
         elif op in ("rotate", "affine", "random_rescale", "elastic"):
             if op == "rotate":
-                dr = aug._draw_rotate(d, float(p["angle"]), float(p["p"]), rng)  # type: ignore[arg-type]
+                dr = aug._draw_rotate(d, float(p["angle"]), float(p["p"]), rng,  # type: ignore[arg-type]
+                                     bool(p.get("in_plane", False)))
             elif op == "affine":
                 dr = aug._draw_affine(d, float(p["scale"]), float(p["shear"]), float(p["translate"]),  # type: ignore[arg-type]
                                       float(p["p"]), rng)  # type: ignore[arg-type]
@@ -701,8 +714,16 @@ class _Member:
     mode: str
     fill: dict[int, float]
     table: np.ndarray | None  # nearest: (voxels, channels)
-    src_t: object  # the torch source: gather table (nearest) or (1, C, *spatial)
+    src_t: object  # the torch source: gather table (nearest) or (1, C, *spatial) in the input's dtype
+    sample_dtype: object  # the torch float type linear sampling computes in
     out: np.ndarray
+    _floating: object = None
+
+    def floating(self) -> object:
+        """The whole source in `sample_dtype` (for 3-D sampling), converted once."""
+        if self._floating is None:
+            self._floating = self.src_t.to(self.sample_dtype)  # type: ignore[attr-defined]
+        return self._floating
 
 
 def _sample(members: Sequence[tuple[Volume, str, np.dtype, float]], stages: Sequence[_Stage], device: str
@@ -724,18 +745,21 @@ def _member(vol: Volume, mode: str, out_dtype: np.dtype, minimum: float, stages:
     d = vol.dim
     a = vol.array
     table = None
+    tdtype = torch.float64 if out_dtype == np.float64 else torch.float32
     if mode == "nearest":
         # gather rows of a (voxels, channels) table: any dtype, no interpolation
         table = a.reshape(int(np.prod(a.shape[:d])), -1)
         src_t = None if table.dtype in (np.uint16, np.uint32) else torch.from_numpy(np.ascontiguousarray(table)).to(dev)
     else:
-        tdtype = torch.float64 if out_dtype == np.float64 else torch.float32
         arr = np.moveaxis(a, -1, 0) if a.ndim > d else a[None]
-        src_t = torch.from_numpy(np.ascontiguousarray(arr)).to(dev, tdtype)[None]  # (1, C, *spatial)
+        if arr.dtype in (np.uint16, np.uint32, np.uint64):  # types torch has no kernels for
+            arr = arr.astype(np.float64 if tdtype == torch.float64 else np.float32)
+        # kept in its own type: per-slice sampling converts a few slices at a time (see _sample_member)
+        src_t = torch.from_numpy(np.ascontiguousarray(arr)).to(dev)[None]  # (1, C, *spatial)
     # A step that fills with its input's minimum sees the fills of earlier steps that put
     # any voxel outside their input (0 from a std.pre step on a probability map): the
     # smallest of those and the input's minimum stands for that step's input minimum.
-    return _Member(vol, mode, _stage_fills(stages, vol, minimum), table, src_t,
+    return _Member(vol, mode, _stage_fills(stages, vol, minimum), table, src_t, tdtype,
                    np.empty(shape_out + a.shape[d:], dtype=out_dtype))
 
 
@@ -819,14 +843,22 @@ def _sample_member(m: _Member, chunk: _Chunk, full: tuple[int, ...], per_slice: 
                 planes = src_t[0].permute(1, 0, 2, 3)[zi]
             g2 = torch.stack([_normalized(c[i], size_in[i]).expand((1, *full[1:]))[0]  # type: ignore[attr-defined]
                               for i in (0, 1)], dim=-1)
-            g2 = g2.reshape(1, *full[1:], 2).expand(z1 - z0, *full[1:], 2).to(src_t.dtype)
+            g2 = g2.reshape(1, *full[1:], 2).to(m.sample_dtype)
+            vals_t = torch.empty((z1 - z0, planes.shape[1], *full[1:]), dtype=m.sample_dtype, device=planes.device)
             with _cpu_threads(dev, threads):
-                vals_t = F.grid_sample(planes, g2, mode="bilinear", padding_mode="border", align_corners=True)
+                # a few slices converted at a time: they stay in cache for grid_sample, and the
+                # input is never copied whole (on the benchmark CT 0.11 s against 0.18 s)
+                for k in range(0, z1 - z0, _SLICES_PER_BATCH):
+                    batch = planes[k:k + _SLICES_PER_BATCH].to(m.sample_dtype)
+                    vals_t[k:k + len(batch)] = F.grid_sample(batch, g2.expand(len(batch), *g2.shape[1:]),
+                                                             mode="bilinear", padding_mode="border",
+                                                             align_corners=True)
             vals_t = vals_t.permute(1, 0, 2, 3)  # (C, z, y, x)
         else:
+            src_f = m.floating()
             grid = torch.stack([_normalized(ci, n).expand(full) for ci, n in zip(c, size_in)], dim=-1)  # type: ignore[attr-defined]
             with _cpu_threads(dev, threads):
-                vals_t = F.grid_sample(src_t, grid[None].to(src_t.dtype), mode="bilinear",
+                vals_t = F.grid_sample(src_f, grid[None].to(m.sample_dtype), mode="bilinear",  # type: ignore[arg-type]
                                        padding_mode="border", align_corners=True)[0]
         for value, mask in _fills(chunk.masks, fill):  # on the device, broadcast over channels
             vals_t = torch.where(mask, torch.tensor(value, dtype=vals_t.dtype, device=dev), vals_t)  # type: ignore[arg-type]
@@ -1063,6 +1095,18 @@ def _use_sitk(device: str) -> bool:
     return SITK_ON_CPU and str(device).split(":")[0] == "cpu"
 
 
+def _keeps_slices(stages: Sequence[_Stage]) -> bool:
+    """Whether every output slice of the chain is one whole input slice resampled in
+    plane (the composed map keeps z index-aligned, no displacement field): then the torch
+    path samples in 2-D per slice, which beats SimpleITK's 3-D resampling on the CPU too
+    (on the benchmark CT resampled in plane to 1.5 mm: see `worth_fusing`)."""
+    if stages[0].grid_in.dim != 3 or any(st.field is not None for st in stages):
+        return False
+    m = _compose(stages, 3)
+    in_plane = np.abs(m[2, :2]).max() < _ZERO and np.abs(m[:2, 2]).max() < _ZERO
+    return bool(in_plane and abs(m[2, 2] - 1.0) < _ZERO and abs(m[2, 3] - round(m[2, 3])) < 1e-4)
+
+
 def _run(vols: Sequence[Volume], stages: Sequence[_Stage], image_mode: str | None, device: str) -> list[Volume]:
     """The members of the value (on one grid) through the planned stages."""
     if not stages:  # nothing moved (random steps not applied)
@@ -1076,7 +1120,8 @@ def _run(vols: Sequence[Volume], stages: Sequence[_Stage], image_mode: str | Non
             continue
         mode = "nearest" if vol.kind in NEAREST_KINDS else (image_mode or "linear")
         out_dtype, minimum = _out_dtype(vol, mode, stages), _minimum(vol.array)
-        arrays.append(_sample_sitk(vol, stages, mode, out_dtype, minimum) if _use_sitk(device) else None)
+        sitk_first = _use_sitk(device) and not (mode != "nearest" and _keeps_slices(stages))
+        arrays.append(_sample_sitk(vol, stages, mode, out_dtype, minimum) if sitk_first else None)
         if arrays[-1] is None:
             torch_members.append((i, (vol, mode, out_dtype, minimum)))
     if torch_members:
@@ -1101,7 +1146,10 @@ def unfused_spatial(x: Volume | Pair, steps: Sequence[SpatialStep]) -> tuple[Vol
         elif step.op == "crop_foreground" or not isinstance(x, Pair):
             x = fn(x, **step.params)  # type: ignore[assignment]
         else:
-            x = Pair(fn(x.input, **step.params), fn(x.target, **step.params))
+            image = fn(x.input, **step.params)
+            # a target without a grid follows as the executor carries it (values.carried)
+            target = fn(x.target, **step.params) if isinstance(x.target, Volume) else carried(x.target, image)
+            x = Pair(image, target)
     return x, drawn
 
 
@@ -1113,12 +1161,19 @@ def fused_spatial(x: Volume | Pair, steps: Sequence[SpatialStep], device: str = 
     A Pair gets the same transform for both members (the target by nearest neighbour
     when it is a label kind). A Pair whose members lie on different grids (which the
     unfused std.pre operators resample each on its own grid) is run unfused, with
-    identical draws. ValueError for a chain `why_not_fusable` refuses."""
+    identical draws, and so is a Pair whose target is `Boxes` (each step moves and
+    clips them with its own geometry); a target that marks no place (a class) is
+    carried along. ValueError for a chain `why_not_fusable` refuses."""
     reason = why_not_fusable(steps)
     if reason is not None:
         raise ValueError(f"cannot fuse this chain: {reason}")
     image_mode, _ = _image_mode(steps)
     vol = x.input if isinstance(x, Pair) else x
+    if isinstance(x, Pair) and isinstance(x.target, Boxes):
+        return unfused_spatial(x, steps)
+    if isinstance(x, Pair) and not isinstance(x.target, Volume):
+        image, drawn = fused_spatial(x.input, steps, device)
+        return Pair(image, x.target), drawn
     if isinstance(x, Pair) and not x.input.same_grid(x.target, tol=1e-9):
         return unfused_spatial(x, steps)
     for step in steps:

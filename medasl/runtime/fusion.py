@@ -22,7 +22,7 @@ def run_fused(op: str, x: object, chain: Sequence[dict[str, object]], seeds: Seq
         from medasl.runtime.fused_spatial import SpatialStep, fused_spatial, unfused_spatial, worth_fusing
 
         steps = [_step(SpatialStep, s, i, seeds, rng_seed) for i, s in enumerate(chain)]
-        if worth_fusing(steps, device):  # type: ignore[arg-type]
+        if worth_fusing(steps, device, x):  # type: ignore[arg-type]
             value, drawn = fused_spatial(x, steps, device=device)  # type: ignore[arg-type]
         else:  # slower fused on this device (elastic on the CPU): the operators, with the same draws
             value, drawn = unfused_spatial(x, steps)  # type: ignore[arg-type]
