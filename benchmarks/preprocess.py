@@ -24,6 +24,14 @@ files, each in a fresh interpreter, wall time including start-up.
     python benchmarks/preprocess.py --n 3 --only medasl-O0,medasl-O2,monai-eager
     python benchmarks/preprocess.py --n 0 --whole-runs 4   # only part 2
     python benchmarks/preprocess.py --n 0 --small 3        # only part 3
+    python benchmarks/preprocess.py --rotation in-plane    # rotate about the slice axis only
+
+`--rotation in-plane` rotates about the slice (z) axis only, in every implementation
+(medasl `rotate(in_plane=true)`, MONAI `range_x` only, TorchIO `degrees` about the third
+axis), as nnU-Net does for anisotropic scans like this one (2.5 mm slices, 0.7 mm
+pixels): then no step moves voxels between slices, and medasl -O2 samples every slice in
+2-D. With `3d` (the default) the rotation turns about all three axes and one 3-D sampling
+of the 256x256x160 output is unavoidable.
 
 Part 3, small volumes (`--small R`): the training chain of examples/preprocess.medas on
 its 16 generated 64x64x48 phantoms (image and label together), per case, medasl -O0
@@ -68,9 +76,10 @@ LEVEL, WIDTH = (WINDOW_LOW + WINDOW_HIGH) / 2.0, WINDOW_HIGH - WINDOW_LOW  # 70,
 SIZE_OUT = (256, 256, 160)  # (x, y, z)
 MAX_ANGLE = 10.0  # degrees, about each axis
 SEED = 1234
+IN_PLANE = False  # --rotation in-plane: rotate about the slice axis only (set by main before anything runs)
 
 NOTES = [
-    "medasl -O0 / -O2: the chain written as a medas pipeline (PIPELINE), compiled at that level and run case by "
+    "medasl -O0 / -O2: the chain written as a medas pipeline (pipeline()), compiled at that level and run case by "
     "case with the executor's own code (medasl.runtime.apply), without the cache: -O0 calls the operators as "
     "written (SimpleITK resampling, NumPy intensity), -O2 runs the fused steps the passes make (print them with "
     "`medasc compile --emit ir -O2`); the cache adds about 2% on top (benchmarks/cache_overhead.py). Random "
@@ -182,27 +191,35 @@ class PeakRss:
 # raises ImportError. The factory's own set-up (imports, building a Compose) is not timed.
 
 
-CHAIN_TEXT = (f"resample(spacing=({SPACING_OUT[0]}, {SPACING_OUT[1]}, {SPACING_OUT[2]}) mm, interp=linear) "
-              f"|> window(level={LEVEL:g}, width={WIDTH:g}) |> rescale(0, 1) |> zscore "
-              f"|> crop_or_pad(({SIZE_OUT[0]}, {SIZE_OUT[1]}, {SIZE_OUT[2]})) |> flip(axis=0, p=1.0) "
-              f"|> rotate(angle={MAX_ANGLE:g} deg, p=1.0)")
-PIPELINE = f"""import std.io, std.pre, std.aug
+def pipeline() -> str:
+    """The chain as a medas pipeline: what `medasc run` compiles (the whole-run part runs it)."""
+    chain = (f"resample(spacing=({SPACING_OUT[0]}, {SPACING_OUT[1]}, {SPACING_OUT[2]}) mm, interp=linear) "
+             f"|> window(level={LEVEL:g}, width={WIDTH:g}) |> rescale(0, 1) |> zscore "
+             f"|> crop_or_pad(({SIZE_OUT[0]}, {SIZE_OUT[1]}, {SIZE_OUT[2]})) |> flip(axis=0, p=1.0) "
+             f"|> rotate(angle={MAX_ANGLE:g} deg, p=1.0{', in_plane=true' if IN_PLANE else ''})")
+    return f"""import std.io, std.pre, std.aug
 pipeline bench {{
   cases = images("in", "*.nii") as Dataset<Image[3, CT]>
-  prepared = cases |> {CHAIN_TEXT}
+  prepared = cases |> {chain}
   written = write_nifti(prepared, "out/*.nii")
 }}
 """
-"""The chain as a medas pipeline: what `medasc run` compiles (the whole-run part runs it)."""
+
+
+def rotation_ranges() -> tuple[float, float, float]:
+    """MONAI's RandRotate ranges in radians: range_x turns in the plane of the first two
+    spatial axes (x, y here), i.e. about z."""
+    r = math.radians(MAX_ANGLE)
+    return (r, 0.0, 0.0) if IN_PLANE else (r, r, r)
 
 
 def compiled_plan(level: int) -> object:
-    """The plan `medasc run -O<level>` makes of PIPELINE."""
+    """The plan `medasc run -O<level>` makes of pipeline()."""
     from medasl.runtime.session import plans
     from medasl.semantics.checker import check_source
     from medasl.source import SourceFile
 
-    result = check_source(SourceFile("bench.medas", PIPELINE))
+    result = check_source(SourceFile("bench.medas", pipeline()))
     assert not result.diagnostics.has_errors, [d.message for d in result.diagnostics.errors]
     (plan,) = plans(result.graphs, {}, level)
     return plan
@@ -241,7 +258,7 @@ def _monai(ct: np.ndarray, lazy: bool) -> Callable[[int], object]:
         Spacing,
     )
 
-    r = math.radians(MAX_ANGLE)
+    rx, ry, rz = rotation_ranges()
     chain = Compose([
         Spacing(pixdim=SPACING_OUT, mode="bilinear"),
         ScaleIntensityRange(a_min=WINDOW_LOW, a_max=WINDOW_HIGH, b_min=0.0, b_max=1.0, clip=True),
@@ -249,7 +266,8 @@ def _monai(ct: np.ndarray, lazy: bool) -> Callable[[int], object]:
         NormalizeIntensity(),
         ResizeWithPadOrCrop(spatial_size=SIZE_OUT),
         RandFlip(prob=1.0, spatial_axis=0),
-        RandRotate(range_x=r, range_y=r, range_z=r, prob=1.0, keep_size=True, mode="bilinear", padding_mode="zeros"),
+        RandRotate(range_x=rx, range_y=ry, range_z=rz, prob=1.0, keep_size=True, mode="bilinear",
+                   padding_mode="zeros"),
     ], lazy=lazy)
     affine = torch.diag(torch.tensor([*SPACING_IN, 1.0], dtype=torch.float64))
     xyz = np.ascontiguousarray(ct.transpose(2, 1, 0))[None]  # MONAI: channel first, (x, y, z)
@@ -282,7 +300,8 @@ def make_torchio(ct: np.ndarray) -> Callable[[int], object]:
         tio.ZNormalization(),
         tio.CropOrPad(SIZE_OUT, padding_mode="minimum"),
         tio.RandomFlip(axes=(0,), flip_probability=1.0),
-        tio.RandomAffine(scales=0.0, degrees=MAX_ANGLE, translation=0.0, image_interpolation="linear",
+        tio.RandomAffine(scales=0.0, degrees=(0, 0, 0, 0, -MAX_ANGLE, MAX_ANGLE) if IN_PLANE else MAX_ANGLE,
+                         translation=0.0, image_interpolation="linear",
                          default_pad_value="minimum", p=1.0),
     ])
     affine = np.diag([*SPACING_IN, 1.0])
@@ -339,13 +358,21 @@ def make_torch_fused(ct: np.ndarray) -> Callable[[int], object]:
 
     def run(i: int) -> object:
         rng = np.random.default_rng(SEED + i)
-        angles = rng.uniform(-MAX_ANGLE, MAX_ANGLE, size=3)
+        angles = np.array([0.0, 0.0, rng.uniform(-MAX_ANGLE, MAX_ANGLE)]) if IN_PLANE else rng.uniform(
+            -MAX_ANGLE, MAX_ANGLE, size=3)
         with torch.inference_mode():
             lo = float(src.min())
             x = (src.to(torch.float32) - lo)[None, None]  # fill 0 here = the input minimum
             theta = torch.from_numpy(fused_theta(angles)).to(torch.float32)[None]
-            grid = F.affine_grid(theta, [1, 1, SIZE_OUT[2], SIZE_OUT[1], SIZE_OUT[0]], align_corners=True)
-            y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
+            if IN_PLANE:  # every output slice is its input slice rotated: 2-D sampling per slice
+                assert SIZE_OUT[2] == SHAPE_ZYX[0] and abs(float(theta[0, 2, 2]) - 1.0) < 1e-6
+                planes = x[0].permute(1, 0, 2, 3)  # (slices, 1, y, x)
+                grid = F.affine_grid(theta[:, :2][:, :, [0, 1, 3]].expand(SIZE_OUT[2], 2, 3),
+                                     [SIZE_OUT[2], 1, SIZE_OUT[1], SIZE_OUT[0]], align_corners=True)
+                y = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
+            else:
+                grid = F.affine_grid(theta, [1, 1, SIZE_OUT[2], SIZE_OUT[1], SIZE_OUT[0]], align_corners=True)
+                y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
             # one intensity pass: window (rescale to [0, 1] is folded into the z-score), z-score
             y.add_(lo - WINDOW_LOW).clamp_(0.0, WIDTH).div_(WIDTH)
             std, mean = torch.std_mean(y, correction=0)
@@ -459,9 +486,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time whole runs from K NIfTI files: medasc run -O0/-O2 against a MONAI script")
     ap.add_argument("--small", type=int, default=0, metavar="R",
                     help="also time the chain of examples/preprocess.medas on its 64^3 phantoms, R passes")
+    ap.add_argument("--rotation", choices=("3d", "in-plane"), default="3d",
+                    help="rotate about all three axes (default) or about the slice axis only, everywhere")
     ap.add_argument("--only", default=",".join(IMPLEMENTATIONS),
                     help=f"comma-separated subset of {', '.join(IMPLEMENTATIONS)}")
     args = ap.parse_args(argv)
+    global IN_PLANE
+    IN_PLANE = args.rotation == "in-plane"
     names = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in names if s not in IMPLEMENTATIONS]
     if unknown or args.n < 0:
@@ -473,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
           f"HU range [{ct.min()}, {ct.max()}], made in {time.perf_counter() - t0:.1f} s (seed {SEED})")
     print(f"chain: resample to {SPACING_OUT} mm -> window [{WINDOW_LOW:g}, {WINDOW_HIGH:g}] (level {LEVEL:g}, "
           f"width {WIDTH:g}) -> rescale [0, 1] -> z-score -> crop/pad to {SIZE_OUT} -> flip x -> "
-          f"rotate up to {MAX_ANGLE:g} deg")
+          f"rotate up to {MAX_ANGLE:g} deg {'about the slice axis' if IN_PLANE else 'about each axis'}")
     try:
         import torch
 
@@ -584,15 +615,15 @@ import numpy as np
 import torch
 from monai.transforms import (Compose, LoadImage, EnsureChannelFirst, NormalizeIntensity, RandFlip, RandRotate,
                               ResizeWithPadOrCrop, SaveImage, ScaleIntensity, ScaleIntensityRange, Spacing)
-spacing, window, size, angle, seed = {spacing}, {window}, {size}, {angle}, {seed}
-r = math.radians(angle)
+spacing, window, size, ranges, seed = {spacing}, {window}, {size}, {ranges}, {seed}
 chain = Compose([
     LoadImage(image_only=True), EnsureChannelFirst(),
     Spacing(pixdim=spacing, mode="bilinear"),
     ScaleIntensityRange(a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True),
     ScaleIntensity(minv=0.0, maxv=1.0), NormalizeIntensity(), ResizeWithPadOrCrop(spatial_size=size),
     RandFlip(prob=1.0, spatial_axis=0),
-    RandRotate(range_x=r, range_y=r, range_z=r, prob=1.0, keep_size=True, mode="bilinear", padding_mode="zeros"),
+    RandRotate(range_x=ranges[0], range_y=ranges[1], range_z=ranges[2], prob=1.0, keep_size=True, mode="bilinear",
+               padding_mode="zeros"),
     SaveImage(output_dir=sys.argv[2], output_postfix="", output_ext=".nii", separate_folder=False, print_log=False),
 ])
 chain.set_random_state(seed=seed)
@@ -620,10 +651,10 @@ def whole_runs(ct: np.ndarray, k: int) -> None:
         image.SetSpacing(SPACING_IN)
         for i in range(k):
             sitk.WriteImage(image, str(root / "in" / f"ct{i:02d}.nii"))  # uncompressed: reading is not gzip
-        (root / "bench.medas").write_text(PIPELINE)
+        (root / "bench.medas").write_text(pipeline())
         script = root / "monai_run.py"
         script.write_text(MONAI_SCRIPT.format(spacing=SPACING_OUT, window=(WINDOW_LOW, WINDOW_HIGH), size=SIZE_OUT,
-                                              angle=MAX_ANGLE, seed=SEED))
+                                              ranges=rotation_ranges(), seed=SEED))
         commands = {
             "medasc run -O0": [sys.executable, "-m", "medasl.cli", "run", "bench.medas", "-O0", "--workers", "1"],
             "medasc run -O2": [sys.executable, "-m", "medasl.cli", "run", "bench.medas", "-O2", "--workers", "1"],

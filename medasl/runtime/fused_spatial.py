@@ -795,13 +795,14 @@ def _sample_chunks(members: Sequence[tuple[Volume, str, np.dtype, float]], stage
         chunk = _map_chunk(stages, base, lo, hi, fields)
         full = tuple(z1 - z0 if i == 0 else n for i, n in enumerate(shape_out))
         for m in ms:
-            m.out[z0:z1] = _sample_member(m, chunk, full, per_slice, dev, threads)
+            _sample_member(m, chunk, full, per_slice, dev, threads, m.out[z0:z1])
     return [m.out for m in ms]
 
 
-def _sample_member(m: _Member, chunk: _Chunk, full: tuple[int, ...], per_slice: bool, dev: object, threads: int
-                   ) -> np.ndarray:
-    """One member's values at one chunk's mapped coordinates, fills painted."""
+def _sample_member(m: _Member, chunk: _Chunk, full: tuple[int, ...], per_slice: bool, dev: object, threads: int,
+                   target: np.ndarray) -> None:
+    """One member's values at one chunk's mapped coordinates, fills painted, written into
+    `target` (the chunk's part of the member's output)."""
     import torch
     import torch.nn.functional as F  # noqa: N812 (the alias torch documents)
 
@@ -830,41 +831,49 @@ def _sample_member(m: _Member, chunk: _Chunk, full: tuple[int, ...], per_slice: 
             vals[..., mask.expand(full).cpu().numpy()] = value  # type: ignore[attr-defined]
         if channels:
             vals = np.moveaxis(vals, 0, -1)
+        target[...] = vals.astype(m.out.dtype, copy=False)
+        return
+    # linear: sampled into a (C, z, y, x) tensor; on the CPU a view of `target` when the
+    # types agree, so that results are written once and fills painted in place
+    shape_czyx = (a.shape[d] if channels else 1, *full)
+    in_place = getattr(dev, "type", "cpu") == "cpu" and torch.from_numpy(target[:0]).dtype == m.sample_dtype
+    if in_place:
+        out_t = torch.from_numpy(target)
+        out_t = out_t.permute(d, *range(d)) if channels else out_t[None]
     else:
-        if per_slice and _slice_aligned(c):
-            cz = c[2].reshape(-1).expand(z1 - z0)  # type: ignore[attr-defined]
-            # every output slice is one input slice resampled in-plane: 2-D sampling per slice
-            zi = torch.clamp(torch.round(cz), 0, size_in[2] - 1).to(torch.int64)
-            first = int(zi[0])
-            if torch.equal(zi, torch.arange(first, first + len(zi), device=zi.device)):
-                # consecutive input slices: a view, not a copy of the input
-                planes = src_t[0, :, first:first + len(zi)].permute(1, 0, 2, 3)  # (slices, C, y, x)
-            else:
-                planes = src_t[0].permute(1, 0, 2, 3)[zi]
-            g2 = torch.stack([_normalized(c[i], size_in[i]).expand((1, *full[1:]))[0]  # type: ignore[attr-defined]
-                              for i in (0, 1)], dim=-1)
-            g2 = g2.reshape(1, *full[1:], 2).to(m.sample_dtype)
-            vals_t = torch.empty((z1 - z0, planes.shape[1], *full[1:]), dtype=m.sample_dtype, device=planes.device)
-            with _cpu_threads(dev, threads):
-                # a few slices converted at a time: they stay in cache for grid_sample, and the
-                # input is never copied whole (on the benchmark CT 0.11 s against 0.18 s)
-                for k in range(0, z1 - z0, _SLICES_PER_BATCH):
-                    batch = planes[k:k + _SLICES_PER_BATCH].to(m.sample_dtype)
-                    vals_t[k:k + len(batch)] = F.grid_sample(batch, g2.expand(len(batch), *g2.shape[1:]),
-                                                             mode="bilinear", padding_mode="border",
-                                                             align_corners=True)
-            vals_t = vals_t.permute(1, 0, 2, 3)  # (C, z, y, x)
+        out_t = torch.empty(shape_czyx, dtype=m.sample_dtype, device=dev)
+    if per_slice and _slice_aligned(c):
+        cz = c[2].reshape(-1).expand(z1 - z0)  # type: ignore[attr-defined]
+        # every output slice is one input slice resampled in-plane: 2-D sampling per slice
+        zi = torch.clamp(torch.round(cz), 0, size_in[2] - 1).to(torch.int64)
+        first = int(zi[0])
+        if torch.equal(zi, torch.arange(first, first + len(zi), device=zi.device)):
+            # consecutive input slices: a view, not a copy of the input
+            planes = src_t[0, :, first:first + len(zi)].permute(1, 0, 2, 3)  # (slices, C, y, x)
         else:
-            src_f = m.floating()
-            grid = torch.stack([_normalized(ci, n).expand(full) for ci, n in zip(c, size_in)], dim=-1)  # type: ignore[attr-defined]
-            with _cpu_threads(dev, threads):
-                vals_t = F.grid_sample(src_f, grid[None].to(m.sample_dtype), mode="bilinear",  # type: ignore[arg-type]
-                                       padding_mode="border", align_corners=True)[0]
-        for value, mask in _fills(chunk.masks, fill):  # on the device, broadcast over channels
-            vals_t = torch.where(mask, torch.tensor(value, dtype=vals_t.dtype, device=dev), vals_t)  # type: ignore[arg-type]
-        vals_t = vals_t.permute(*range(1, d + 1), 0) if channels else vals_t[0]
-        vals = vals_t.cpu().numpy()
-    return vals.astype(m.out.dtype, copy=False)
+            planes = src_t[0].permute(1, 0, 2, 3)[zi]
+        g2 = torch.stack([_normalized(c[i], size_in[i]).expand((1, *full[1:]))[0]  # type: ignore[attr-defined]
+                          for i in (0, 1)], dim=-1)
+        g2 = g2.reshape(1, *full[1:], 2).to(m.sample_dtype)
+        with _cpu_threads(dev, threads):
+            # a few slices converted at a time: they stay in cache for grid_sample, and the
+            # input is never copied whole (on the benchmark CT 0.11 s against 0.18 s)
+            for k in range(0, z1 - z0, _SLICES_PER_BATCH):
+                batch = planes[k:k + _SLICES_PER_BATCH].to(m.sample_dtype)
+                out_t[:, k:k + len(batch)] = F.grid_sample(
+                    batch, g2.expand(len(batch), *g2.shape[1:]), mode="bilinear", padding_mode="border",
+                    align_corners=True).permute(1, 0, 2, 3)
+    else:
+        src_f = m.floating()
+        grid = torch.stack([_normalized(ci, n).expand(full) for ci, n in zip(c, size_in)], dim=-1)  # type: ignore[attr-defined]
+        with _cpu_threads(dev, threads):
+            out_t.copy_(F.grid_sample(src_f, grid[None].to(m.sample_dtype), mode="bilinear",  # type: ignore[arg-type]
+                                      padding_mode="border", align_corners=True)[0])
+    for value, mask in _fills(chunk.masks, fill):  # on the device, in place, broadcast over channels
+        out_t.masked_fill_(mask.expand(shape_czyx), value)  # type: ignore[attr-defined]
+    if not in_place:
+        vals_t = out_t.permute(*range(1, d + 1), 0) if channels else out_t[0]
+        target[...] = vals_t.cpu().numpy().astype(target.dtype, copy=False)
 
 
 # ===== one SimpleITK resampling (CPU) ===========================================================
