@@ -327,6 +327,8 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="Recompute this step and everything after it, even if cached (repeatable).")
 @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for written files and run logs (one sub-folder per pipeline).")
+@click.option("--allow-outside-out", is_flag=True,
+              help="Let writers and reports write outside --out (absolute paths, `..`, links leading out).")
 @click.option("--pipeline", "pipeline_name", default=None, help="Run only this pipeline of the file.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random step.")
 @click.option("--workers", default=0, type=click.IntRange(0, 256),
@@ -338,7 +340,8 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
               "the graph up, -O2 fuses spatial and intensity chains.")
 @_guard
 def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tuple[str, ...], out: Path,
-        pipeline_name: str | None, seed: int, workers: int, cache_dir: Path | None, level: int) -> None:
+        allow_outside_out: bool, pipeline_name: str | None, seed: int, workers: int, cache_dir: Path | None,
+        level: int) -> None:
     """Run the pipelines in FILE; results are cached, so running again resumes."""
     import contextlib
     import faulthandler
@@ -361,7 +364,8 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
     from medasl.runtime.cache import Cache
     from medasl.runtime.executor import RunFailure
 
-    request = session.RunRequest(overrides, out, Cache(cache_root(cache_dir)), seed, device, workers, force, dry_run)
+    request = session.RunRequest(overrides, out, Cache(cache_root(cache_dir)), seed, device, workers, force, dry_run,
+                                 allow_outside_out)
     try:
         plans = session.plans(chosen, overrides, level)
         session.check_force(plans, force)
@@ -370,6 +374,7 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
     refusals = Diagnostics()
     for plan in plans:
         refusals.extend(session.unimplemented(plan))
+        refusals.extend(session.output_refusals(plan, request))
     if not dry_run:
         refusals.extend(session.check_device(device))
     if refusals.has_errors:

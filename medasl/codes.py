@@ -255,6 +255,25 @@ CODES: dict[str, Code] = {
         "pred = infer(fit, cases.image |> resample(spacing=(1, 1, 1) mm)) |> argmax |> resample_to(cases.image)\n"
         "score = dice(pred, cases.label) maximize",
     ),
+    "E0260": Code(
+        "a dataset writer writes every case to one file",
+        "A writer given a dataset writes one file per case: its path is a pattern whose `*`"
+        " becomes each case's id. A path without `*` names a single file, so every case would"
+        " overwrite the one before and only the last would remain.",
+        'cases = folder("data", image="*_ct.nii.gz") as Dataset<Image[3, CT]>\n'
+        'written = write_nifti(cases, "all.nii.gz")',
+        'cases = folder("data", image="*_ct.nii.gz") as Dataset<Image[3, CT]>\n'
+        'written = write_nifti(cases, "ct/*.nii.gz")',
+    ),
+    "E0261": Code(
+        "two writers write the same file",
+        "Two writers (or reports) of a pipeline name the same file, after the format's"
+        " extension is added (`scores` and `scores.csv` are one file for `csv`). Whichever"
+        " ran last would win, and which one that is changes from run to run. Give each its own"
+        " path.",
+        'a = write_nifti(cases.image, "out/*.nii.gz")\nb = write_nifti(cases.label, "out/*.nii.gz")',
+        'a = write_nifti(cases.image, "out/*_ct.nii.gz")\nb = write_nifti(cases.label, "out/*_seg.nii.gz")',
+    ),
     "E0301": Code(
         "objective is not a metric",
         "`maximize` and `minimize` mark a metric as the objective of tuning; other values"
@@ -399,6 +418,41 @@ CODES: dict[str, Code] = {
     "E2008": Code(
         "size not divisible by the network's down-sampling",
         'A window or patch size given on the command line (`--set patch=(64, 64, 30)`), or a training case whose size came out so, is not a multiple of the factor by which the network halves the image (16 for a U-Net with four strides). `medasc check` reports the same for sizes written in the file (E0230); this is the check of the value the run actually uses.',
+    ),
+    "E2010": Code(
+        "the disk is full",
+        "Writing a file under `--out` failed because the disk (or your quota) is full. Every"
+        " file is written under a temporary name beside its target and renamed into place only"
+        " when complete, so no partial or empty file was left, and nothing finished is lost:"
+        " cached results and the files written before stay. Free some space (`medasc cache gc`"
+        " removes what killed runs left in the cache) or choose another `--out`, and run the"
+        " same command again; the file is written again.",
+    ),
+    "E2011": Code(
+        "writing outside the output folder",
+        "Writers and reports write only inside `--out DIR/<pipeline>` (the output-path rule):"
+        " a path with `..` that climbs out of it, an absolute path elsewhere, or a folder in it"
+        " that is a symbolic link pointing outside is refused before anything runs. Case ids"
+        " that fill a pattern's `*` are made into plain file names, so data cannot choose a"
+        " path. To write elsewhere on purpose, pass `--allow-outside-out` to `medasc run`.",
+        'written = write_nifti(cases.image, "../shared/*.nii.gz")',
+        'written = write_nifti(cases.image, "shared/*.nii.gz")',
+    ),
+    "E2012": Code(
+        "two outputs would write the same file",
+        "Two outputs of a run would land on one file: two case ids that become the same file"
+        " name (`a/b` and `a_b` both give `a_b`), a dataset writer whose path has no `*` (from"
+        " `--set`), or two writers given one path. The run stops before overwriting anything;"
+        " `medasc check` reports the cases it can see in the file (E0260, E0261).",
+        'written = write_nifti(cases.image, "all.nii.gz")',
+        'written = write_nifti(cases.image, "*.nii.gz")',
+    ),
+    "E2013": Code(
+        "an output file cannot be written",
+        "Writing a file under `--out` failed for a reason other than a full disk: the folder"
+        " is read-only or not yours, a folder stands where the file should be, or the writing"
+        " library wrote an incomplete file. Nothing half-written was left; fix the folder (or"
+        " choose another `--out`) and run the same command again.",
     ),
     "W0001": Code(
         "unused value",

@@ -453,8 +453,8 @@ def oblique_volume() -> Volume:
 ])
 def test_writers_round_trip_geometry(tmp_path: Path, writer, reader, name: str, tol: float) -> None:  # type: ignore[no-untyped-def]
     vol = oblique_volume()
-    (written,) = writer(vol, tmp_path / "out" / name)
-    assert written == tmp_path / "out" / name
+    written, *data_file = writer(vol, tmp_path / "out" / name)  # .mhd: also its data file, .zraw
+    assert written == tmp_path / "out" / name and len(data_file) == name.endswith(".mhd")
     back = reader(path=written)
     assert np.array_equal(back.array, vol.array) and back.array.dtype == vol.array.dtype
     assert back.same_grid(vol, tol=tol)

@@ -32,9 +32,7 @@ import gzip
 import math
 import os
 import re
-import secrets
 import struct
-import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -45,7 +43,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 import numpy as np
 
 from medasl.ops import deferred
-from medasl.runtime.cache import pid_alive
+from medasl.runtime import outputs
 from medasl.runtime.errors import DataError
 from medasl.runtime.values import LABEL_KINDS, Annotations, Boxes, Case, CaseSpec, DicomSeries, Pair, Volume
 
@@ -1304,8 +1302,8 @@ def _load_atrophy_phantom(spec: CaseSpec) -> Pair[Volume, int]:
 
 
 def _targets(x: object, path: PathLike) -> list[tuple[Path, Volume]]:
-    """(file, volume) pairs to write: one volume, or a dataset whose case ids replace
-    the `*` in `path`."""
+    """(file, volume) pairs to write: one volume, or a dataset whose case ids, made into
+    safe file names (`outputs.case_file_name`), replace the `*` in `path`."""
     if isinstance(x, Volume):
         return [(Path(path), x)]
     if isinstance(x, Sequence) and all(isinstance(c, Case) for c in x):
@@ -1315,107 +1313,73 @@ def _targets(x: object, path: PathLike) -> list[tuple[Path, Volume]]:
         for case in x:
             if not isinstance(case.value, Volume):
                 raise TypeError(f"case {case.id}: cannot write a {type(case.value).__name__} as an image")
-            out.append((Path(str(path).replace("*", case.id)), case.value))
+            out.append((Path(str(path).replace("*", outputs.case_file_name(case.id))), case.value))
         return out
     raise TypeError(f"cannot write a {type(x).__name__} as an image")
 
 
-def _with_suffix(path: Path, suffixes: tuple[str, ...]) -> Path:
-    """`path`, with the format's default extension added when it has none of its own."""
-    return path if path.name.lower().endswith(suffixes) else path.with_name(path.name + suffixes[0])
-
-
-_LEFTOVER = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}-.+")
-_SWEPT_MAX = 10_000  # folders remembered; forgetting one only costs one more listing
-_swept: dict[str, tuple[int, int]] = {}  # folder -> (writes since its last sweep, entries it held then)
-_swept_lock = threading.Lock()  # writers run in the executor's step threads
-
-
-def _sweep_due(folder: str) -> bool:
-    """Whether this write into `folder` lists it for leftovers: the first write of this
-    process into it, and then once its writes outnumber the entries the last listing saw.
-    Listing before every write made filling a folder quadratic (5.7 ms per file with 8000
-    there); this way each listing is paid for by as many writes, so the total is linear."""
-    with _swept_lock:
-        writes, seen = _swept.get(folder, (0, -1))
-        if seen >= 0 and writes < max(seen, 64):
-            _swept[folder] = (writes + 1, seen)
-            return False
-        if len(_swept) >= _SWEPT_MAX:
-            _swept.clear()
-        _swept[folder] = (0, max(seen, 0))
-        return True
-
-
-def _sweep_leftovers(folder: Path) -> None:
-    """Remove the temporary files of writers whose process is gone (killed between
-    writing and renaming), whatever target they were for."""
-    key = os.path.abspath(folder)
-    if not _sweep_due(key):
-        return
-    count = 0
-    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as items:
-        for item in items:
-            count += 1
-            found = _LEFTOVER.fullmatch(item.name) if item.name.startswith(".tmp-") else None
-            if found and not pid_alive(int(found.group(1))):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(item.path)
-    with _swept_lock:
-        _swept[key] = (0, count)
-
-
-def _temp_beside(target: Path) -> Path:
-    """A private temporary name next to `target`, to write into and then rename into place.
-
-    A writer killed between the two leaves its temporary file behind; the next process
-    writing into the same folder removes those whose process is gone (`_sweep_leftovers`),
-    so the output folder holds no debris after a resumed run.
-    """
-    _sweep_leftovers(target.parent)
-    return target.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
-
-
-def _write_atomic(img: sitk.Image, target: Path, compress: bool) -> None:
-    """Write through a temporary file in the same folder and rename it into place, so a
-    killed run never leaves a half-written image that looks complete. Two-file formats
-    (.mhd, .nhdr, whose header names its data file) are written in place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.name.lower().endswith((".mhd", ".nhdr", ".hdr")):
-        sitk.WriteImage(img, str(target), useCompression=compress)
-        return
-    tmp = _temp_beside(target)
+def _check_written_nifti(path: Path) -> None:
+    """SimpleITK's NIfTI writer reports no error when the disk fills up: it leaves a short
+    (even empty) file. The header and the size (for .nii.gz the gzip trailer, which a cut
+    stream lacks) tell whether the whole file was written."""
     try:
-        sitk.WriteImage(img, str(tmp), useCompression=compress)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        with _open_maybe_gz(path) as f:
+            head = f.read(540)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise outputs.IncompleteOutput(path, f"the NIfTI file written is unreadable ({exc})") from None
+    layout = _nifti_layout(head)
+    if layout is None:
+        raise outputs.IncompleteOutput(path, "the NIfTI file written has no complete header")
+    expected = layout.offset + layout.nbytes
+    if path.name.lower().endswith(".gz"):
+        got, error = _gzip_length(path, expected)
+    else:
+        got, error = path.stat().st_size, None
+    if got < expected:
+        raise outputs.IncompleteOutput(path, f"only {got} of its {expected} bytes were written"
+                                       + (f" ({error})" if error else ""))
 
 
-def _write(x: object, path: PathLike, suffixes: tuple[str, ...], compress: bool) -> list[Path]:
+def _write_atomic(img: sitk.Image, target: Path, compress: bool) -> list[Path]:
+    """Write through a private folder beside `target` and rename into place
+    (`outputs.commit`), so a killed run or a full disk never leaves a half-written image
+    that looks complete; a two-file format (.mhd, .nhdr) has its data file renamed first."""
+
+    def write(path: Path) -> None:
+        sitk.WriteImage(img, str(path), useCompression=compress)
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            _check_written_nifti(path)
+
+    try:
+        return outputs.commit(target, write)
+    except RuntimeError as exc:  # SimpleITK's writers raise RuntimeError, with the OS's reason in the text
+        if "No space left on device" in str(exc):
+            raise outputs.disk_full(target) from None
+        raise
+
+
+def _write(x: object, path: PathLike, op: str, compress: bool) -> list[Path]:
     written = []
     for target, vol in _targets(x, path):
-        target = _with_suffix(target, suffixes)
-        _write_atomic(vol.to_sitk(), target, compress)
-        written.append(target)
+        written += _write_atomic(vol.to_sitk(), outputs.with_suffix(op, target), compress)
     return written
 
 
 def write_nifti(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
     """Write as NIfTI (.nii.gz unless the name says .nii), geometry kept (NIfTI stores it
     as float32, so to about 1e-7 relative). Returns the files written."""
-    return _write(x, path, (".nii.gz", ".nii"), compress=True)
+    return _write(x, path, "write_nifti", compress=True)
 
 
 def write_nrrd(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
     """Write as NRRD (.nrrd), geometry kept exactly; voxels gzip-compressed."""
-    return _write(x, path, (".nrrd", ".nhdr"), compress=True)
+    return _write(x, path, "write_nrrd", compress=True)
 
 
 def write_mha(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
-    """Write as MetaImage (.mha, or .mhd with a raw file), geometry kept exactly."""
-    return _write(x, path, (".mha", ".mhd"), compress=True)
+    """Write as MetaImage (.mha, or .mhd with its compressed data file .zraw), geometry
+    kept exactly. Returns the files written (for .mhd, the header and its data file)."""
+    return _write(x, path, "write_mha", compress=True)
 
 
 def _png_array(vol: Volume) -> np.ndarray:
@@ -1444,12 +1408,11 @@ def write_png(x: Volume | Sequence[Case[Volume]], path: PathLike) -> list[Path]:
     no origin or direction; pixel spacing is written as SimpleITK does."""
     written = []
     for target, vol in _targets(x, path):
-        target = _with_suffix(target, (".png",))
+        target = outputs.with_suffix("write_png", target)
         array = _png_array(vol)
         img = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=array.ndim == 3)
         img.SetSpacing(vol.spacing[:2])
-        _write_atomic(img, target, compress=False)
-        written.append(target)
+        written += _write_atomic(img, target, compress=False)
     return written
 
 
@@ -1858,10 +1821,9 @@ def write_boxes(x: Boxes | Sequence[Case[Boxes]], path: PathLike, case: str | No
     else:
         b = _boxes_of(x, "write_boxes")
         items = [(case if case is not None else _stem(b.source), b)]
-    target = _with_suffix(Path(path), (".csv",)) if not Path(path).suffix else Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(target)
-    try:
+    target = outputs.with_suffix("write_boxes", Path(path))
+
+    def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(_BOX_COLUMNS)
@@ -1870,13 +1832,10 @@ def write_boxes(x: Boxes | Sequence[Case[Boxes]], path: PathLike, case: str | No
                     centre = (b.lo[i] + b.hi[i]) / 2.0
                     extent = b.hi[i] - b.lo[i]
                     pad = [""] * (3 - b.dim)
-                    w.writerow([cid, *(float(v) for v in centre), *pad, float(np.mean(extent)),
+                    w.writerow([outputs.csv_text(cid), *(float(v) for v in centre), *pad, float(np.mean(extent)),
                                 *(float(v) for v in extent), *pad, int(b.classes[i]), float(b.scores[i])])
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return [target]
+
+    return outputs.commit(target, write)
 
 
 # ===== whole-slide images =====================================================================

@@ -20,7 +20,6 @@ signature; the executor passes them.
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv as csv_module
 import datetime
 import html as html_module
@@ -32,8 +31,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from medasl import __version__
-from medasl.ops.io import _temp_beside
 from medasl.ops.viz import summary
+from medasl.runtime import outputs
 from medasl.runtime.values import Figure, Measured
 
 PathLike = str | os.PathLike[str]
@@ -44,26 +43,11 @@ _STATS = ("n", "mean", "std", "median", "q1", "q3")
 # ===== shared helpers =====================================================================
 
 
-def _target(path: PathLike, suffixes: tuple[str, ...]) -> Path:
-    """`path` with the format's extension added when it has none of its own, and its
-    parent folder created."""
-    target = Path(path)
-    if not target.name.lower().endswith(suffixes):
-        target = target.with_name(target.name + suffixes[0])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
-
-
-def _replace_atomically(target: Path, write: Callable[[Path], None]) -> list[Path]:
-    """Run `write(tmp)` on a temporary file beside `target`, then rename it into place."""
-    tmp = _temp_beside(target)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return [target]
+def _write(op: str, path: PathLike, write: Callable[[Path], None]) -> list[Path]:
+    """Write the report with `write(file)` and commit it whole (`outputs.commit`: a
+    private file beside the target, fsynced, renamed into place), with the format's
+    extension added when `path` has none of its own."""
+    return outputs.commit(outputs.with_suffix(op, Path(path)), write)
 
 
 def _metrics(metrics: object) -> list[Measured]:
@@ -98,6 +82,27 @@ def _finite(v: float) -> float | None:
 
 def _stats(m: Measured) -> dict[str, float]:
     return summary(m.per_case.values())
+
+
+def _pooled(m: Measured) -> bool:
+    """A metric with one value over all cases pooled (AUC, accuracy, F1, FROC): it has no
+    per-case values, so no per-case statistics either."""
+    return not m.per_case
+
+
+def _text_cell(cell: object) -> None:
+    """Make an openpyxl cell holding text a text cell: openpyxl stores a string starting
+    with `=` as a formula, so a case id `=HYPERLINK(...)` from the data would run when the
+    workbook is opened. `quotePrefix` also keeps Excel from reading it as one on editing."""
+    if isinstance(cell.value, str):  # type: ignore[attr-defined]
+        cell.data_type = "s"  # type: ignore[attr-defined]
+        cell.quotePrefix = True  # type: ignore[attr-defined]
+
+
+def _append_row(sheet: object, row: list[object]) -> None:
+    sheet.append(row)  # type: ignore[attr-defined]
+    for cell in sheet[sheet.max_row]:  # type: ignore[attr-defined]
+        _text_cell(cell)
 
 
 # ===== documents ==========================================================================
@@ -151,13 +156,19 @@ def html(path: PathLike, title: str = "medasl report", *, figures: object = (), 
         rows = []
         for m in ms:
             st = _stats(m)
-            rows.append([m.name, m.goal, _fmt(m.value), str(st["n"]), *(_fmt(st[k]) for k in _STATS[1:]),
+            statistics = (["pooled", *("" for _ in _STATS[1:])] if _pooled(m)
+                          else [str(st["n"]), *(_fmt(st[k]) for k in _STATS[1:])])
+            rows.append([m.name, m.goal, _fmt(m.value), *statistics,
                          *(_fmt(m.per_class[c]) if c in m.per_class else "" for c in classes)])
         parts += ["<h2>Metrics</h2>\n", _table(header, rows)]
-        cases = list(dict.fromkeys(cid for m in ms for cid in m.per_case))
+        if any(_pooled(m) for m in ms):
+            parts.append("<p class=\"meta\">pooled: one value computed over all cases at once (as AUC and "
+                         "accuracy are); it has no per-case values, hence no n or spread.</p>\n")
+        per_case = [m for m in ms if not _pooled(m)]
+        cases = list(dict.fromkeys(cid for m in per_case for cid in m.per_case))
         if cases:
-            rows = [[cid, *(_fmt(m.per_case[cid]) if cid in m.per_case else "" for m in ms)] for cid in cases]
-            parts += ["<h2>Metrics per case</h2>\n", _table(["case", *(m.name for m in ms)], rows)]
+            rows = [[cid, *(_fmt(m.per_case[cid]) if cid in m.per_case else "" for m in per_case)] for cid in cases]
+            parts += ["<h2>Metrics per case</h2>\n", _table(["case", *(m.name for m in per_case)], rows)]
     if figs:
         parts.append("<h2>Figures</h2>\n")
         for name, fig in figs:
@@ -167,7 +178,7 @@ def html(path: PathLike, title: str = "medasl report", *, figures: object = (), 
                          f"<figcaption>{esc(caption)}</figcaption>\n</figure>\n")
     parts.append("</body>\n</html>\n")
     text = "".join(parts)
-    return _replace_atomically(_target(path, (".html", ".htm")), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return _write("html", path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # ===== metric tables ======================================================================
@@ -196,35 +207,38 @@ def excel(path: PathLike, metrics: object) -> list[Path]:
     """An Excel workbook (openpyxl): a `summary` sheet with one row per metric (metric,
     goal, value, n, mean, std, median, q1, q3 over the per-case values), and one sheet
     per metric (named after it) with its per-case values (columns A-B: case, value) and,
-    if any, its per-class means (columns D-E: class, value). NaN is an empty cell."""
+    if any, its per-class means (columns D-E: class, value). NaN is an empty cell. Text
+    (case ids and class names come from the data) is stored as text, never as a formula."""
     from openpyxl import Workbook
 
     ms = _metrics(metrics)
     wb = Workbook()
     ws = wb.active
     ws.title = "summary"
-    ws.append(["metric", "goal", "value", *_STATS])
+    _append_row(ws, ["metric", "goal", "value", *_STATS])
     for m in ms:
         st = _stats(m)
-        ws.append([m.name, m.goal, _finite(m.value), st["n"], *(_finite(st[k]) for k in _STATS[1:])])
+        _append_row(ws, [m.name, m.goal, _finite(m.value), st["n"], *(_finite(st[k]) for k in _STATS[1:])])
     for m, name in zip(ms, _sheet_names(ms)):
         sheet = wb.create_sheet(name)
-        sheet.append(["case", "value"])
+        _append_row(sheet, ["case", "value"])
         for cid, v in m.per_case.items():
-            sheet.append([str(cid), _finite(v)])
+            _append_row(sheet, [str(cid), _finite(v)])
         if m.per_class:
             sheet.cell(row=1, column=4, value="class")
             sheet.cell(row=1, column=5, value="value")
             for r, (c, v) in enumerate(m.per_class.items(), start=2):
-                sheet.cell(row=r, column=4, value=str(c))
+                _text_cell(sheet.cell(row=r, column=4, value=str(c)))
                 sheet.cell(row=r, column=5, value=_finite(v))
-    return _replace_atomically(_target(path, (".xlsx",)), lambda tmp: wb.save(tmp))
+    return _write("excel", path, lambda tmp: wb.save(tmp))
 
 
 def csv(path: PathLike, metrics: object) -> list[Path]:
     """A CSV file in long format, columns `metric, case, class, value`: one row per case
     (class empty), one per class mean (case empty), and one for the metric's value
-    (case and class empty). NaN is written `nan`."""
+    (case and class empty). NaN is written `nan`. Text cells that a spreadsheet would
+    run as a formula (`=...`, `+...`, `-...`, `@...`) start with `'` (`outputs.csv_text`);
+    values are numbers and written as they are, negative ones included."""
     ms = _metrics(metrics)
 
     def write(tmp: Path) -> None:
@@ -232,13 +246,14 @@ def csv(path: PathLike, metrics: object) -> list[Path]:
             w = csv_module.writer(f)
             w.writerow(["metric", "case", "class", "value"])
             for m in ms:
-                w.writerow([m.name, "", "", repr(float(m.value))])
+                name = outputs.csv_text(m.name)
+                w.writerow([name, "", "", repr(float(m.value))])
                 for cid, v in m.per_case.items():
-                    w.writerow([m.name, cid, "", repr(float(v))])
+                    w.writerow([name, outputs.csv_text(cid), "", repr(float(v))])
                 for c, v in m.per_class.items():
-                    w.writerow([m.name, "", c, repr(float(v))])
+                    w.writerow([name, "", outputs.csv_text(c), repr(float(v))])
 
-    return _replace_atomically(_target(path, (".csv",)), write)
+    return _write("csv", path, write)
 
 
 def json(path: PathLike, metrics: object) -> list[Path]:
@@ -251,7 +266,7 @@ def json(path: PathLike, metrics: object) -> list[Path]:
             "per_case": {str(k): _finite(v) for k, v in m.per_case.items()},
             "per_class": {str(k): _finite(v) for k, v in m.per_class.items()}} for m in ms]
     text = json_module.dumps(doc, indent=2, allow_nan=False) + "\n"
-    return _replace_atomically(_target(path, (".json",)), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return _write("json", path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 OPERATORS: dict[str, Callable[..., object]] = {"html": html, "excel": excel, "csv": csv, "json": json}

@@ -39,6 +39,7 @@ from medasl.runtime import registry
 from medasl.runtime.cache import Cache, CacheKey, Explanation, diff_parts
 from medasl.runtime.digests import DigestMemo, file_digest, folder_digest, sha256_json
 from medasl.runtime.errors import DataError
+from medasl.runtime.outputs import Claims, OutputRoot, outside_failure
 from medasl.runtime.tasks import (
     Hooks,
     MissingInput,
@@ -101,6 +102,7 @@ class RunOptions:
     device: str = "cpu"
     workers: int = 1
     force: frozenset[str] = frozenset()  # step ids to recompute, with everything downstream
+    allow_outside_out: bool = False  # --allow-outside-out: writers may write outside `out_dir`
 
 
 @dataclass
@@ -189,6 +191,8 @@ class Preparer:
         self.users = {sid: [s.id for s in plan.steps.values() if sid in s.inputs.values()] for sid in plan.steps}
         self.inline: dict[str, dict[str | None, Task]] = {}  # fused step -> its task per case
         self.tasks_of: dict[str, dict[str, Task]] = {}  # mapped step -> its task per case
+        self.output_root = OutputRoot(options.out_dir, options.allow_outside_out)
+        self.claims = Claims()  # the file each output writes: two on one file are E2012
 
     def fuses_into(self, step: Step) -> str | None:
         """The step that computes `step` in memory, case by case, instead of storing it:
@@ -237,11 +241,20 @@ class Preparer:
         return params
 
     def _writer_path(self, step: Step, case: str | None) -> str:
-        path = str(step.params["path"])
-        if case is not None:
-            path = path.replace("*", case)
-        target = Path(path)
-        return str(target if target.is_absolute() else (self.options.out_dir / target).resolve())
+        """The file a writer writes for `case` (the output-path rule, `runtime/outputs.py`):
+        inside `--out` unless allowed (E2011), and written by no other output (E2012)."""
+        target = self.output_root.target(step.op, str(step.params["path"]), case)
+        why = self.output_root.escapes(target)
+        if why is not None:
+            failure = outside_failure(target, self.output_root, why)
+            raise RunFailure(failure.code, failure.message, step, case, failure.path, failure.help)
+        owner = f"`{step.label}`" + (f" (case {case})" if case is not None else "")
+        other = self.claims.claim(target, owner)
+        if other is not None:
+            raise RunFailure("E2012", f"{owner} and {other} would both write {target}", step, case, str(target),
+                             help="give each output its own file: put `*` (the case id) in a dataset writer's "
+                             "path, and give two writers different paths")
+        return str(target)
 
     def prepare(self, step: Step, values: dict[str, RunValue]) -> Prepared:
         if step.op in registry.SELECTIONS:
@@ -532,7 +545,7 @@ class LocalExecutor:
                 options.cache.discard(task.key)
         failures: list[RunFailure] = []
         hooks = Hooks(progress=lambda record: reporter.epoch(step, record))
-        for result in self._run_tasks(preparer.plan.steps, prepared.tasks, options, hooks):
+        for result in self._run_tasks(preparer.plan.steps, prepared.tasks, options, hooks, preparer.memo.digest):
             if isinstance(result, RunFailure):
                 failures.append(result)  # the other cases still run: all bad files are named at once
                 continue
@@ -548,14 +561,15 @@ class LocalExecutor:
         return outcome
 
     def _run_tasks(self, steps: dict[str, Step], tasks: Sequence[Task], options: RunOptions,
-                   hooks: Hooks) -> Iterable[TaskResult | RunFailure]:
+                   hooks: Hooks, digest: Callable[[Path], str] | None = None) -> Iterable[TaskResult | RunFailure]:
         root = str(options.cache.root)
         todo = []
         for task in tasks:  # cached results are reported without a round trip to a worker
             entry = options.cache.lookup(task.key)
-            # A writer whose files are intact is cached too: checked here, so that a cached
-            # run starts no worker process (run_task checks the same, and rewrites them).
-            if entry is None or (task.writes and not files_intact(entry.manifest)):
+            # A writer whose files are intact (sizes and digests; `digest` reads each unchanged
+            # file at most once) is cached too: checked here, so that a cached run starts no
+            # worker process (run_task checks the same, and rewrites them).
+            if entry is None or (task.writes and not files_intact(entry.manifest, digest)):
                 todo.append(task)
                 continue
             record(options.cache, task)
@@ -665,7 +679,8 @@ def preview(plan: Plan, options: RunOptions) -> dict[str, StepPreview]:
             found.fused_into = prepared.fused_into
             tasks = prepared.tasks or list(preparer.inline.get(step.id, {}).values())
             for task in tasks:
-                explanation = _explain(options.cache, task, fused=prepared.fused_into is not None)
+                explanation = _explain(options.cache, task, fused=prepared.fused_into is not None,
+                                       digest=memo.digest)
                 status = "forced" if step.id in forced else explanation.status
                 found.counts[status] = found.counts.get(status, 0) + 1
                 for reason in _reasons(plan, step, explanation):
@@ -699,7 +714,8 @@ def _reasons(plan: Plan, step: Step, explanation: Explanation) -> list[str]:
     return reasons
 
 
-def _explain(cache: Cache, task: Task, fused: bool = False) -> Explanation:
+def _explain(cache: Cache, task: Task, fused: bool = False,
+             digest: Callable[[Path], str] | None = None) -> Explanation:
     """cached, new or stale; a fused step is never stored, so it is `unchanged` or
     `stale` against the key it had when its chain last ran."""
     if fused:
@@ -713,6 +729,6 @@ def _explain(cache: Cache, task: Task, fused: bool = False) -> Explanation:
     explanation = cache.explain(task.key, task.index_id)
     if explanation.status == "cached" and task.writes:
         entry = cache.lookup(task.key)
-        if entry is not None and not files_intact(entry.manifest):
+        if entry is not None and not files_intact(entry.manifest, digest):
             return Explanation("new", explanation.digest, ["a file it wrote was removed or changed"])
     return explanation

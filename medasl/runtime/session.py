@@ -38,6 +38,7 @@ class RunRequest:
     workers: int = 0  # 0: decide from the machine
     force: tuple[str, ...] = ()
     dry_run: bool = False
+    allow_outside_out: bool = False  # --allow-outside-out (the output-path rule, runtime/outputs.py)
 
 
 def default_workers() -> int:
@@ -131,7 +132,14 @@ def options_for(plan: Plan, request: RunRequest) -> RunOptions:
             force.append(step.id)
     return RunOptions(cache=request.cache, out_dir=(request.out / plan.pipeline).resolve(), seed=request.seed,
                       device=request.device, workers=request.workers or default_workers(),
-                      force=frozenset(force))
+                      force=frozenset(force), allow_outside_out=request.allow_outside_out)
+
+
+def output_refusals(plan: Plan, request: RunRequest) -> Diagnostics:
+    """The output-path rule, before anything runs: writers outside `--out`, two on one file."""
+    from medasl.runtime.outputs import OutputRoot, refusals
+
+    return refusals(plan, OutputRoot(options_for(plan, request).out_dir, request.allow_outside_out))
 
 
 def check_force(all_plans: list[Plan], names: tuple[str, ...]) -> None:

@@ -23,6 +23,7 @@ from medasl.runtime import fusion, registry
 from medasl.runtime.cache import Cache, CacheKey, PendingEntry
 from medasl.runtime.digests import write_json_atomic
 from medasl.runtime.errors import DataError
+from medasl.runtime.outputs import files_intact, written_record
 from medasl.runtime.store import StoreError, encode_value, load_value, save_value
 from medasl.runtime.values import Case, CaseSpec, Measured, Network, Pair, Volume
 
@@ -240,19 +241,6 @@ def record(cache: Cache, task: Task) -> None:
     record_chain(cache, task)
 
 
-def files_intact(manifest: dict[str, object]) -> bool:
-    """Whether the files a writer's entry records are still there, with their sizes."""
-    info = manifest.get("info")
-    files = info.get("files") if isinstance(info, dict) else None
-    if not isinstance(files, dict):
-        return False
-    for name, size in files.items():
-        path = Path(name)
-        if not path.is_file() or path.stat().st_size != size:
-            return False
-    return True
-
-
 def _produce(cache: Cache, task: Task, pending: PendingEntry, hooks: Hooks | None) -> None:
     value, info = compute(cache, task, hooks)
     # the value's JSON goes into the manifest (one file per small result); large arrays
@@ -276,7 +264,7 @@ def compute(cache: Cache, task: Task, hooks: Hooks | None = None) -> tuple[objec
             raise
     if task.writes:
         files = [Path(p) for p in value]  # type: ignore[union-attr]
-        info["files"] = {str(p): p.stat().st_size for p in files}
+        info["files"] = written_record(files)  # size and sha256: `files_intact` checks both
         value = [str(p) for p in files]
     return value, info
 

@@ -46,6 +46,7 @@ from medasl.semantics.matching import (
     merge,
 )
 from medasl.semantics.modules import FileScope, Loader, Module, stdlib
+from medasl.semantics.outputs import check_outputs
 from medasl.semantics.signatures import (
     EnumDef,
     OpSig,
@@ -284,6 +285,7 @@ class PipelineChecker:
                 self._resources(stmt)
         self._check_transforms_used()
         self._check_unused()
+        check_outputs(self.graph, self.error)
         self.graph.compute_hashes()
         return self.graph
 
