@@ -142,3 +142,15 @@ def test_dataset_writers_called_directly_sanitize_case_ids(tmp_path: Path) -> No
     written = io.write_nifti([Case("../x", volume)], tmp_path / "out" / "*.nii.gz")
     assert written == [tmp_path / "out" / "_._x.nii.gz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_shown_figures_of_hostile_case_ids_stay_in_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _table(tmp_path, ["../../../pwned", "plain-01"])
+    text = TABLE.replace("import std.io", "import std.io, std.viz").replace(
+        "}\n", "  show overlay(cases.image, cases.label)\n}\n")
+    code, err = _run(tmp_path, text)
+    assert code == 0, err
+    figures = sorted(p.name for p in (tmp_path / "out" / "p" / "figures").iterdir())
+    assert figures == ["overlay-_._.._.._pwned.png", "overlay-plain-01.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "out", "p.medas"]

@@ -16,11 +16,13 @@ from rich.console import Console
 from medasl.diagnostics import Diagnostic, Diagnostics, Label, Severity
 from medasl.ir.graph import Graph
 from medasl.ir.types import Ty
-from medasl.lower.plan import OpValue, Plan, lower
+from medasl.lower.plan import OpValue, Plan, Step, lower
 from medasl.passes import DEFAULT_LEVEL, optimize
 from medasl.runtime import registry
 from medasl.runtime.cache import Cache
+from medasl.runtime.errors import DataError
 from medasl.runtime.executor import Cases, LocalExecutor, RunFailure, RunOptions, RunResult, Single, preview
+from medasl.runtime.outputs import OutputRoot, case_file_name, commit, outside_failure, refusals
 from medasl.runtime.progress import ConsoleReporter, Reporters, RunLog, preview_table, timing_table
 
 
@@ -137,8 +139,6 @@ def options_for(plan: Plan, request: RunRequest) -> RunOptions:
 
 def output_refusals(plan: Plan, request: RunRequest) -> Diagnostics:
     """The output-path rule, before anything runs: writers outside `--out`, two on one file."""
-    from medasl.runtime.outputs import OutputRoot, refusals
-
     return refusals(plan, OutputRoot(options_for(plan, request).out_dir, request.allow_outside_out))
 
 
@@ -212,12 +212,12 @@ def _results(plan: Plan, result: RunResult, options: RunOptions) -> list[str]:
         value = result.values.get(sid)
         label = plan.steps[sid].label
         pictures = ([(label, value.ref)] if isinstance(value, Single) else
-                    [(f"{label}-{case}", ref) for case, ref in value.items] if isinstance(value, Cases) else [])
+                    [(f"{label}-{case_file_name(case)}", ref) for case, ref in value.items]
+                    if isinstance(value, Cases) else [])
         for name, ref in pictures:
             figure = load_ref(cache, ref)
             if isinstance(figure, Figure):
-                figures.mkdir(parents=True, exist_ok=True)
-                (figures / f"{name}.png").write_bytes(figure.png)
+                _write_figure(figures / f"{name}.png", figure.png, plan.steps[sid], options)
         if pictures:
             lines.append(f"figure {label}: {figures / (pictures[0][0] + '.png')}" +
                          (f" (and {len(pictures) - 1} more)" if len(pictures) > 1 else ""))
@@ -228,6 +228,19 @@ def _results(plan: Plan, result: RunResult, options: RunOptions) -> list[str]:
             if isinstance(written, list) and written:
                 lines.append(f"report: {written[0]}" + (f" (and {len(written) - 1} more)" if len(written) > 1 else ""))
     return lines
+
+
+def _write_figure(target: Path, png: bytes, step: Step, options: RunOptions) -> None:
+    """A shown figure, written under `<out>/figures` like every output: by the output-path
+    rule (a case id is a plain file name; no link leads out) and committed whole."""
+    root = OutputRoot(options.out_dir, options.allow_outside_out)
+    try:
+        why = root.escapes(target)
+        if why is not None:
+            raise outside_failure(target, root, why)
+        commit(target, lambda path: path.write_bytes(png))
+    except DataError as exc:
+        raise RunFailure(exc.code, exc.message, step, None, exc.path, exc.help) from None
 
 
 def show_preview(plan: Plan, request: RunRequest, console: Console) -> None:
