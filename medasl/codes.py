@@ -387,6 +387,37 @@ CODES: dict[str, Code] = {
         "datasets with different cases",
         'An operator applied case by case to two datasets pairs their cases by id (a prediction with its reference, an image with its mask). The message lists the ids found in one dataset and not in the other: usually the two come from different folders or different parts of a split.',
     ),
+    "E1040": Code(
+        "label values outside the declared classes",
+        "A file declared `LabelMap[D, K]` holds values outside 0..K-1 (or a class label outside"
+        " 0..K-1 of a declared `Class[K]`); the message names the file and the values found."
+        " A binary mask saved as 0/255 is the usual cause: read as two classes it would make"
+        " 256 one-hot channels and a Dice of 0. Declare as many classes as the largest value"
+        " needs and keep the values the study needs with `select_labels`, which numbers them"
+        " 1, 2, ...",
+        'import std.io\npipeline p {\n  mask = png("mask.png") as LabelMap[2, 2]\n}',
+        'import std.io, std.pre\npipeline p {\n  mask = png("mask.png") as LabelMap[2, 256] |> select_labels(labels=(255,))\n}',
+    ),
+    "E1041": Code(
+        "the file has another dimension than declared",
+        "A file declared 3-D holds a 2-D image (a NIfTI file of one slice with two axes, a"
+        " PNG, a single-frame DICOM radiograph), or the other way round; operators and"
+        " networks written for 3-D volumes would fail on it. A 3-D file one slice thick"
+        " declared 2-D is read as that slice. Declare the dimension the file has.",
+        'import std.io\npipeline p {\n  xray = dicom_file("chest.dcm") as Image[3, XR]\n}',
+        'import std.io\npipeline p {\n  xray = dicom_file("chest.dcm") as Image[2, XR]\n}',
+    ),
+    "E1042": Code(
+        "a DICOM segmentation that is not a label map",
+        "`dicom_seg` (and `dicom_file` given a SEG) makes one label map from the segments"
+        " of a DICOM SEG: segment n becomes the label value n. It cannot when the file is not"
+        " a SEG, when the SEG is FRACTIONAL (a probability per segment), when segments"
+        " overlap (a voxel would need two values) or when its frames do not lie on a"
+        " regular grid. Export the segmentation as a BINARY or LABELMAP SEG without"
+        " overlaps, or read a non-overlapping subset where it was made.",
+        'import std.io\npipeline p {\n  seg = dicom_seg("ct_slice_001.dcm") as LabelMap[3, 3]\n}',
+        'import std.io\npipeline p {\n  seg = dicom_seg("liver_seg.dcm") as LabelMap[3, 3]\n}',
+    ),
     "E2001": Code(
         "operator not implemented yet",
         'The pipeline is valid medas, but this version of medasl has no implementation of an operator it uses, so it cannot be run (it can still be checked and drawn). The README lists what is implemented; nothing is run when this is reported.',

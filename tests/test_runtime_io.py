@@ -174,15 +174,16 @@ def test_truncated_slice_in_series_is_e1002_naming_it(tmp_path: Path) -> None:
 
 
 def test_single_dicom_equals_simpleitk() -> None:
+    """A single frame is SimpleITK's volume one slice thick as a 2-D image (issue 10)."""
     path = SMALL_DICOM / "CT_small.dcm"
     vol = io.dicom_file(path=path)
-    ref = sitk.ReadImage(str(path))
+    ref = sitk.ReadImage(str(path))[:, :, 0]
     assert np.array_equal(vol.array, sitk.GetArrayFromImage(ref))
     assert vol.array.dtype == sitk.GetArrayFromImage(ref).dtype
     assert max_geometry_difference(vol, ref) <= 1e-6
     assert vol.modality == "CT" and vol.array.min() < -800  # HU (intercept -1024 applied), air around the body
     mr = io.dicom_file(path=SMALL_DICOM / "MR_small.dcm")
-    assert mr.shape == (64, 64, 1) and mr.modality == "MR" and mr.array.dtype == np.int16
+    assert mr.shape == (64, 64) and mr.modality == "MR" and mr.array.dtype == np.int16
 
 
 def test_dicom_file_errors(tmp_path: Path) -> None:

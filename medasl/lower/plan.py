@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from medasl.ir.graph import Graph, OpRef, Ref, Tup, Value
-from medasl.ir.types import TyLike, attr, first_image, format_type, is_dataset
+from medasl.ir.types import SPATIAL_KINDS, Ty, TyLike, attr, first_image, format_type, is_dataset
 from medasl.passes.wire_reports import COLLECTING_REPORTS  # noqa: F401 - the registry reads it here
 from medasl.source import Span
 
@@ -87,6 +87,15 @@ class Step:
         return value if isinstance(value, str) else None
 
     @property
+    def declared(self) -> object | None:
+        """For a step that reads files (a std.io operator without inputs), what the
+        pipeline declares it gives, as plain data (`declaration`); the runtime checks the
+        data read against it (`medasl.ops.io.conform`). None for every other step."""
+        if self.module != "std.io" or self.inputs:
+            return None
+        return declaration(self.value_type)
+
+    @property
     def label(self) -> str:
         """How the user knows this step: the name they bound, else the node id."""
         return self.binding or self.id
@@ -136,6 +145,28 @@ class Plan:
 class LoweringError(Exception):
     """A graph that cannot be lowered: not optimized (a `param` node left), or a value
     with no plain form. A bug in medasl, never the user's."""
+
+
+def declaration(t: TyLike | None) -> object | None:
+    """The facts of a checked type that data read from a file can contradict, as plain
+    JSON data: for a spatial value `{"kind": "LabelMap", "dim": 3, "classes": 2}` (None
+    where the type leaves it open), for a class label `{"kind": "Class", "classes": 2}`,
+    for a pair `{"pair": [input, target]}`; a dataset declares what each case holds.
+    None when nothing can be checked."""
+    if not isinstance(t, Ty):
+        return None
+    if t.name == "Dataset" and t.params:
+        return declaration(t.params[0])
+    if t.name == "Pair" and len(t.params) == 2:
+        members = [declaration(p) for p in t.params]
+        return {"pair": members} if any(m is not None for m in members) else None
+    if t.name in SPATIAL_KINDS or t.name == "Class":
+        def known(name: str) -> int | None:
+            value = attr(t, name)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        return {"kind": t.name, "dim": None if t.name == "Class" else known("dim"), "classes": known("classes")}
+    return None
 
 
 def to_json(value: object) -> object:

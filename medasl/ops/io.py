@@ -513,12 +513,19 @@ def _slice_meta(reader: sitk.ImageSeriesReader, index: int, key: str) -> str:
 def dicom_file(path: PathLike) -> Volume:
     """Read a single DICOM file (a radiograph, one slice, or a multi-frame object).
 
-    Values and geometry are exactly `sitk.ReadImage`'s: rescale slope and intercept are
-    applied (CT in HU, widened to a type that holds them), geometry from the Image Plane
-    module; a single frame comes back as a 3-D volume one slice thick, as SimpleITK
-    gives it, so its position along the slice normal is not lost.
+    Values and geometry are `sitk.ReadImage`'s: rescale slope and intercept are applied
+    (CT in HU, widened to a type that holds them), geometry from the Image Plane module.
+    A single frame (a radiograph, one slice) is a 2-D image with the frame's in-plane
+    spacing, origin and orientation: SimpleITK gives it as a volume one slice thick,
+    which 2-D operators and networks would refuse. MONOCHROME1 images (where higher
+    values are darker, common in CR/DX X-rays) are inverted by GDCM on reading, so that
+    higher values are brighter in every image: an unsigned value v becomes
+    2^BitsStored - 1 - v, a signed one -v - 1. A segmentation (DICOM SEG) is read by
+    `dicom_seg` as a label map, not as the stack of its frames.
     """
     p = _existing_file(path)
+    if _sop_class(p) in _SEG_SOP_CLASSES:
+        return dicom_seg(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     reader.SetImageIO("GDCMImageIO")
@@ -527,7 +534,106 @@ def dicom_file(path: PathLike) -> Volume:
     except RuntimeError:
         raise _dicom_failure(p) from None
     modality = DICOM_MODALITIES.get(_meta(reader, "0008|0060"), "Any")
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:
+        img = _single_frame(img)
     return _check_finite(Volume.from_sitk(img, "image", modality, str(p)))
+
+
+def _single_frame(img: sitk.Image) -> sitk.Image:
+    """The one frame of a volume one slice thick as a 2-D image. Its in-plane axes keep
+    their orientation when they lie in a world-axis plane (the direction's sub-matrix);
+    an oblique frame gets the identity in-plane direction, since a 2-D image cannot
+    express a tilt out of its plane (spacing and values are kept either way)."""
+    extract = sitk.ExtractImageFilter()
+    extract.SetSize([img.GetSize()[0], img.GetSize()[1], 0])
+    extract.SetIndex([0, 0, 0])
+    extract.SetDirectionCollapseToStrategy(sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+    try:
+        return extract.Execute(img)
+    except RuntimeError:  # the in-plane sub-matrix is not a rotation (an oblique frame)
+        extract.SetDirectionCollapseToStrategy(sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOIDENTITY)
+        return extract.Execute(img)
+
+
+_SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4": "Segmentation Storage",
+                    "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation Storage"}
+
+
+def _sop_class(path: Path) -> str:
+    """The SOP Class UID of a DICOM file (from its file meta, else the dataset), read
+    with pydicom from the header only; '' for a file that is not DICOM."""
+    if not _has_dicm_prefix(path):
+        return ""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # pydicom raises many types for damaged files: GDCM then reports them
+        return ""
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", "") or "")
+
+
+def dicom_seg(path: PathLike) -> Volume:
+    """Read a DICOM Segmentation (SEG) object as a label map, with highdicom.
+
+    Binary and Label Map SEGs: each segment becomes the label value of its segment
+    number (1, 2, ...), background 0, on the grid the frames describe (x along the rows,
+    y down the columns, z along the slice normal, as SimpleITK orders a series); the
+    segment labels are the label map's class names (`names`). Overlapping segments,
+    fractional (probability) segmentations and frames not on a regular grid are E1042.
+    """
+    p = _existing_file(path)
+    if _sop_class(p) not in _SEG_SOP_CLASSES:
+        if not _has_dicm_prefix(p):
+            raise DataError("E1003", f"{p} is not a DICOM file", p, help="`dicom_seg` reads DICOM SEG objects")
+        raise DataError("E1042", f"{p} is a DICOM file but not a segmentation (SEG)", p,
+                        help="read images with `dicom_file` or `dicom_series`")
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(p)
+    except Exception as exc:  # highdicom and pydicom raise many types for damaged objects
+        raise DataError("E1002", f"cannot read the DICOM SEG {p}: {exc}", p,
+                        help="the file may be truncated or corrupt; copy it again from the source") from exc
+    if seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL:
+        raise DataError("E1042", f"{p} is a FRACTIONAL segmentation (probabilities per segment), not a label map", p,
+                        help="threshold it where it was made, or export it as a BINARY or LABELMAP SEG")
+    numbers = [int(n) for n in seg.segment_numbers]
+    try:
+        volume = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint16 if max(numbers, default=0) > 255
+                                else np.uint8)
+    except (ValueError, RuntimeError) as exc:
+        raise DataError("E1042", f"cannot build a label map from the DICOM SEG {p}: {exc}", p,
+                        help="overlapping segments cannot share one label map, and the frames must lie on "
+                             "a regular grid") from exc
+    names = tuple((n, str(seg.get_segment_description(n).segment_label)) for n in numbers)
+    img = _seg_image(np.asarray(volume.array), np.asarray(volume.affine, dtype=float))
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:
+        img = _single_frame(img)
+    return Volume.from_sitk(img, "labels", "Any", str(p)).with_names(names)
+
+
+def _seg_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A highdicom volume (array indexed slice, row, column; `affine` from those indices
+    to LPS mm) as a SimpleITK image with x along a row, y down the columns and z along
+    the slice normal (the order ImageSeriesReader gives the source series in): the
+    slices are reversed when highdicom stacked them against the normal."""
+    column_step, row_step, slice_step = affine[:3, 2], affine[:3, 1], affine[:3, 0]
+    spacing = [float(np.linalg.norm(v)) or 1.0 for v in (column_step, row_step, slice_step)]
+    x_dir, y_dir, z_dir = (v / n for v, n in zip((column_step, row_step, slice_step), spacing))
+    origin = affine[:3, 3]
+    if array.shape[0] == 1:  # one frame: its thickness is no direction; the normal of its plane is
+        z_dir = np.cross(x_dir, y_dir)
+    elif float(np.dot(np.cross(x_dir, y_dir), z_dir)) < 0:
+        array = array[::-1]
+        origin = origin + slice_step * (array.shape[0] - 1)
+        z_dir = -z_dir
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    img.SetSpacing(spacing)
+    img.SetOrigin([float(v) for v in origin])
+    img.SetDirection([float(v) for v in np.column_stack([x_dir, y_dir, z_dir]).ravel()])
+    return img
 
 
 def _find_series(root: Path) -> dict[str, list[str]]:
@@ -802,11 +908,99 @@ def as_labels(vol: Volume, kind: str = "labels") -> Volume:
         a = whole.astype(dtype)
     elif a.dtype.kind not in "iu":
         raise DataError("E1009", f"{vol.source}: {a.dtype} values cannot be labels", vol.source)
-    return Volume(np.ascontiguousarray(a), vol.spacing, vol.origin, vol.direction, kind, vol.modality, vol.source)
+    return Volume(np.ascontiguousarray(a), vol.spacing, vol.origin, vol.direction, kind, vol.modality, vol.source,
+                  vol.names)
 
 
 def _read_label(path: Path, kind: str) -> Volume:
     return as_labels(read_image(path), kind)
+
+
+_DECLARED_KINDS = {"LabelMap": "labels", "Instances": "instances"}  # declared type -> the Volume kind it reads as
+
+
+def conform(value: object, declared: object) -> object:
+    """`value`, as a reader gave it, checked against what the pipeline declares it to be
+    (`medasl.lower.plan.declaration`): the executor calls this on every reader's result.
+
+    A file declared `LabelMap` or `Instances` becomes a label map (`as_labels`: E1009
+    for fractional values); label values outside 0..K-1 of a declared `LabelMap[D, K]`
+    are E1040, naming the file and the values found (a 0/255 mask declared with two
+    classes would otherwise make 256 one-hot channels and a Dice of 0). A file whose
+    dimension differs from the declared one is E1041, except a 3-D file one slice thick
+    declared 2-D, which is that slice. A class outside 0..K-1 of a declared `Class[K]`
+    is E1040 too.
+    """
+    if not isinstance(declared, dict):
+        return value
+    if "pair" in declared and isinstance(value, Pair):
+        first, second = declared["pair"]
+        return Pair(conform(value.input, first), conform(value.target, second))
+    kind = declared.get("kind")
+    classes = declared.get("classes")
+    if kind == "Class" and isinstance(value, int | np.integer) and isinstance(classes, int):
+        if not 0 <= int(value) < classes:
+            raise DataError("E1040", f"class {int(value)} is outside 0..{classes - 1} of the declared Class[{classes}]",
+                            None, help=f"declare the number of classes the data holds (Class[{int(value) + 1}] "
+                                       "or more)")
+        return value
+    if not isinstance(value, Volume):
+        return value
+    dim = declared.get("dim")
+    if isinstance(dim, int) and value.dim != dim:
+        value = _declared_dim(value, dim, str(kind))
+    if kind in _DECLARED_KINDS:
+        value = as_labels(value, _DECLARED_KINDS[str(kind)])
+        if kind == "LabelMap" and isinstance(classes, int):
+            _check_classes(value, classes, declared)
+    return value
+
+
+def _declared_dim(vol: Volume, dim: int, kind: str) -> Volume:
+    """`vol` as a `dim`-D volume: a 3-D volume one slice thick declared 2-D is that slice
+    (when the slice axis is a world axis, so the 2-D geometry is exact); any other
+    difference is E1041."""
+    size = "x".join(str(n) for n in reversed(vol.array.shape[: vol.dim]))
+    if vol.dim == 3 and dim == 2 and vol.array.shape[0] == 1:
+        direction = np.asarray(vol.direction, dtype=float).reshape(3, 3)
+        if np.allclose(direction[2, :2], 0.0) and np.allclose(direction[:2, 2], 0.0):
+            return Volume(np.ascontiguousarray(vol.array[0]), vol.spacing[:2], vol.origin[:2],
+                          tuple(direction[:2, :2].ravel()), vol.kind, vol.modality, vol.source, vol.names)
+    where = vol.source or "the file"
+    if vol.dim < dim:
+        hint = (f"declare it {vol.dim}-D (`{kind}[{vol.dim}, ...]`) and use 2-D operators and networks"
+                if vol.dim == 2 else f"declare it {vol.dim}-D")
+    else:
+        hint = f"declare it {vol.dim}-D (`{kind}[{vol.dim}, ...]`), or read the right file"
+    raise DataError("E1041", f"{where} is a {vol.dim}-D image ({size}), but the pipeline declares it {dim}-D",
+                    vol.source, help=hint)
+
+
+def _check_classes(vol: Volume, classes: int, declared: dict[str, object]) -> None:
+    """E1040 when a label map declared with `classes` classes holds values outside
+    0..classes-1, naming the values found."""
+    a = vol.array
+    if not a.size:
+        return
+    lo, hi = int(a.min()), int(a.max())
+    if lo >= 0 and hi < classes:
+        return
+    values = np.unique(a)
+    outside = [int(v) for v in values if not 0 <= int(v) < classes]
+    shown = ", ".join(str(v) for v in outside[:_MAX_LISTED]) + (
+        f" and {len(outside) - _MAX_LISTED} more" if len(outside) > _MAX_LISTED else "")
+    found = ", ".join(str(int(v)) for v in values[:_MAX_LISTED]) + (" ..." if values.size > _MAX_LISTED else "")
+    dim = declared.get("dim")
+    written = f"LabelMap[{dim if isinstance(dim, int) else 'D'}, {classes}]"
+    if values.size == 2 and int(values[0]) == 0:
+        help_text = (f"a mask stored as 0/{int(values[1])}: declare `LabelMap[..., {int(values[1]) + 1}]` and keep "
+                     f"the object as class 1 with `select_labels(labels=({int(values[1])},))`")
+    else:
+        help_text = (f"declare as many classes as the largest value needs (`LabelMap[..., {hi + 1}]`), or keep the "
+                     "values the study needs with `select_labels`, which numbers them 1, 2, ...")
+    raise DataError("E1040", f"{vol.source or 'the label file'} holds label value{'s' * (len(outside) != 1)} "
+                    f"{shown} outside 0..{classes - 1} of the declared {written} (values found: {found})",
+                    vol.source, help=help_text)
 
 
 # ===== folder datasets ======================================================================
@@ -1977,7 +2171,7 @@ def _load_slide_tile(spec: CaseSpec) -> Volume:
 
 OPERATORS: dict[str, Callable[..., object]] = {
     "nifti": nifti, "nrrd": nrrd, "mha": mha, "png": png, "tiff": tiff, "jpeg": jpeg, "numpy": numpy,
-    "dicom_file": dicom_file, "dicom_series": dicom_series, "dicom_to_image": dicom_to_image,
+    "dicom_file": dicom_file, "dicom_seg": dicom_seg, "dicom_series": dicom_series, "dicom_to_image": dicom_to_image,
     "dicom_folder": dicom_folder, "folder": folder, "instance_folder": instance_folder, "images": images,
     "pair_input": pair_input, "phantom": phantom, "atrophy_phantom": atrophy_phantom, "datalist": datalist,
     "write_nifti": write_nifti, "write_nrrd": write_nrrd, "write_mha": write_mha, "write_png": write_png,

@@ -63,6 +63,8 @@ GOALS: dict[str, str] = {
 _EMPTY_CASE = {"dice": 1.0, "iou": 1.0, "sensitivity": NAN, "specificity": 1.0,
                "hd95": NAN, "assd": NAN, "surface_dice": 1.0}
 _LABEL_METRICS = frozenset(_EMPTY_CASE)
+LABEL_METRICS = _LABEL_METRICS
+"""The label-map metrics, computed per class (`per_class`, `by_class`)."""
 
 
 # ===== shared helpers ======================================================================
@@ -149,65 +151,97 @@ def _class_value(name: str, pm: np.ndarray, tm: np.ndarray, spacing: tuple[float
     return _surface(name, pm, tm, spacing, tolerance)
 
 
-def _label_metric(name: str, pred: Volume, target: Volume, include_background: bool, tolerance: float = 1.0) -> float:
-    values = per_class(name, pred, target, include_background=include_background, tolerance=tolerance)
+def _label_metric(name: str, pred: Volume, target: Volume, include_background: bool, tolerance: float = 1.0,
+                  label: int | None = None) -> float:
+    values = per_class(name, pred, target, include_background=include_background, tolerance=tolerance, label=label)
     if not values:
         return _EMPTY_CASE[name]
     return _nanmean(list(values.values()))
 
 
 def per_class(name: str, pred: Volume, target: Volume, include_background: bool = False,
-              tolerance: float = 1.0) -> dict[int, float]:
+              tolerance: float = 1.0, label: int | None = None) -> dict[int, float]:
     """The label-map metric `name` of one case per class, for the classes present in
-    either map (background 0 only with `include_background`); `tolerance` (mm) is used
-    by surface_dice only. Empty when no class is present."""
+    either map (background 0 only with `include_background`), or for class `label` only
+    (when either map holds it); `tolerance` (mm) is used by surface_dice only. Empty when
+    no class is present."""
     if name not in _LABEL_METRICS:
         raise ValueError(f"{name} is not a per-class label-map metric ({', '.join(sorted(_LABEL_METRICS))})")
     p, t, spacing = _pair(pred, target)
-    return {c: _class_value(name, p == c, t == c, spacing, tolerance)
-            for c in _considered(p, t, bool(include_background))}
+    considered = _considered(p, t, bool(include_background))
+    if label is not None:
+        considered = [c for c in _considered(p, t, True) if c == int(label)]
+    return {c: _class_value(name, p == c, t == c, spacing, tolerance) for c in considered}
+
+
+def class_names(*maps: Volume) -> dict[int, str]:
+    """The names of label values the maps carry (a DICOM SEG's segment labels), the
+    target's first: `{1: "liver", 2: "spleen"}`."""
+    names: dict[int, str] = {}
+    for vol in reversed(maps):
+        names.update(dict(vol.names))
+    return names
+
+
+def by_class(name: str, cases: Sequence[tuple[Volume, Volume]], options: dict[str, object]) -> dict[str, float]:
+    """The per-class means over cases of the label-map metric `name` (`options` as the
+    operator takes them), keyed by the class's name where the label maps carry one
+    (`liver`), else by its value (`1`). NaN values are left out of each mean."""
+    values: dict[int, list[float]] = {}
+    names: dict[int, str] = {}
+    tolerance = float(options.get("tolerance", 1.0))  # type: ignore[arg-type]
+    label = options.get("label")
+    for pred, target in cases:
+        found = per_class(name, pred, target, include_background=bool(options.get("include_background", False)),
+                          tolerance=tolerance, label=None if label is None else int(label))  # type: ignore[arg-type]
+        for c, v in found.items():
+            values.setdefault(c, []).append(v)
+        names.update(class_names(pred, target))
+    return {names.get(c, str(c)): _nanmean(vs) for c, vs in sorted(values.items())}
 
 
 # ===== overlap ==============================================================================
 
 
-def dice(pred: Volume, target: Volume, include_background: bool = False) -> float:
-    """Dice 2|P n T| / (|P| + |T|), mean over the classes present in either map."""
-    return _label_metric("dice", pred, target, include_background)
+def dice(pred: Volume, target: Volume, include_background: bool = False, label: int | None = None) -> float:
+    """Dice 2|P n T| / (|P| + |T|), mean over the classes present in either map (of
+    class `label` only, when given)."""
+    return _label_metric("dice", pred, target, include_background, label=label)
 
 
-def iou(pred: Volume, target: Volume, include_background: bool = False) -> float:
+def iou(pred: Volume, target: Volume, include_background: bool = False, label: int | None = None) -> float:
     """Jaccard index |P n T| / |P u T|, mean over the classes present in either map."""
-    return _label_metric("iou", pred, target, include_background)
+    return _label_metric("iou", pred, target, include_background, label=label)
 
 
-def sensitivity(pred: Volume, target: Volume, include_background: bool = False) -> float:
+def sensitivity(pred: Volume, target: Volume, include_background: bool = False, label: int | None = None) -> float:
     """TP / (TP + FN) per class, mean over classes (NaN for a class the target lacks)."""
-    return _label_metric("sensitivity", pred, target, include_background)
+    return _label_metric("sensitivity", pred, target, include_background, label=label)
 
 
-def specificity(pred: Volume, target: Volume, include_background: bool = False) -> float:
+def specificity(pred: Volume, target: Volume, include_background: bool = False, label: int | None = None) -> float:
     """TN / (TN + FP) per class, mean over classes."""
-    return _label_metric("specificity", pred, target, include_background)
+    return _label_metric("specificity", pred, target, include_background, label=label)
 
 
 # ===== surface distance ======================================================================
 
 
-def hd95(pred: Volume, target: Volume, include_background: bool = False) -> float:
+def hd95(pred: Volume, target: Volume, include_background: bool = False, label: int | None = None) -> float:
     """95th percentile symmetric Hausdorff distance in mm (MONAI: the larger of the two
     directed 95th percentiles), mean over classes."""
-    return _label_metric("hd95", pred, target, include_background)
+    return _label_metric("hd95", pred, target, include_background, label=label)
 
 
-def assd(pred: Volume, target: Volume, include_background: bool = False) -> float:
+def assd(pred: Volume, target: Volume, include_background: bool = False, label: int | None = None) -> float:
     """Average symmetric surface distance in mm (MONAI, symmetric=True), mean over classes."""
-    return _label_metric("assd", pred, target, include_background)
+    return _label_metric("assd", pred, target, include_background, label=label)
 
 
-def surface_dice(pred: Volume, target: Volume, tolerance: float = 1.0, include_background: bool = False) -> float:
+def surface_dice(pred: Volume, target: Volume, tolerance: float = 1.0, include_background: bool = False,
+                 label: int | None = None) -> float:
     """Normalized surface Dice at `tolerance` mm (MONAI compute_surface_dice), mean over classes."""
-    return _label_metric("surface_dice", pred, target, include_background, float(tolerance))
+    return _label_metric("surface_dice", pred, target, include_background, float(tolerance), label=label)
 
 
 # ===== instances ============================================================================

@@ -78,7 +78,7 @@ def _outside_value(x: Volume) -> float:
 
 
 def _resampled(x: Volume, img: sitk.Image) -> Volume:
-    return Volume.from_sitk(img, x.kind, x.modality, x.source)
+    return Volume.from_sitk(img, x.kind, x.modality, x.source).with_names(x.names)  # label values move, unchanged
 
 
 def _index_to_point(x: Volume, index: Sequence[float]) -> tuple[float, ...]:
@@ -160,7 +160,7 @@ def _apply_box(x: Volume, start: Sequence[int], size: Sequence[int], fill: float
         dst.append(slice(lo - s, lo - s + (hi - lo)))
     out[tuple(dst)] = x.array[tuple(src)]
     origin = _index_to_point(x, start)
-    return Volume(out, x.spacing, origin, x.direction, x.kind, x.modality, x.source)
+    return Volume(out, x.spacing, origin, x.direction, x.kind, x.modality, x.source, x.names)
 
 
 def crop_or_pad(x: Volume, size: Sequence[int]) -> Volume:
@@ -705,7 +705,9 @@ def select_labels(x: Volume, labels: Sequence[int], merge: bool = False) -> Volu
     out = np.zeros(source.shape, dtype=np.uint8 if merge or len(values) < 256 else np.uint16)
     for index, value in reversed(list(enumerate(values))):  # a value given twice keeps its first class
         out[source == value] = 1 if merge else index + 1
-    return x.with_array(out, kind="labels")
+    named = dict(x.names)
+    kept = () if merge else tuple((index + 1, named[v]) for index, v in enumerate(values) if v in named)
+    return x.with_array(out, kind="labels").with_names(kept)  # the old values' names would name the wrong classes
 
 
 OPERATORS: dict[str, Callable[..., object]] = {

@@ -284,7 +284,7 @@ class Preparer:
             key = CacheKey(step.op, step.version, {"ir": step.hash, "args": to_json(step.params), "case": spec.id,
                                                    "spec": to_json(spec.args)}, {}, sources)
             tasks.append(Task(key, step.id, step.op, spec.id, dict(step.params), spec=spec, modality=step.modality,
-                              module=step.module,
+                              module=step.module, declared=step.declared,
                               index_id=self._index_id(step, spec.id)))
             items.append((spec.id, key.digest()))
         return self._fused(step, tasks, Cases(tuple(items)))
@@ -363,7 +363,7 @@ class Preparer:
         params, writes = self._params(step, None), step.writes
         key, rng = self._key(step, params, inputs, self._sources(step, params, writes), None)
         task = Task(key, step.id, step.op, None, call_params(params), refs=refs, datasets=datasets, lift=step.lift,
-                    module=step.module,
+                    module=step.module, declared=step.declared,
                     lifted_arg=next(iter(step.inputs), None), rng_seed=rng, writes=writes,
                     index_id=self._index_id(step, None), device=self.options.device, recipes=self.recipes(step))
         return Prepared([task], Single(key.digest()))

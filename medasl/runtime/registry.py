@@ -45,7 +45,7 @@ COLLECTS = COLLECTING_REPORTS  # report operators given the shown figures and th
 OPERATORS: dict[str, frozenset[str]] = {
     "io": frozenset({
         "atrophy_phantom", "boxed", "boxes_to_mask", "classified", "csv_annotations", "datalist", "dicom_file",
-        "dicom_folder", "dicom_series", "dicom_to_image", "folder", "images", "instance_folder",
+        "dicom_folder", "dicom_seg", "dicom_series", "dicom_to_image", "folder", "images", "instance_folder",
         "instances_to_labels", "jpeg", "labels_to_instances", "mask_to_boxes", "mha", "nifti", "nrrd", "numpy",
         "one_hot", "onehot_to_labels", "pair_input", "phantom", "png", "slide_tiles", "tiff", "write_boxes",
         "write_mha", "write_nifti", "write_nrrd", "write_png"}),

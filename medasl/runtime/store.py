@@ -255,13 +255,15 @@ def _npscalar_dec(node: dict[str, Json], r: _Reader) -> np.generic:
 
 def _volume_enc(v: Volume, w: _Writer, where: str) -> dict[str, Json]:
     return {"array": w.array(v.array, f"{where}.array"), "spacing": _floats(v.spacing), "origin": _floats(v.origin),
-            "direction": _floats(v.direction), "kind": v.kind, "modality": v.modality, "source": v.source}
+            "direction": _floats(v.direction), "kind": v.kind, "modality": v.modality, "source": v.source,
+            **({"names": [[value, name] for value, name in v.names]} if v.names else {})}
 
 
 def _volume_dec(node: dict[str, Json], r: _Reader) -> Volume:
     return Volume(r.array(node["array"]), tuple(map(_float_dec, node["spacing"])),
                   tuple(map(_float_dec, node["origin"])), tuple(map(_float_dec, node["direction"])),
-                  kind=_str(node["kind"]), modality=_str(node["modality"]), source=_opt_str(node["source"]))
+                  kind=_str(node["kind"]), modality=_str(node["modality"]), source=_opt_str(node["source"]),
+                  names=tuple((int(value), _str(name)) for value, name in node.get("names") or ()))  # type: ignore[union-attr, misc]
 
 
 def _boxes_enc(b: Boxes, w: _Writer, where: str) -> dict[str, Json]:

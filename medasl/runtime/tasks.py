@@ -186,6 +186,7 @@ class Task:
     spec: CaseSpec | None = None
     rng_seed: tuple[int, int] | None = None
     modality: str | None = None
+    declared: object = None  # a reader's declared result (`Step.declared`): the data read is checked against it
     writes: bool = False
     index_id: str | None = None  # the name this result is remembered under, for `--dry-run`
     chain: tuple[Task, ...] = ()  # steps fused into this one: computed first, in memory, not stored
@@ -276,7 +277,7 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
     if task.spec is not None:
         source = registry.source(task.op)
         assert source is not None
-        return _declare_modality(source.load(task.spec), task.modality)  # type: ignore[attr-defined]
+        return _conform(_declare_modality(source.load(task.spec), task.modality), task)  # type: ignore[attr-defined]
     area = task.module.removeprefix("std.") if task.module.startswith("std.") else registry.area(task.op)
     args: dict[str, object] = dict(task.params)
     for name, ref in task.refs.items():
@@ -319,7 +320,19 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
         return value
     if task.lifted_arg is not None and task.op not in registry.TAKES_PAIRS and {"pair", "image", "label"} & set(task.lift):
         return _apply_to_members(function, args, task.lifted_arg, task.lift[-1])
-    return function(**args)
+    if area == "metrics":
+        return _measured_once(task, function, args)
+    return _conform(function(**args), task)
+
+
+def _conform(value: object, task: Task) -> object:
+    """What a reader gave, checked against what the pipeline declares it to be (label
+    values within the classes, dimensions), and label maps made label maps."""
+    if task.declared is None:
+        return value
+    from medasl.ops import io  # loaded already: a reader just ran
+
+    return io.conform(value, task.declared)
 
 
 def _gather_tuples(args: dict[str, object]) -> None:
@@ -368,7 +381,23 @@ def _reduce(task: Task, args: dict[str, object]) -> Measured:
     per_case = {}
     for index, case in enumerate(ids):
         per_case[case] = float(function(**options, **{name: args[name][index] for name in inputs}))  # type: ignore[index]
-    return metrics.reduce(task.op, per_case, goal)
+    per_class = None
+    if task.op in metrics.LABEL_METRICS and {"pred", "target"} <= inputs.keys():
+        per_class = metrics.by_class(task.op, list(zip(args["pred"], args["target"])), options)  # type: ignore[call-overload]
+    return metrics.reduce(task.op, per_case, goal, per_class)
+
+
+def _measured_once(task: Task, function: Callable[..., object], args: dict[str, object]) -> Measured:
+    """A metric of one prediction and one target (not datasets) is a `Metric` too, as
+    the language types it: one value, per class for label maps."""
+    from medasl.ops import metrics
+
+    value = float(function(**args))  # type: ignore[arg-type]
+    per_class = None
+    if task.op in metrics.LABEL_METRICS:
+        options = {k: v for k, v in args.items() if k not in ("pred", "target")}
+        per_class = metrics.by_class(task.op, [(args["pred"], args["target"])], options)  # type: ignore[list-item]
+    return Measured(task.op, metrics.GOALS[task.op], value, {}, dict(per_class or {}))
 
 
 def _apply_to_members(function: Callable[..., object], args: dict[str, object], name: str, mode: str) -> object:

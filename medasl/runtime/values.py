@@ -51,6 +51,7 @@ class Volume:
     kind: str = "image"
     modality: str = "Any"
     source: str | None = None
+    names: tuple[tuple[int, str], ...] = ()  # a label map's class names by value (a DICOM SEG's segment labels)
 
     def __post_init__(self) -> None:
         """Normalise the geometry to float tuples and refuse shapes that cannot be an image,
@@ -120,7 +121,13 @@ class Volume:
 
     def with_array(self, array: np.ndarray, kind: str | None = None) -> Volume:
         """A Volume on the same grid holding `array` (for NumPy operators that keep the grid)."""
-        return Volume(array, self.spacing, self.origin, self.direction, kind or self.kind, self.modality, self.source)
+        return Volume(array, self.spacing, self.origin, self.direction, kind or self.kind, self.modality, self.source,
+                      self.names)
+
+    def with_names(self, names: tuple[tuple[int, str], ...]) -> Volume:
+        """This volume with the class names of its label values (`((1, "liver"), ...)`)."""
+        return Volume(self.array, self.spacing, self.origin, self.direction, self.kind, self.modality, self.source,
+                      tuple((int(v), str(n)) for v, n in names))
 
     # ----- geometry -------------------------------------------------------------------------
 
@@ -205,7 +212,8 @@ class Volume:
         order = [dim - 1 - src_axis_for[dim - 1 - a] for a in range(dim)]
         order += list(range(dim, array.ndim))
         array = np.ascontiguousarray(np.transpose(array, order))
-        return Volume(array, other.spacing, other.origin, other.direction, self.kind, self.modality, self.source)
+        return Volume(array, other.spacing, other.origin, other.direction, self.kind, self.modality, self.source,
+                      self.names)
 
 
 @dataclass(frozen=True)
