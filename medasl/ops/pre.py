@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
 
 from medasl.runtime.errors import DataError
-from medasl.runtime.values import Pair, Volume
+from medasl.runtime.values import Pair, Volume, carried
 
 PathLike = str | os.PathLike[str]
 
@@ -192,10 +192,13 @@ def resize(x: Volume, size: Sequence[int], interp: str = "auto") -> Volume:
 def crop_foreground(x: Volume | Pair, margin: int = 0, threshold: float = 0.0) -> Volume | Pair:
     """Crop to the bounding box of the voxels above `threshold` (any channel), plus
     `margin` voxels each side, clipped to the image. On a pair the input decides and the
-    target is cropped to the same box. With no foreground the volume is returned whole."""
+    target is cropped to the same box (boxes clipped to it, a class kept: see
+    `values.carried`). With no foreground the volume is returned whole."""
     if isinstance(x, Pair):
         start, size = _foreground_box(x.input, margin, threshold)
-        return Pair(_apply_box(x.input, start, size, 0.0), _apply_box(x.target, start, size, 0.0))
+        image = _apply_box(x.input, start, size, 0.0)
+        target = x.target
+        return Pair(image, _apply_box(target, start, size, 0.0) if isinstance(target, Volume) else carried(target, image))
     start, size = _foreground_box(x, margin, threshold)
     return _apply_box(x, start, size, 0.0)
 

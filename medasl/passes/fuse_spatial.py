@@ -11,6 +11,9 @@ mixed, so the deterministic prefix is stored once and the random suffix is one
 sampling drawn anew in every epoch (elsewhere they are one sampling); the steps must
 agree on how images are interpolated (B-spline is never fused). Intensity steps between
 spatial steps end a chain: clipping and normalizing do not commute with interpolation.
+Pairs whose target is `Boxes` are not fused: each step moves and clips the boxes with
+its own geometry (`values.carried`), where the kernel composes voxel maps only; a
+`Class` target is carried along by the kernel.
 A step that interpolates is given to the kernel even alone (`ALONE`): where the map keeps
 every slice a slice (resampling in plane, an in-plane rotation) the kernel samples in
 2-D per slice, which is faster than the operator's 3-D resampling; the runtime runs the
@@ -20,6 +23,7 @@ operator instead where the kernel does not pay (`fused_spatial.worth_fusing`).
 from __future__ import annotations
 
 from medasl.ir.graph import Graph, Node
+from medasl.ir.types import Ty
 from medasl.passes.chains import find_chains, fuse
 from medasl.passes.manager import Pass
 
@@ -35,7 +39,16 @@ left unfused on the CPU anyway: drawing its field costs what fusing would save).
 
 
 def accepts(node: Node) -> bool:
-    return node.op in FUSABLE and "spatial" in node.traits
+    return node.op in FUSABLE and "spatial" in node.traits and not _moves_boxes(node)
+
+
+def _moves_boxes(node: Node) -> bool:
+    """Whether the step gives (image, boxes) pairs, case by case or not."""
+    t = node.type
+    while isinstance(t, Ty) and t.name == "Dataset" and t.params:
+        t = t.params[0]
+    return (isinstance(t, Ty) and t.name == "Pair" and len(t.params) == 2 and isinstance(t.params[1], Ty)
+            and t.params[1].name == "Boxes")
 
 
 def _interpolation(node: Node) -> str | None:

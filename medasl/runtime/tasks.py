@@ -25,7 +25,7 @@ from medasl.runtime.digests import write_json_atomic
 from medasl.runtime.errors import DataError
 from medasl.runtime.outputs import files_intact, written_record
 from medasl.runtime.store import StoreError, encode_value, load_value, save_value
-from medasl.runtime.values import Case, CaseSpec, Measured, Network, Pair, Volume
+from medasl.runtime.values import Case, CaseSpec, Measured, Network, Pair, Volume, carried
 
 PAIR_MEMBERS = {"image": "input", "label": "target", "input": "input", "target": "target"}
 
@@ -402,12 +402,20 @@ def _measured_once(task: Task, function: Callable[..., object], args: dict[str, 
 
 def _apply_to_members(function: Callable[..., object], args: dict[str, object], name: str, mode: str) -> object:
     """A deterministic operator lifted over a pair: applied to both members (`[pair]`),
-    to the image only (`[image]`: intensities) or to the label only (`[label]`)."""
+    to the image only (`[image]`: intensities) or to the label only (`[label]`). A
+    spatial operator's target without a voxel grid (boxes) follows the image: the
+    std.pre operators move nothing in world coordinates, so boxes are only clipped to
+    the new grid (`values.carried`)."""
     pair = args[name]
     if not isinstance(pair, Pair):
         return function(**args)
     image = pair.input if mode == "label" else function(**{**args, name: pair.input})
-    label = pair.target if mode == "image" else function(**{**args, name: pair.target})
+    if mode == "image":
+        label = pair.target
+    elif mode == "pair" and not isinstance(pair.target, Volume) and isinstance(image, Volume):
+        label = carried(pair.target, image)
+    else:
+        label = function(**{**args, name: pair.target})
     return Pair(image, label)
 
 

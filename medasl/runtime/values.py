@@ -13,6 +13,7 @@ end (`medasc check`, `graph`, `compile`) must never import it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -290,6 +291,30 @@ class Boxes:
     def __len__(self) -> int:
         return int(self.classes.shape[0])
 
+    def moved(self, move: Callable[[np.ndarray], np.ndarray], step: float | None = None) -> Boxes:
+        """The boxes after the content under them moved by `move` (world points `(n, D)`
+        -> where they went): each becomes the world-axis-aligned box around its moved
+        corners, which holds the whole moved box when `move` is affine (a rotated box
+        becomes the box around its rotated corners). For a deformation (`step` given),
+        points on the box's faces at most `step` mm apart are moved instead: a continuous
+        map takes a box's boundary to the boundary of its image, so those bound it."""
+        lo, hi = self.lo.copy(), self.hi.copy()
+        for i in range(len(self)):
+            points = _box_points(self.lo[i], self.hi[i], step)
+            moved = move(points)
+            lo[i], hi[i] = moved.min(axis=0), moved.max(axis=0)
+        return Boxes(lo, hi, self.classes, self.scores, self.source)
+
+    def within(self, lo: Sequence[float], hi: Sequence[float]) -> Boxes:
+        """The boxes clipped to the world region `[lo, hi]`; a box entirely outside it is
+        dropped with its class and score (a box of no extent along an axis is kept when
+        it lies in the region, bounds included)."""
+        region_lo, region_hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+        clipped_lo, clipped_hi = np.maximum(self.lo, region_lo), np.minimum(self.hi, region_hi)
+        flat = self.hi == self.lo
+        keep = np.all((clipped_hi > clipped_lo) | (flat & (clipped_hi >= clipped_lo)), axis=1)
+        return Boxes(clipped_lo[keep], clipped_hi[keep], self.classes[keep], self.scores[keep], self.source)
+
 
 @dataclass(eq=False)
 class Annotations:
@@ -394,6 +419,64 @@ class Measured:
     value: float
     per_case: dict[str, float] = field(default_factory=dict)
     per_class: dict[str, float] = field(default_factory=dict)
+
+
+# ----- a pair's target when its input moves ------------------------------------------------
+
+
+def index_to_world(vol: Volume, index: np.ndarray) -> np.ndarray:
+    """World points (LPS mm, `(n, D)`) of continuous voxel indices `(n, D)` ((x, y, z)
+    order) of `vol`'s grid."""
+    d = vol.dim
+    m = np.array(vol.direction).reshape(d, d) * np.array(vol.spacing)
+    return np.array(vol.origin) + np.asarray(index, dtype=np.float64) @ m.T
+
+
+def world_to_index(vol: Volume, points: np.ndarray) -> np.ndarray:
+    """The inverse of `index_to_world`."""
+    d = vol.dim
+    m = np.array(vol.direction).reshape(d, d) * np.array(vol.spacing)
+    return (np.asarray(points, dtype=np.float64) - np.array(vol.origin)) @ np.linalg.inv(m).T
+
+
+def footprint(vol: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The world-axis-aligned box around `vol`'s voxels (their footprints: continuous
+    indices -0.5 .. n - 0.5), as (lo, hi) in mm. On an oblique grid it also holds some
+    space around the grid, as boxes on such a grid do (see `Boxes`)."""
+    corners = np.array(np.meshgrid(*[[0, 1]] * vol.dim, indexing="ij")).reshape(vol.dim, -1).T
+    world = index_to_world(vol, corners * np.array(vol.shape, dtype=np.float64) - 0.5)
+    return world.min(axis=0), world.max(axis=0)
+
+
+def carried(target: object, grid: Volume, move: Callable[[np.ndarray], np.ndarray] | None = None,
+            step: float | None = None) -> object:
+    """A pair's target without a voxel grid after a spatial operator gave the pair's
+    input the grid `grid` and moved its content by `move` (world points -> where they
+    went; None: nothing moved in world coordinates, as resampling, crops, pads and
+    reorientation keep every kept voxel where it was). `Boxes` move with the content
+    (`Boxes.moved`, `step` for a deformation) and are clipped to the new grid's
+    footprint, losing the boxes left outside it; anything else (a `Class`, `Scores`) is
+    carried along unchanged, being a fact about the case and not about a place in it."""
+    if isinstance(target, Boxes):
+        boxes = target.moved(move, step) if move is not None else target
+        return boxes.within(*footprint(grid))
+    return target
+
+
+def _box_points(lo: np.ndarray, hi: np.ndarray, step: float | None) -> np.ndarray:
+    """The corners of the box `[lo, hi]` (`step` None), or points on its faces at most
+    `step` apart along each axis (corners included), as `(n, D)`."""
+    d = lo.shape[0]
+    if step is None:
+        unit = np.array(np.meshgrid(*[[0.0, 1.0]] * d, indexing="ij")).reshape(d, -1).T
+        return lo + unit * (hi - lo)
+    axes = [np.linspace(a, b, max(2, min(256, int(math.ceil((b - a) / step)) + 1))) for a, b in zip(lo, hi)]
+    faces = []
+    for axis in range(d):
+        for end in (lo[axis], hi[axis]):
+            grid = np.meshgrid(*[[end] if a == axis else axes[a] for a in range(d)], indexing="ij")
+            faces.append(np.stack([g.ravel() for g in grid], axis=1))
+    return np.concatenate(faces)
 
 
 def _close(a: tuple[float, ...], b: tuple[float, ...], tol: float) -> bool:

@@ -392,7 +392,9 @@ class CallChecker:
         key = (str(val.value), conv.name)
         if key not in self.pc.conversions_memo:
             produced, depth = _converted_type(conv, val.type)
-            node = self.pc.add_node(conv.name, (("_", val.value),), produced, val.span, stage=conv.stage,
+            # the argument is named as the conversion declares it (`x`), as a call written by
+            # the user would be: the runtime binds arguments to the implementation by name
+            node = self.pc.add_node(conv.name, ((conv.params[0].name, val.value),), produced, val.span, stage=conv.stage,
                                  lift=("map",) * depth, conversion=True, version=conv.version)
             self.pc.conversions_memo[key] = node.id
         return Ref(self.pc.conversions_memo[key])
