@@ -485,6 +485,15 @@ CODES: dict[str, Code] = {
         " library wrote an incomplete file. Nothing half-written was left; fix the folder (or"
         " choose another `--out`) and run the same command again.",
     ),
+    "W0010": Code(
+        "a writer's path leaves the output folder",
+        "Writers and reports write inside `--out DIR/<pipeline>` (the output-path rule): an"
+        " absolute path, or one whose `..` climbs out of that folder, is refused by `medasc run`"
+        " (E2011) unless the run is given `--allow-outside-out`. Only the run decides, so the"
+        " checker warns. Write a relative path without `..`, or pass the option on purpose.",
+        'written = write_nifti(cases.image, "/data/derived/*.nii.gz")',
+        'written = write_nifti(cases.image, "derived/*.nii.gz")',
+    ),
     "W0001": Code(
         "unused value",
         "A binding that nothing uses, shows or reports is computed for nothing.",

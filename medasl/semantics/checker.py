@@ -285,7 +285,7 @@ class PipelineChecker:
                 self._resources(stmt)
         self._check_transforms_used()
         self._check_unused()
-        check_outputs(self.graph, self.error)
+        check_outputs(self.graph, self.error, self.warning)
         self.graph.compute_hashes()
         return self.graph
 

@@ -4,11 +4,13 @@ paths are written in the file and would land on one file.
 - E0260: a writer mapped over a dataset with a path without `*`: every case would
   overwrite the one before;
 - E0261: two writers (or reports) naming the same file, once the format's extension is
-  added and the path normalized.
+  added and the path normalized;
+- W0010: a path that leaves the output folder (absolute, or `..` climbing out of it):
+  `medasc run` refuses it (E2011) unless given `--allow-outside-out`, which only the run
+  can decide, so the checker warns.
 
 Paths that come from parameters (`--set`) or case ids are only known when running;
-`medasc run` checks those (E2012), and a path leaving `--out` (E2011), which only the
-run's `--allow-outside-out` decides.
+`medasc run` checks those (E2012, E2011).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from collections.abc import Callable
 
 from medasl.diagnostics import Label, label, secondary
 from medasl.ir.graph import Const, Graph, Node
-from medasl.runtime.outputs import pattern_target
+from medasl.runtime.outputs import climbs_out, pattern_target
 
-Report = Callable[..., None]  # PipelineChecker.error(code, message, *labels, help=...)
+Report = Callable[..., None]  # PipelineChecker.error / .warning(code, message, *labels, help=...)
 
 
 def _literal_path(node: Node) -> str | None:
@@ -30,8 +32,8 @@ def _literal_path(node: Node) -> str | None:
     return value.value if isinstance(value, Const) and isinstance(value.value, str) else None
 
 
-def check_outputs(graph: Graph, error: Report) -> None:
-    """E0260 and E0261 for the writers of `graph` whose paths are literals."""
+def check_outputs(graph: Graph, error: Report, warning: Report) -> None:
+    """E0260, E0261 and W0010 for the writers of `graph` whose paths are literals."""
     first_of: dict[str, Node] = {}
     for node in graph.nodes.values():
         pattern = _literal_path(node)
@@ -44,6 +46,11 @@ def check_outputs(graph: Graph, error: Report) -> None:
             error("E0260", f"`{node.op}` writes each case of a dataset to the one file `{pattern}`: every case "
                   "would overwrite the one before", *here,
                   help=f"put `*` in the file name, which becomes each case's id: `{example}`")
+        if climbs_out(pattern):
+            where = (label(node.span, "writes outside the output folder"),) if node.span else ()
+            warning("W0010", f"`{node.op}` writes to `{pattern}`, outside the output folder (`--out DIR/<pipeline>`)",
+                    *where, help="`medasc run` refuses this unless given --allow-outside-out; a relative path "
+                    "without `..` stays inside")
         target = pattern_target(node.op, pattern)
         first = first_of.setdefault(target, node)
         if first is not node:
