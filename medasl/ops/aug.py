@@ -302,12 +302,16 @@ def _displaced(vol: Volume, field: np.ndarray) -> Move:
     `vol`'s grid: the output point q whose sample point q + d(q) is the input point p,
     found by the fixed-point iteration q <- p - d(q) (a contraction: the field is smooth,
     its displacements change by less than the distances between points), with d(q)
-    interpolated linearly as ITK's DisplacementFieldTransform does, 0 off the grid."""
+    interpolated as ITK's DisplacementFieldTransform does: linearly with the edge voxels
+    repeated inside the grid's footprint (continuous indices -0.5 .. n - 0.5), 0 off it."""
     from scipy.ndimage import map_coordinates
+
+    sizes = np.array(vol.array.shape[: vol.dim], dtype=np.float64)
 
     def d(points: np.ndarray) -> np.ndarray:
         index = world_to_index(vol, points)[:, ::-1].T  # array axes (z, y, x)
-        return np.stack([map_coordinates(field[..., c], index, order=1, mode="constant", cval=0.0)
+        inside = np.all((index >= -0.5) & (index < sizes[:, None] - 0.5), axis=0)
+        return np.stack([map_coordinates(field[..., c], index, order=1, mode="nearest") * inside
                          for c in range(vol.dim)], axis=1)
 
     def move(points: np.ndarray) -> np.ndarray:
