@@ -1,4 +1,4 @@
-"""`medasc cache ls|du|gc`: look into the result cache and clean it.
+"""`medasc cache ls|du|gc|verify`: look into the result cache, clean it, check it.
 
 `--cache-dir DIR` means what `MEDASL_CACHE_DIR` means: results live in `DIR/results`;
 without either, `~/.cache/medasl/results`. An empty or absent cache is not an error.
@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -191,6 +192,58 @@ def gc(ctx: click.Context, cache_dir: Path | None, older_than: float | None, rem
         click.echo(f"removed lock {name}")
     click.echo(f"freed {human(report.freed_bytes)}: {len(report.removed_entries)} entries, "
                f"{len(report.removed_temp)} temp dirs, {len(report.removed_locks)} locks")
+
+
+@cache_group.command(name="verify")
+@_cache_dir_option
+@click.option("--drop", is_flag=True, help="Remove the entries found damaged (a run would compute them again anyway).")
+@click.option("--json", "as_json", is_flag=True, help="The findings as JSON, for scripts.")
+@click.pass_context
+def verify(ctx: click.Context, cache_dir: Path | None, drop: bool, as_json: bool) -> None:
+    """Read every entry again and compare it with the digests recorded when it was stored.
+
+    A run already checks each result it uses (and computes a damaged one again); this checks
+    the whole cache at once, for example after a disk error or a copy. Exit status 1 when
+    damaged entries are left in place (without --drop), else 0. Entries stored by an older
+    medasl without a digest of their value are listed too: runs compute them again.
+    """
+    import time
+
+    cache = _open(ctx, cache_dir)
+    clock = time.perf_counter()
+    try:
+        report = cache.verify(drop=drop)
+    except OSError as exc:  # --drop on a cache this user cannot write
+        click.echo(f"error: cannot remove damaged entries from {cache.root}: {exc.strerror or exc}; "
+                   "run again without --drop to only list them", err=True)
+        sys.exit(1)
+    seconds = time.perf_counter() - clock
+    damaged = [d for d in report.bad if not d.outdated]
+    left = [d for d in damaged if d.digest not in report.dropped]
+    if as_json:
+        rows = [{"digest": d.digest, "node_id": d.node_id, "problem": d.problem, "outdated": d.outdated,
+                 "dropped": d.digest in report.dropped} for d in report.bad]
+        click.echo(json.dumps({"root": str(cache.root), "entries": report.entries,
+                               "sound": report.entries - len(report.bad), "checked_bytes": report.checked_bytes,
+                               "bad": rows}, indent=2))
+    elif report.entries == 0:
+        _empty(cache)
+    else:
+        for d in report.bad:
+            what = "outdated" if d.outdated else "damaged"
+            state = " (dropped)" if d.digest in report.dropped else " (in use: left)" if d.digest in report.busy else ""
+            click.echo(f"{what} {d.digest[:12]} {d.node_id or '-'}: {d.problem}{state}")
+        outdated = len(report.bad) - len(damaged)
+        click.echo(f"checked {report.entries} entr{'y' if report.entries == 1 else 'ies'} "
+                   f"({human(report.checked_bytes)}) in {seconds:.2f} s: "
+                   f"{report.entries - len(report.bad)} sound, {len(damaged)} damaged"
+                   + (f", {outdated} outdated" if outdated else "")
+                   + (f"; dropped {len(report.dropped)}" if drop else ""))
+        if left and not drop:
+            click.echo("a run computes damaged results again by itself; `medasc cache verify --drop` removes them now",
+                       err=True)
+    if left:
+        sys.exit(1)
 
 
 def _dry_run(cache: Cache, older_than: float | None, remove_all: bool) -> None:

@@ -361,7 +361,8 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
 
     from medasl.cache_cli import cache_root
     from medasl.runtime import session
-    from medasl.runtime.cache import Cache
+    from medasl.runtime.cache import Cache, storage_problem
+    from medasl.runtime.errors import DataError
     from medasl.runtime.executor import RunFailure
 
     request = session.RunRequest(overrides, out, Cache(cache_root(cache_dir)), seed, device, workers, force, dry_run,
@@ -392,6 +393,14 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
         except RunFailure as failure:
             failed = Diagnostics()
             failed.items += [session.failure_diagnostic(f) for f in (failure, *failure.more)]
+            _print_diagnostics(failed, sources, "text")
+            _finish(failed)
+        except (OSError, DataError) as exc:  # a full or read-only cache met outside a step (--force's removal)
+            problem = storage_problem(exc, request.cache.root)
+            if problem is None:
+                raise
+            failed = Diagnostics()
+            failed.error(problem.code, problem.message, help=problem.help)
             _print_diagnostics(failed, sources, "text")
             _finish(failed)
         except KeyboardInterrupt:

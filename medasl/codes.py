@@ -494,6 +494,27 @@ CODES: dict[str, Code] = {
         'written = write_nifti(cases.image, "/data/derived/*.nii.gz")',
         'written = write_nifti(cases.image, "derived/*.nii.gz")',
     ),
+    "E2020": Code(
+        "the cache cannot be written",
+        "A run stores every result in its cache (`--cache-dir DIR`, else `$MEDASL_CACHE_DIR`,"
+        " else `~/.cache/medasl`) before the next step reads it, and this cache is on a"
+        " read-only file system or in a folder you may not write to. Nothing was half-written."
+        " Give a writable cache with `--cache-dir DIR` (or `MEDASL_CACHE_DIR=DIR`). A read-only"
+        " cache still serves a run whose results it holds already: only computing needs to write.",
+        'import std.io, std.pre\npipeline p {\n  ct = nifti("ct.nii.gz") as Image[3, CT]\n'
+        '  smooth = ct |> resample(spacing=(2, 2, 2) mm)\n}',
+    ),
+    "E2021": Code(
+        "no space left for the cache",
+        "Storing a result in the cache failed because the disk (or your quota) is full. A"
+        " result is written under a temporary name and appears only when complete, so the"
+        " unfinished one was removed and no later run can take it for a result; everything"
+        " stored before stays. `medasc cache du` shows what the cache holds, `medasc cache gc"
+        " --older-than 7d` removes older results, or `--cache-dir DIR` puts the cache on a"
+        " larger disk; then the same command resumes.",
+        'import std.io, std.pre\npipeline p {\n  ct = nifti("ct.nii.gz") as Image[3, CT]\n'
+        '  fine = ct |> resample(spacing=(0.2, 0.2, 0.2) mm)\n}',
+    ),
     "W0001": Code(
         "unused value",
         "A binding that nothing uses, shows or reports is computed for nothing.",
@@ -508,6 +529,18 @@ CODES: dict[str, Code] = {
         " such as `epochs` is searched with `int(lo, hi)`.",
         "param epochs = 50 search uniform(10, 100)",
         "param epochs = 50 search int(10, 100)",
+    ),
+    "W0015": Code(
+        "a damaged cached result is computed again",
+        "Every file of a cached result has its sha256 recorded when the result is stored, and"
+        " its manifest the sha256 of its own text; a run compares them (each file once per"
+        " run) before it uses the result. This one did not match: a file was changed, cut"
+        " short or replaced after it was stored (a disk error, a copy that went wrong, an edit"
+        " by hand). The run did not use it: it computed the result again, so its outputs are"
+        " those of a clean run. `medasc cache verify` checks the whole cache; with `--drop` it"
+        " removes what is damaged.",
+        'import std.io, std.pre\npipeline p {\n  ct = nifti("ct.nii.gz") as Image[3, CT]\n'
+        '  smooth = ct |> resample(spacing=(2, 2, 2) mm)\n}',
     ),
 }
 

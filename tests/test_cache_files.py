@@ -41,7 +41,7 @@ def test_a_run_over_small_cases_leaves_few_files(tmp_path: Path, monkeypatch: py
     for entry in entries:
         names = sorted(os.listdir(entry))
         assert "manifest.json" in names and len(names) <= 3, names
-        assert json.loads((entry / "manifest.json").read_text())["format"] == 2
+        assert json.loads((entry / "manifest.json").read_text())["format"] == 3
     small = [e for e in entries if os.listdir(e) == ["manifest.json"]]
     assert len(small) >= 2 * CASES  # 12x12x8 voxels fit in the manifest
     journals = sorted(p.name for p in (root / "index").iterdir())

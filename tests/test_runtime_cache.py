@@ -172,8 +172,9 @@ def test_a_damaged_entry_is_not_found(tmp_path: Path) -> None:
     assert cache.lookup(key) is None
     out.write_bytes(b"0123456789")
     assert cache.lookup(key, verify=True) is not None
-    out.write_bytes(b"9876543210")  # same size, other bytes: only a verifying lookup sees it
-    assert cache.lookup(key) is not None and cache.lookup(key, verify=True) is None
+    out.write_bytes(b"9876543210")  # same size, other bytes: the content is compared too (issue 10)
+    assert cache.lookup(key) is None and cache.lookup(key, verify=True) is None
+    assert cache.lookup(key, verify=False) is not None  # sizes only, on request
     out.unlink()
     assert cache.lookup(key) is None
     (cache.entry_path(key) / "manifest.json").write_text("{not json")
@@ -608,7 +609,7 @@ def test_a_small_value_is_one_file_and_loads_from_the_manifest(tmp_path: Path) -
     value = {"image": np.arange(24, dtype=np.int16).reshape(2, 3, 4), "label": 3}
     entry, computed = cache.ensure(make_key(), lambda p: setattr(p, "value", encode_value(value, p.path)[0]))
     assert computed and sorted(os.listdir(entry.path)) == ["manifest.json"]
-    assert json.loads((entry.path / "manifest.json").read_text())["format"] == 2
+    assert json.loads((entry.path / "manifest.json").read_text())["format"] == 3
     back = load_value(entry.path, doc=cache.lookup(make_key()).value_doc)  # type: ignore[union-attr]
     assert isinstance(back, dict) and back["label"] == 3 and np.array_equal(back["image"], value["image"])
 

@@ -13,8 +13,19 @@ Why a crash cannot leave a half-written entry that looks complete: outputs and m
 are written into a temp dir that no reader looks at, and the entry appears with one
 `os.rename` of the finished directory. A process killed at any moment leaves either no
 entry or a complete one, plus perhaps a temp dir whose pid is dead, which `gc` removes.
-A lookup also checks every output's size (and, on request, its sha256) against the
-manifest, so an entry damaged afterwards (a truncated file) reads as missing.
+A full disk or a read-only cache while writing is a `DataError` (E2021, E2020): the temp
+dir is removed, nothing is committed.
+
+Why an entry damaged afterwards is never used (issue 10: bytes flipped in a stored array,
+a spacing edited in the manifest's value): the manifest ends with the sha256 of its own
+text (`check`), and lists the sha256 of every output file. A lookup compares both, so a
+damaged entry reads as missing and is computed again; the cache remembers what it found
+(`Cache.damaged`, `on_damage`) so that the run can say which step and case it was. Each
+file is hashed once per process: a file whose content matched is remembered by path,
+size, mtime_ns, ctime_ns and inode (`_CheckedFiles`). Committed files get an mtime one
+second in the past, so that a later change within the same clock tick still changes it.
+Entries of manifest formats 1 and 2 have no `check`: they are used when their whole value
+is in files with digests (format 1, and checkpoints), and computed again otherwise.
 
 Locks only avoid duplicate work; correctness never depends on them. Two processes that
 commit the same key anyway keep one complete entry. Manifests and indexes are JSON only:
@@ -33,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -42,8 +54,9 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from medasl import __version__
 from medasl.runtime.digests import (
@@ -57,10 +70,17 @@ from medasl.runtime.digests import (
     sha256_json,
     temp_name,
 )
+from medasl.runtime.errors import DataError
 
 KEY_FORMAT = 1
-MANIFEST_FORMAT = 2  # 2: may hold the stored value's JSON document (`value`); 1 is still read
-MANIFEST_FORMATS = (1, 2)
+# 3: the manifest ends with the sha256 of its own text (`check`); 2: may hold the stored
+# value's JSON document (`value`), unverifiable, so such entries are computed again; 1 and
+# 2 without `value` are still read (their value is in files whose sha256 they record)
+MANIFEST_FORMAT = 3
+MANIFEST_FORMATS = (1, 2, 3)
+CHECK_TAIL = re.compile(rb',"check":"([0-9a-f]{64})"\}\s*\Z')
+BACKDATE_NS = 1_000_000_000  # committed files' mtime: this much in the past (see _CheckedFiles)
+TICK_NS = 100_000_000  # more than a file-system clock tick: a file changed this recently may change again unseen
 INDEX_FORMAT = 1  # the per-node index files before issue 9, still read by `previous`
 JOURNAL_FORMAT = 2
 MANIFEST_NAME = "manifest.json"
@@ -259,7 +279,8 @@ def _parse_outputs(manifest: dict[str, object]) -> dict[str, OutputFile] | None:
 
 
 def _entry_from(digest: str, path: Path, manifest: object) -> Entry | None:
-    """An Entry from a manifest read from disk, or None when the manifest is not ours or malformed."""
+    """An Entry from a parsed manifest, or None when the manifest is not ours or malformed
+    (its `check` is not looked at: `_read_entry` does that, from the file's bytes)."""
     if not isinstance(manifest, dict) or manifest.get("format") not in MANIFEST_FORMATS:
         return None
     if manifest.get("digest") != digest:
@@ -270,14 +291,124 @@ def _entry_from(digest: str, path: Path, manifest: object) -> Entry | None:
     return Entry(digest, path, manifest, outputs)
 
 
-def _output_intact(path: str, output: OutputFile, verify: bool) -> bool:
+def _with_check(body: bytes) -> bytes:
+    """A manifest's compact JSON text with its own sha256 appended as the last member."""
+    return body[:-1] + b',"check":"' + hashlib.sha256(body).hexdigest().encode("ascii") + b'"}'
+
+
+def _read_entry(digest: str, folder: str, data: bytes) -> tuple[Entry | None, Damage | None]:
+    """The entry a manifest file's bytes describe, or what is wrong with it.
+
+    A current manifest must end with the sha256 of the text before it; an older one
+    (formats 1 and 2, no `check`) is used only when its value is not in it, since then
+    nothing but files with recorded digests make its value.
+    """
     try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    if not stat.S_ISREG(st.st_mode) or st.st_size != output.size:
-        return False
-    return not verify or sha256_file(path) == output.sha256
+        manifest = json.loads(data)
+    except ValueError:
+        return None, Damage(digest, None, "its manifest is not readable JSON")
+    node_id = manifest.get("node_id") if isinstance(manifest, dict) else None
+    node_id = node_id if isinstance(node_id, str) else None
+    entry = _entry_from(digest, Path(folder), manifest)
+    if entry is None:
+        return None, Damage(digest, node_id, "its manifest is not one this version of medasl wrote")
+    if entry.manifest.get("format") == MANIFEST_FORMAT:
+        tail = CHECK_TAIL.search(data)
+        body = data[:tail.start()] + b"}" if tail else b""
+        if tail is None or hashlib.sha256(body).hexdigest() != tail.group(1).decode("ascii"):
+            return None, Damage(digest, node_id, "its manifest was changed after it was stored")
+    elif "value" in entry.manifest:
+        return None, Damage(digest, node_id, "it was stored by an older medasl, without a digest of its value",
+                            outdated=True)
+    return entry, None
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Why a lookup refused a committed entry. `outdated`: not damaged, but of an older
+    format whose value cannot be verified; either way it is computed again."""
+
+    digest: str
+    node_id: str | None  # `pipeline/step#case` (from its manifest, or from the caller's lookup)
+    problem: str
+    outdated: bool = False
+
+    @property
+    def step_id(self) -> str | None:
+        """The plan step the entry belongs to (its node id's part between `/` and `#`)."""
+        if self.node_id is None or "/" not in self.node_id:
+            return None
+        return self.node_id.partition("/")[2].partition("#")[0]
+
+    @property
+    def case(self) -> str | None:
+        if self.node_id is None or "#" not in self.node_id:
+            return None
+        return self.node_id.partition("#")[2]
+
+
+_Stamp = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+
+
+def _stamp(st: os.stat_result) -> _Stamp:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class _CheckedFiles:
+    """The sha256 of output files this process has read (or written), by path and stamp.
+
+    A stored file is hashed once per process (a run, or one of its workers): again only
+    when its size, mtime, ctime or inode changed. A digest is trusted only when it was
+    taken more than a clock tick after the file's mtime, so that a change in the same
+    tick, which could leave the mtime as it was, cannot go unseen; committed files are
+    backdated (`BACKDATE_NS`) so that their first reader need not read them again.
+    """
+
+    LIMIT = 1 << 18
+
+    def __init__(self) -> None:
+        self._found: dict[str, tuple[_Stamp, str]] = {}
+        self._lock = threading.Lock()
+
+    def problem(self, path: str, output: OutputFile, verify: bool | None) -> str | None:
+        """None when the file holds what the manifest recorded; else what is wrong, in words.
+        `verify`: None hashes once per process, True always, False compares sizes only."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return f"{output.name} is missing"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{output.name} is not a regular file"
+        if st.st_size != output.size:
+            return f"{output.name} has {st.st_size} bytes where {output.size} were stored"
+        if verify is False:
+            return None
+        with self._lock:
+            known = self._found.get(path)
+        if verify is None and known is not None and known[0] == _stamp(st):
+            digest = known[1]
+        else:
+            taken_ns = time.time_ns()
+            try:
+                digest = sha256_file(path)
+                after = os.stat(path, follow_symlinks=False)
+            except OSError:
+                return f"{output.name} could not be read"
+            if _stamp(after) == _stamp(st) and st.st_mtime_ns + TICK_NS < taken_ns:
+                self.remember(path, after, digest)
+        if digest != output.sha256:
+            return f"{output.name} holds other bytes than were stored"
+        return None
+
+    def remember(self, path: str, st: os.stat_result, digest: str) -> None:
+        with self._lock:
+            self._found.pop(path, None)
+            while len(self._found) >= self.LIMIT:
+                self._found.pop(next(iter(self._found)))  # the oldest: dicts keep insertion order
+            self._found[path] = (_stamp(st), digest)
+
+
+_CHECKED = _CheckedFiles()
 
 
 @dataclass
@@ -403,6 +534,17 @@ class GcReport:
     freed_bytes: int = 0
 
 
+@dataclass
+class VerifyReport:
+    """What `Cache.verify` found: the entries read, their bytes, and those that are not sound."""
+
+    entries: int = 0
+    checked_bytes: int = 0
+    bad: list[Damage] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # digests removed (with `drop`)
+    busy: list[str] = field(default_factory=list)  # bad but in use by a running process: left alone
+
+
 class LockTimeout(TimeoutError):
     """The per-key lock stayed busy for longer than the caller was willing to wait."""
 
@@ -464,6 +606,81 @@ def _remove_tree(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _backdate(path: Path) -> None:
+    """Set a file's mtime `BACKDATE_NS` into the past, so that any later change of its
+    content, even within the clock tick it was written in, gives it another mtime."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, time.time_ns() - BACKDATE_NS))
+
+
+def _write_named(f: BinaryIO, data: bytes, path: Path) -> None:
+    """`f.write(data)`, with `path` named in the OSError a full disk raises (a write names no file)."""
+    try:
+        f.write(data)
+        f.flush()
+    except OSError as exc:
+        exc.filename = exc.filename or os.fspath(path)
+        raise
+
+
+def _inside(name: StrPath | bytes, root: Path) -> bool:
+    """Whether the path `name` is `root` or lies under it."""
+    path, base = os.path.abspath(os.fsdecode(name)), os.path.abspath(root)
+    return path == base or path.startswith(base + os.sep)
+
+
+FREE_MARGIN = 64 << 20  # a device with less free space than this is full for a write that failed with no file named
+
+
+def _device_full(folder: Path) -> bool:
+    """Whether the device holding `folder` (or its nearest existing parent) is about full."""
+    probe = Path(os.path.abspath(folder))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks
+    return free * st.f_frsize < FREE_MARGIN
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _storage_error(exc: OSError, root: Path, doing: str) -> DataError | None:
+    """E2021 for a write into the cache that failed because the device (or a quota) is
+    full, E2020 when the cache cannot be written at all; None for any other error."""
+    if exc.errno in _FULL:
+        return DataError(
+            "E2021", f"no space left for the cache at {root} while {doing}", root,
+            help="free space: `medasc cache du` shows what the cache holds and `medasc cache gc --older-than 7d` "
+                 "removes older results; or put the cache on a larger disk with --cache-dir DIR. "
+                 "Results stored so far are kept, so the same command resumes")
+    if exc.errno in _READ_ONLY:
+        reason = (exc.strerror or "not writable").lower()
+        return DataError(
+            "E2020", f"cannot write into the cache at {root} while {doing}: {reason}", root,
+            help="run with --cache-dir DIR (or MEDASL_CACHE_DIR=DIR) naming a folder you can write to; "
+                 "a read-only cache still serves a run whose results it holds already")
+    return None
+
+
+def storage_problem(exc: BaseException, cache_root: Path) -> DataError | None:
+    """A run that failed writing into its cache (full, read-only, no permission) as the
+    user's problem to fix (E2021, E2020); None when `exc` is anything else."""
+    if isinstance(exc, DataError):
+        return exc if exc.code in ("E2020", "E2021") else None
+    if not isinstance(exc, OSError) or exc.errno not in (*_FULL, *_READ_ONLY):
+        return None
+    if exc.filename is not None:
+        return _storage_error(exc, cache_root, "running") if _inside(exc.filename, cache_root) else None
+    if exc.errno in _FULL and _device_full(cache_root):  # a write names no file: the device that is full
+        return _storage_error(exc, cache_root, "running")
+    return None
 
 
 def _fsync(path: Path) -> None:
@@ -537,7 +754,8 @@ def _holder_dead(path: Path | str) -> bool:
 
 
 class _ManifestMemo:
-    """Parsed manifests by path, each valid while its file keeps its inode, mtime and size.
+    """Parsed (and checked) manifests by path, each valid while its file keeps its size,
+    mtime, ctime and inode.
 
     A committed manifest never changes (an entry is replaced only by a new directory, so
     a new inode), so a `stat` tells whether the parsed copy still holds; the executor,
@@ -548,49 +766,59 @@ class _ManifestMemo:
     LIMIT_BYTES = 32 << 20  # ... and bytes of manifest (they hold small values inline)
 
     def __init__(self) -> None:
-        self._found: dict[str, tuple[tuple[int, int, int], Entry]] = {}
+        self._found: dict[str, tuple[_Stamp, Entry]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def read(self, digest: str, folder: str) -> Entry | None:
-        """The entry whose directory is `folder` (a string: pathlib costs more than the stat)."""
+    def read(self, digest: str, folder: str) -> tuple[Entry | None, Damage | None]:
+        """The entry whose directory is `folder` (a string: pathlib costs more than the stat),
+        or None and, when there is something there that is not a sound entry, what is wrong."""
         manifest = f"{folder}/{MANIFEST_NAME}"
         try:
             st = os.stat(manifest)
-        except OSError:
-            return None  # the common miss: one failed stat, no open
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return None, None  # the common miss: one failed stat, no open
+        except NotADirectoryError:
+            return None, Damage(digest, None, "its folder was replaced by a file")
+        except OSError as exc:
+            return None, Damage(digest, None, f"its manifest cannot be read ({exc.strerror})")
+        stamp = _stamp(st)
         with self._lock:
             hit = self._found.get(manifest)
         if hit is not None and hit[0] == stamp and hit[1].digest == digest:
-            return hit[1]
-        entry = _entry_from(digest, Path(folder), read_json(manifest))
-        if entry is not None:
-            self._keep(manifest, stamp, entry)
-        return entry
+            return hit[1], None
+        try:
+            with open(manifest, "rb") as f:
+                data = f.read()
+                after = os.fstat(f.fileno())
+        except OSError as exc:
+            return None, Damage(digest, None, f"its manifest cannot be read ({exc.strerror})")
+        entry, damage = _read_entry(digest, folder, data)
+        if entry is not None and _stamp(after) == stamp and after.st_mtime_ns + TICK_NS < time.time_ns():
+            self._keep(manifest, stamp, entry)  # a manifest changed in the tick it was read in is read again
+        return entry, damage
 
     def remember(self, entry: Entry) -> None:
         manifest = f"{os.fspath(entry.path)}/{MANIFEST_NAME}"
         with contextlib.suppress(OSError):
-            st = os.stat(manifest)
-            self._keep(manifest, (st.st_ino, st.st_mtime_ns, st.st_size), entry)
+            self._keep(manifest, _stamp(os.stat(manifest)), entry)
 
     def forget(self, folder: Path) -> None:
         with self._lock:
             self._drop(f"{os.fspath(folder)}/{MANIFEST_NAME}")
 
-    def _keep(self, name: str, stamp: tuple[int, int, int], entry: Entry) -> None:
+    def _keep(self, name: str, stamp: _Stamp, entry: Entry) -> None:
         with self._lock:
             self._drop(name)
-            while self._found and (len(self._found) >= self.LIMIT or self._bytes + stamp[2] > self.LIMIT_BYTES):
+            while self._found and (len(self._found) >= self.LIMIT or self._bytes + stamp[0] > self.LIMIT_BYTES):
                 self._drop(next(iter(self._found)))  # the oldest: dicts keep insertion order
             self._found[name] = (stamp, entry)
-            self._bytes += stamp[2]
+            self._bytes += stamp[0]
 
     def _drop(self, name: str) -> None:
         found = self._found.pop(name, None)
         if found is not None:
-            self._bytes -= found[0][2]
+            self._bytes -= found[0][0]
 
 
 _MANIFESTS = _ManifestMemo()
@@ -741,6 +969,9 @@ class Cache:
         """`durable=True` also fsyncs outputs and directories, to survive power loss, not just process death."""
         self.root = Path(root) if root is not None else default_cache_root()
         self.durable = durable
+        self.damaged: dict[str, Damage] = {}  # entries lookups refused, by digest
+        self.on_damage: Callable[[Damage], None] | None = None  # told of each damaged entry, once
+        self._damage_lock = threading.Lock()
 
     # --- paths ---
 
@@ -765,20 +996,57 @@ class Cache:
 
     # --- reading ---
 
-    def lookup(self, key: CacheKey | str, verify: bool = False) -> Entry | None:
-        """The complete entry for `key`, or None.
+    def lookup(self, key: CacheKey | str, verify: bool | None = None, node_id: str | None = None) -> Entry | None:
+        """The sound entry for `key`, or None.
 
-        Complete means: a manifest for this digest, and every listed output present with
-        its recorded size; with `verify=True` also with its recorded sha256.
+        Sound means: a manifest for this digest whose `check` matches its text, and every
+        listed output present with its recorded size and sha256. `verify=None` hashes each
+        file once per process (see `_CheckedFiles`), `True` reads every file again, `False`
+        compares sizes only. An entry found damaged is noted in `damaged` (and passed to
+        `on_damage` once), named by its manifest's node id, else by `node_id`.
         """
         digest = _digest_of(key)
         folder = self._entry_folder(digest)
-        entry = _MANIFESTS.read(digest, folder)
+        entry, damage = _MANIFESTS.read(digest, folder)
         if entry is None:
+            if damage is not None:
+                self._note(damage, node_id)
             return None
-        if not all(_output_intact(f"{folder}/{o.name}", o, verify) for o in entry.outputs.values()):
-            return None
+        for output in entry.outputs.values():
+            problem = _CHECKED.problem(f"{folder}/{output.name}", output, verify)
+            if problem is not None:
+                self._note(Damage(digest, entry.node_id, problem), node_id)
+                return None
         return entry
+
+    def _note(self, damage: Damage, node_id: str | None) -> None:
+        """Remember a refused entry; announce it once (outdated entries are not damage)."""
+        if damage.node_id is None and node_id is not None:
+            damage = replace(damage, node_id=node_id)
+        with self._damage_lock:
+            first = damage.digest not in self.damaged
+            self.damaged[damage.digest] = damage
+        if first and not damage.outdated and self.on_damage is not None:
+            self.on_damage(damage)
+
+    def check_entry(self, folder: Path) -> Damage | None:
+        """What is wrong with the entry in `folder` (every file read again), or None when
+        it is sound: for `medasc cache verify`. Records nothing."""
+        digest = folder.name
+        if folder.is_symlink() or not folder.is_dir():
+            return Damage(digest, None, "its folder was replaced by a file")
+        try:
+            data = (folder / MANIFEST_NAME).read_bytes()
+        except OSError as exc:
+            return Damage(digest, None, f"its manifest cannot be read ({exc.strerror})")
+        entry, damage = _read_entry(digest, os.fspath(folder), data)
+        if entry is None:
+            return damage
+        for output in entry.outputs.values():
+            problem = _CHECKED.problem(os.fspath(folder / output.name), output, verify=True)
+            if problem is not None:
+                return Damage(digest, entry.node_id, problem)
+        return None
 
     def entries(self) -> list[Entry]:
         """Every entry with a readable manifest, oldest first (outputs are not checked)."""
@@ -820,13 +1088,27 @@ class Cache:
         On an exception the temp dir is removed and nothing is committed. With `node_id`
         the node's index is updated, so that a later `explain` can say what changed.
         """
-        pending = PendingEntry(self._make_temp_dir())
+        try:
+            pending = PendingEntry(self._make_temp_dir())
+        except OSError as exc:
+            problem = self._storage_error(exc, "making room for a result")
+            if problem is None:
+                raise
+            raise problem from exc
         started, clock = time.time(), time.perf_counter()
         try:
             yield pending
             timing = {"started": started, "seconds": time.perf_counter() - clock}
             manifest = self._seal(pending, key, node_id, timing)
             pending.entry = self._commit(pending.path, key.digest(), manifest)
+        except OSError as exc:
+            # a full or read-only cache is the user's to fix; an error writing elsewhere
+            # (an operator's own file) is not the cache's to name
+            mine = _inside(exc.filename, self.root) if exc.filename is not None else _device_full(self.root)
+            problem = self._storage_error(exc, "storing a result") if mine else None
+            if problem is None:
+                raise
+            raise problem from exc
         finally:
             if pending.path.exists():  # failed, or lost a race to an identical entry
                 shutil.rmtree(pending.path, ignore_errors=True)
@@ -892,7 +1174,9 @@ class Cache:
         manifest_path = pending.path / MANIFEST_NAME
         # compact: json's C encoder only serves calls without indentation
         text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        manifest_path.write_text(text, encoding="utf-8")
+        with open(manifest_path, "wb") as f:
+            _write_named(f, _with_check(text.encode("utf-8")), manifest_path)
+        _backdate(manifest_path)
         if self.durable:
             _fsync(manifest_path)
             _fsync(pending.path)
@@ -917,9 +1201,11 @@ class Cache:
             raise ValueError(f"cache output {rel!r} is not a regular file (links are not stored)")
         if not _safe_output_name(rel):
             raise ValueError(f"{rel!r} is reserved for the cache's manifest")
+        output = OutputFile(rel, st.st_size, digest or sha256_file(path))
+        _backdate(path)
         if self.durable:
             _fsync(path)
-        return OutputFile(rel, st.st_size, digest or sha256_file(path))
+        return output
 
     def _commit(self, tmp: Path, digest: str, manifest: dict[str, object]) -> Entry:
         """Rename the finished temp dir into place; the one step that makes an entry visible."""
@@ -933,7 +1219,7 @@ class Cache:
                 final.parent.mkdir(parents=True, exist_ok=True)  # the shard's first entry
                 continue
             except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):  # ENOTDIR: a file took its place
                     raise
             else:
                 if self.durable:
@@ -941,6 +1227,10 @@ class Cache:
                 entry = _entry_from(digest, final, manifest)
                 assert entry is not None
                 _MANIFESTS.remember(entry)  # looked up again soon, by the next step
+                for output in entry.outputs.values():  # written and hashed here: not read again in this process
+                    name = f"{os.fspath(final)}/{output.name}"
+                    with contextlib.suppress(OSError):
+                        _CHECKED.remember(name, os.stat(name, follow_symlinks=False), output.sha256)
                 return entry
             existing = self.lookup(digest)
             if existing is not None:  # someone committed the same key first: keep theirs
@@ -951,7 +1241,13 @@ class Cache:
     def discard(self, key: CacheKey | str) -> int:
         """Remove the entry of `key` (for `--force`, or a writer whose files were deleted);
         returns the bytes freed. Atomic for readers: the entry vanishes with one rename."""
-        return self._discard(self.entry_path(key))
+        try:
+            return self._discard(self.entry_path(key))
+        except OSError as exc:
+            problem = self._storage_error(exc, "removing a result to compute it again")
+            if problem is None:
+                raise
+            raise problem from exc
 
     def _discard(self, path: Path) -> int:
         """Make an entry disappear atomically (rename into a temp name), then delete it; returns bytes freed."""
@@ -977,7 +1273,7 @@ class Cache:
         """
         path = self._lock_file(key)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (fd := _try_lock(path)) is None:
+        while (fd := self._try_lock(path)) is None:
             self._break_if_orphaned(path)
             if deadline is not None and time.monotonic() >= deadline:
                 raise LockTimeout(f"cache lock {os.path.basename(path)} is held by another process")
@@ -987,6 +1283,19 @@ class Cache:
             yield
         finally:
             _release(fd, path)
+
+    def _try_lock(self, path: str) -> int | None:
+        try:
+            return _try_lock(path)
+        except OSError as exc:
+            problem = self._storage_error(exc, "taking the lock of a result to compute")
+            if problem is None:
+                raise
+            raise problem from exc
+
+    def _storage_error(self, exc: OSError, doing: str) -> DataError | None:
+        """A cache that is full (E2021) or cannot be written (E2020), said so; None for other errors."""
+        return _storage_error(exc, self.root, doing)
 
     def _break_if_orphaned(self, path: Path | str) -> bool:
         """Unlink a lock file whose recorded holder is dead although its flock is still held.
@@ -1021,19 +1330,26 @@ class Cache:
         One line appended to the journal of the node's step (O_APPEND, one write: lines
         of concurrent runs never interleave), not a file per node: a first run over many
         cases wrote and renamed one index file per case and step.
+
+        A cache that is full or read-only keeps no index (it only serves `--dry-run`'s
+        explanations), so that a run whose results are all cached still runs there.
         """
         path = self._journal_path(key.op, node_id)
         digest = key.digest()
         with _JOURNAL_LOCK:
-            journal = _journal(path)
-            if journal.latest(node_id) == digest:
-                return
-            line = {"format": JOURNAL_FORMAT, "op": key.op, "node_id": node_id, "digest": digest,
-                    "key": key.parts(), "updated": time.time()}
-            journal.append(node_id, digest, json.dumps(line, sort_keys=True, separators=(",", ":"),
-                                                             allow_nan=False).encode("utf-8"))
-            if journal.lines > max(_Journal.COMPACT_MIN, 2 * len(journal.nodes)):
-                _journal(path)  # compacts
+            try:
+                journal = _journal(path)
+                if journal.latest(node_id) == digest:
+                    return
+                line = {"format": JOURNAL_FORMAT, "op": key.op, "node_id": node_id, "digest": digest,
+                        "key": key.parts(), "updated": time.time()}
+                journal.append(node_id, digest, json.dumps(line, sort_keys=True, separators=(",", ":"),
+                                                                 allow_nan=False).encode("utf-8"))
+                if journal.lines > max(_Journal.COMPACT_MIN, 2 * len(journal.nodes)):
+                    _journal(path)  # compacts
+            except OSError as exc:
+                if exc.errno not in (*_FULL, *_READ_ONLY):
+                    raise
 
     def previous(self, op: str, node_id: str) -> tuple[str, dict[str, object]] | None:
         """(digest, key parts) last recorded for this node, or None."""
@@ -1064,8 +1380,12 @@ class Cache:
         Only reads: a dry run must not change the cache.
         """
         digest = key.digest()
-        if self.lookup(key) is not None:
+        if self.lookup(key, node_id=node_id) is not None:
             return Explanation("cached", digest)
+        damage = self.damaged.get(digest)
+        if damage is not None:
+            what = "was stored by an older medasl" if damage.outdated else "is damaged"
+            return Explanation("new", digest, [f"the earlier result {what}: {damage.problem}"], previous=digest)
         previous = self.previous(key.op, node_id) if node_id is not None else None
         if previous is None:
             return Explanation("new", digest, ["no earlier result for this node"])
@@ -1075,6 +1395,36 @@ class Cache:
         changes = diff_parts(old_parts, key.parts())
         reasons = [c.describe() for c in changes] or ["the key changed"]
         return Explanation("stale", digest, reasons, changes, old_digest)
+
+    # --- verification ---
+
+    def verify(self, drop: bool = False, progress: Callable[[Path], None] | None = None) -> VerifyReport:
+        """Read every entry again and compare it with what was recorded when it was stored
+        (`check_entry`); with `drop`, remove the entries that are damaged or outdated (a
+        run would not use them), except those whose key lock a running process holds."""
+        report = VerifyReport()
+        for path in self._entry_dirs():
+            if progress is not None:
+                progress(path)
+            report.entries += 1
+            damage = self.check_entry(path)
+            if damage is None:
+                manifest = _MANIFESTS.read(path.name, os.fspath(path))[0]
+                report.checked_bytes += manifest.size if manifest is not None else 0
+                continue
+            report.bad.append(damage)
+            if not drop:
+                continue
+            fd = _try_lock(self.lock_path(damage.digest))
+            if fd is None:
+                report.busy.append(damage.digest)
+                continue
+            try:
+                self._discard(path)
+                report.dropped.append(damage.digest)
+            finally:
+                _release(fd, self.lock_path(damage.digest))
+        return report
 
     # --- garbage collection ---
 

@@ -565,7 +565,7 @@ class LocalExecutor:
         root = str(options.cache.root)
         todo = []
         for task in tasks:  # cached results are reported without a round trip to a worker
-            entry = options.cache.lookup(task.key)
+            entry = options.cache.lookup(task.key, node_id=task.index_id)  # names a damaged entry
             # A writer whose files are intact (sizes and digests; `digest` reads each unchanged
             # file at most once) is cached too: checked here, so that a cached run starts no
             # worker process (run_task checks the same, and rewrites them).

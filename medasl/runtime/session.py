@@ -19,7 +19,7 @@ from medasl.ir.types import Ty
 from medasl.lower.plan import OpValue, Plan, Step, lower
 from medasl.passes import DEFAULT_LEVEL, optimize
 from medasl.runtime import registry
-from medasl.runtime.cache import Cache
+from medasl.runtime.cache import Cache, Damage
 from medasl.runtime.errors import DataError
 from medasl.runtime.executor import Cases, LocalExecutor, RunFailure, RunOptions, RunResult, Single, preview
 from medasl.runtime.outputs import OutputRoot, case_file_name, commit, outside_failure, refusals
@@ -171,6 +171,7 @@ def execute(plan: Plan, request: RunRequest, source: str, console: Console) -> R
     log = RunLog(options.out_dir / "logs", plan, source,
                  {"seed": options.seed, "device": options.device, "workers": options.workers,
                   "cache": str(options.cache.root), "force": sorted(options.force)})
+    options.cache.on_damage = lambda damage: damaged_result(plan, damage, console, log)
     status = "failed"
     try:
         with ConsoleReporter(console) as progress:
@@ -186,6 +187,19 @@ def execute(plan: Plan, request: RunRequest, source: str, console: Console) -> R
         console.print(line)
     console.print(f"run log: {log.path}")
     return result
+
+
+def damaged_result(plan: Plan, damage: Damage, console: Console, log: RunLog) -> None:
+    """W0015 when a cached result is found damaged: the run computes it again."""
+    step = plan.steps.get(damage.step_id or "") if (damage.node_id or "").startswith(f"{plan.pipeline}/") else None
+    what = (f"`{step.label}`" + (f" ({step.location()})" if step.location() else "") if step is not None
+            else f"entry {damage.digest[:12]}")
+    case = f" for case {damage.case}" if damage.case else ""
+    code = "W0015"
+    console.print(f"warning[{code}]: the cached result of {what}{case} is damaged ({damage.problem}); "
+                  "it is computed again", markup=False, highlight=False)
+    log.write("damaged", step=step.id if step is not None else None, case=damage.case, entry=damage.digest,
+              problem=damage.problem)
 
 
 def _results(plan: Plan, result: RunResult, options: RunOptions) -> list[str]:

@@ -43,12 +43,13 @@ destination is read-only`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -120,7 +121,7 @@ class _Writer:
     def write_blob(self, path: Path) -> str:
         """Write the arrays' bytes at their offsets; their sha256."""
         digest = hashlib.sha256()
-        with open(path, "wb") as f:
+        with _naming(path), open(path, "wb") as f:
             for offset, array, order in self.blob:
                 for chunk in (b"\0" * (offset - f.tell()),
                               array.tobytes(order=order) if order == "F" else np.ascontiguousarray(array).data):
@@ -468,6 +469,18 @@ def _decode(node: Json, r: _Reader) -> object:
 # ----- the API -----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Name `path` in an OSError raised while writing it: a full disk fails a `write`,
+    which names no file, and the cache tells its own full disk (E2021) by the path."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = os.fspath(path)
+        raise
+
+
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValueError(f"bad value name {name!r}: use letters, digits, '_', '-' and '.', not starting with '.'")
@@ -491,7 +504,7 @@ def encode_value(value: object, folder: Path, name: str = "value") -> tuple[dict
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
     for index, array in enumerate(writer.arrays):
-        with open(folder / f"{name}.{index}.npy", "wb") as f:
+        with _naming(folder / f"{name}.{index}.npy"), open(folder / f"{name}.{index}.npy", "wb") as f:
             np.save(f, array, allow_pickle=False)
     if writer.blob:
         digests[f"{name}.bin"] = writer.write_blob(folder / f"{name}.bin")
@@ -513,7 +526,7 @@ def save_value(value: object, folder: Path, name: str = "value") -> dict[str, st
     folder = Path(folder)
     if not folder.is_dir():
         folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.json", "wb") as f:
+    with _naming(folder / f"{name}.json"), open(folder / f"{name}.json", "wb") as f:
         f.write(data)
     digests[f"{name}.json"] = hashlib.sha256(data).hexdigest()
     return digests
