@@ -418,6 +418,26 @@ CODES: dict[str, Code] = {
         'import std.io\npipeline p {\n  seg = dicom_seg("ct_slice_001.dcm") as LabelMap[3, 3]\n}',
         'import std.io\npipeline p {\n  seg = dicom_seg("liver_seg.dcm") as LabelMap[3, 3]\n}',
     ),
+    "E1043": Code(
+        "an array stack that does not fit",
+        "A NumPy file or stack does not hold what the reader was told: an .npz has no array"
+        " of the name given (the message lists the names it has), an .npz of several arrays"
+        " was read with `numpy` without `key=`, or the image and label stacks of"
+        " `stacked_classified`/`stacked_labels` disagree (another number of entries, label"
+        " maps of another size, classes that are not one integer per image).",
+        'import std.io\npipeline p {\n  cases = stacked_classified("pneumoniamnist.npz")\n}',
+        'import std.io\npipeline p {\n  cases = stacked_classified("pneumoniamnist.npz", images="val_images", labels="val_labels")\n}',
+    ),
+    "E1044": Code(
+        "object masks overlap",
+        "`mask_folder` builds an instance map from one mask file per object, and an instance"
+        " map gives each pixel one object; two of the masks claim the same pixels (the"
+        " message names them and how many pixels). The original Data Science Bowl 2018"
+        " masks have a few such overlaps; the community-corrected set has none. Fix or"
+        " remove the duplicate mask.",
+        'import std.io\npipeline p {\n  nuclei = mask_folder("stage1_train", image="*/images/*.png", masks="*/masks")\n}',
+        'import std.io\npipeline p {\n  nuclei = mask_folder("stage1_train_fixed", image="*/images/*.png", masks="*/masks")\n}',
+    ),
     "E2001": Code(
         "operator not implemented yet",
         'The pipeline is valid medas, but this version of medasl has no implementation of an operator it uses, so it cannot be run (it can still be checked and drawn). The README lists what is implemented; nothing is run when this is reported.',

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from numbers import Integral
 
 from medasl.runtime.errors import DataError
-from medasl.runtime.values import Case, Pair
+from medasl.runtime.values import Case, Pair, Volume
 
 _MAX_LISTED = 10  # ids named in one message before "and N more"
 _EPS = 1e-9  # so that 0.7 * 10 == 7.000000000000001 still floors to 7, and 0.29 * 100 to 29
@@ -246,8 +246,26 @@ def concat(a: Iterable[Case], b: Iterable[Case]) -> list[Case]:
     return _cases([*a, *b])
 
 
+def paired(input: object, target: object) -> Pair:
+    """One case of two datasets read separately, as an (input, target) pair; the
+    executor applies it case by case, matching the cases by id (E1013 names the ids
+    found in one dataset only). A target on a voxel grid must cover its image voxel for
+    voxel, as in `folder`: the same grid stored in another axis order is re-stored
+    exactly, any other difference is E1007."""
+    if isinstance(input, Volume) and isinstance(target, Volume):
+        aligned = target.aligned_to(input)
+        if aligned is None:
+            how = "; ".join(input.grid_differences(target))
+            raise DataError("E1007", f"the input {input.source} and the target {target.source} are on different "
+                            f"voxel grids: {how} (input vs target)", target.source,
+                            help="pair files of the same case, or resample the target onto its image "
+                                 "(nearest neighbour) first")
+        target = aligned
+    return Pair(input, target)
+
+
 OPERATORS: dict[str, Callable[..., object]] = {
     "split": split, "kfold": kfold, "fold": fold, "take": take, "shuffle": shuffle, "concat": concat,
-    "subset": subset,
+    "subset": subset, "paired": paired,
 }
 """The std.data operators implemented here, by the name of their stdlib signature."""

@@ -415,11 +415,14 @@ def tiff(path: PathLike) -> Volume:
     return _check_finite(Volume.from_sitk(img, "image", "Any", str(p)))
 
 
-def numpy(path: PathLike) -> Volume:
-    """Read a NumPy array (.npy, or the first array of an .npz) as an image.
+def numpy(path: PathLike, key: str | None = None) -> Volume:
+    """Read a NumPy array (.npy, or the array `key` of an .npz; its only array without
+    `key`) as an image.
 
     Spacing 1 mm, identity direction; a last axis of length 3 or 4 is channels. Loaded
-    with `allow_pickle=False`: an object array is refused, never unpickled.
+    with `allow_pickle=False`: an object array is refused, never unpickled. An .npz of
+    several arrays without `key` is E1043 listing them (a stack of images and labels is
+    read with `stacked_classified` or `stacked_labels`).
     """
     p = _existing_file(path)
     try:
@@ -430,7 +433,13 @@ def numpy(path: PathLike) -> Volume:
             with loaded:
                 if not loaded.files:
                     raise DataError("E1002", f"{p} holds no arrays", p)
-                array = loaded[loaded.files[0]]
+                if key is None and len(loaded.files) > 1:
+                    raise DataError("E1043", f"{p} holds {len(loaded.files)} arrays ({', '.join(loaded.files)}); "
+                                    "say which with `key=`", p,
+                                    help="an image stack with its labels is a dataset: `stacked_classified(...)`")
+                if key is not None and key not in loaded.files:
+                    raise DataError("E1043", f"{p} has no array {key!r}; its arrays are {', '.join(loaded.files)}", p)
+                array = loaded[key if key is not None else loaded.files[0]]
     except DataError:
         raise
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
@@ -1900,6 +1909,205 @@ def _load_classified(spec: CaseSpec) -> Pair[Volume, int]:
     return Pair(read_image(str(spec.args["path"])), int(spec.args["class"]))
 
 
+# ===== instance maps from one mask file per object (Data Science Bowl 2018) ==================
+
+
+def _list_mask_folder(root: PathLike, image: str, masks: str) -> list[CaseSpec]:
+    """Cases of an image and a folder of object masks, paired by the id `*` matches in
+    both patterns (`*/images/*.png` and `*/masks`); E1005 when nothing matches, E1006
+    naming the unpaired ones. The masks are the folder's image files in name order."""
+    base = _existing_dir(root)
+    images_found = _match(base, image)
+    if not images_found:
+        raise _nothing_matched(base, image, "image")
+    regex = _pattern_regex(masks.rstrip("/"))
+    folders: dict[str, Path] = {}
+    for p in sorted(base.glob(masks.rstrip("/"))):
+        rel = p.relative_to(base).as_posix()
+        if p.is_dir() and not any(part.startswith(".") for part in rel.split("/")):
+            m = regex.fullmatch(rel)
+            if m is not None:
+                folders[m.group("id")] = p
+    if not folders:
+        raise _nothing_matched(base, masks, "mask folder")
+    lonely = sorted(images_found.keys() ^ folders.keys())
+    if lonely:
+        named = [images_found.get(k) or folders[k] for k in lonely]
+        raise DataError("E1006", f"unpaired files under {base}: {len(lonely)} image(s) or mask folder(s) without "
+                        f"their other half: {_name_list(named, base)}", named[0],
+                        help=f"an image and its masks are paired by the part matched by `*` in {image!r} and "
+                             f"{masks!r}")
+    specs = []
+    for cid in sorted(images_found):
+        files = sorted(str(f) for f in folders[cid].iterdir()
+                       if f.is_file() and not f.name.startswith(".") and _readable_name(f))
+        if not files:
+            raise DataError("E1005", f"case {cid}: the mask folder {folders[cid]} holds no image file", folders[cid])
+        specs.append(CaseSpec(cid, (str(images_found[cid]), *files), {"image": str(images_found[cid]), "masks": files}))
+    return specs
+
+
+def _readable_name(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(suffix) for suffix in _BY_SUFFIX)
+
+
+def _load_mask_folder(spec: CaseSpec) -> Pair[Volume, Volume]:
+    """The image and its instance map: object k (1, 2, ...) where the k-th mask file (in
+    name order) is non-zero. A pixel claimed by two masks is E1044 naming both; a mask
+    of another size than the image E1007."""
+    img = read_image(str(spec.args["image"]))
+    size = img.array.shape[: img.dim]
+    masks = [str(m) for m in spec.args["masks"]]  # type: ignore[union-attr]
+    ids = np.zeros(size, dtype=np.uint16 if len(masks) < 2**16 else np.uint32)
+    for k, mask_file in enumerate(masks, start=1):
+        mask = as_labels(read_image(mask_file))
+        if mask.array.shape != size:
+            raise DataError("E1007", f"case {spec.id}: the mask {mask_file} is "
+                            f"{'x'.join(map(str, reversed(mask.array.shape)))}, its image "
+                            f"{'x'.join(map(str, reversed(size)))}", mask_file)
+        inside = mask.array != 0
+        taken = inside & (ids != 0)
+        if taken.any():
+            other = masks[int(ids[taken].flat[0]) - 1]
+            raise DataError("E1044", f"case {spec.id}: the masks {Path(other).name} and {Path(mask_file).name} "
+                            f"overlap in {int(np.count_nonzero(taken))} pixel(s); an instance map gives each pixel "
+                            "one object", mask_file,
+                            help="fix the masks (the community-corrected DSB 2018 masks have no overlaps), or "
+                                 "remove the duplicate")
+        ids[inside] = k
+    return Pair(img, Volume(ids, img.spacing, img.origin, img.direction, "instances", "Any",
+                            str(Path(masks[0]).parent)))
+
+
+def mask_folder(root: PathLike, image: str, masks: str) -> list[Case[Pair[Volume, Volume]]]:
+    """(image, instance map) cases from one mask file per object (the DSB 2018 layout)."""
+    return _eager("mask_folder", root=root, image=image, masks=masks)
+
+
+# ===== stacked arrays (MedMNIST's layout) ==================================================
+
+
+def _stack_file(path: Path, name: str) -> tuple[Path, str | None]:
+    """Where the array `name` of a stack is: a key of an .npz archive, or `name`.npy in
+    a folder. E1043 naming what is there when it is not found."""
+    if path.is_dir():
+        target = path / (name if name.endswith(".npy") else f"{name}.npy")
+        if not target.is_file():
+            there = sorted(f.name for f in path.glob("*.npy"))
+            raise DataError("E1043", f"no array {name!r} in {path}: it holds {', '.join(there) or 'no .npy file'}",
+                            path, help="name the arrays with `images=` and `labels=`")
+        return target, None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            keys = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError("E1002", f"cannot read {path} as an .npz archive: {exc}", path,
+                        help="a stack is an .npz archive (np.savez) or a folder of .npy files") from exc
+    if name not in keys:
+        raise DataError("E1043", f"{path} has no array {name!r}; its arrays are {', '.join(keys) or 'none'}", path,
+                        help="name the arrays with `images=` and `labels=` (MedMNIST: `train_images`, "
+                             "`val_labels`, ...)")
+    return path, name
+
+
+def _stack_shape(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
+    """An array's shape and dtype from its .npy header alone (the data is not read)."""
+    def header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        return tuple(int(n) for n in shape), dtype
+
+    try:
+        if key is None:
+            with open(path, "rb") as f:
+                return header(f)
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
+            return header(f)  # type: ignore[arg-type]
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise DataError("E1002", f"cannot read the array {key or path.name} of {path}: {exc}", path) from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _stack_array(path: str, key: str | None, stamp: tuple[int, int]) -> np.ndarray:
+    """A whole array of a stack, read once per run for all its cases (`stamp`: a changed
+    file is read again). Object arrays are refused, never unpickled."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if key is None:
+            return loaded
+        with loaded:
+            return loaded[key]
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError("E1002", f"cannot read the array {key or Path(path).name} of {path}: {exc}", path,
+                        help="the file may be corrupt or truncated; object arrays are never loaded") from exc
+
+
+def _list_stacked(path: PathLike, images: str, labels: str, per_pixel: bool) -> list[CaseSpec]:
+    """One case per entry of the image stack, paired with the same entry of the label
+    stack: class labels (`(N,)` or `(N, 1)`) or, with `per_pixel`, label maps of the
+    images' size. Ids are the entry numbers, zero-padded (`0000`, `0001`, ...)."""
+    p = Path(path)
+    if not p.exists():
+        _existing_file(p)
+    image_file, image_key = _stack_file(p, images)
+    label_file, label_key = _stack_file(p, labels)
+    image_shape, image_dtype = _stack_shape(image_file, image_key)
+    label_shape, label_dtype = _stack_shape(label_file, label_key)
+    what = f"{p} ({images!r}: {image_shape}, {labels!r}: {label_shape})"
+    if image_dtype.kind not in "biuf" or label_dtype.kind not in "biu":
+        raise DataError("E1043", f"{what}: images must hold numbers and labels integers, found {image_dtype} and "
+                        f"{label_dtype}", p)
+    channels = len(image_shape) >= 4 and image_shape[-1] in (3, 4)
+    spatial = image_shape[1 : len(image_shape) - channels]
+    if len(spatial) not in (2, 3):
+        raise DataError("E1043", f"{what}: the image stack must be (N, H, W), (N, D, H, W) or have a last axis of "
+                        "3 or 4 channels", p)
+    if label_shape[:1] != image_shape[:1]:
+        raise DataError("E1043", f"{what}: {image_shape[0]} images but {label_shape[0] if label_shape else 0} "
+                        "labels", p, help="the two arrays must list the same cases in the same order")
+    if per_pixel and label_shape[1:] != spatial:
+        raise DataError("E1043", f"{what}: label maps must have the images' size {spatial}", p)
+    if not per_pixel and label_shape[1:] not in ((), (1,)):
+        raise DataError("E1043", f"{what}: class labels must be one integer per image, (N,) or (N, 1)", p,
+                        help="for one label per pixel use `stacked_labels`; for several classes per image "
+                             "(multi-label) choose one column first")
+    width = max(4, len(str(image_shape[0] - 1)))
+    files = tuple(dict.fromkeys((str(image_file), str(label_file))))
+    return [CaseSpec(f"{i:0{width}d}", files, {"images": [str(image_file), image_key], "labels": [str(label_file),
+                     label_key], "index": i, "dim": len(spatial), "per_pixel": per_pixel})
+            for i in range(image_shape[0])]
+
+
+def _load_stacked(spec: CaseSpec) -> Pair[Volume, object]:
+    args = spec.args
+    (image_file, image_key), (label_file, label_key) = args["images"], args["labels"]  # type: ignore[misc]
+    index, dim = int(args["index"]), int(args["dim"])  # type: ignore[arg-type]
+    image = _stack_array(str(image_file), image_key, _stamp(str(image_file)))[index]
+    label = _stack_array(str(label_file), label_key, _stamp(str(label_file)))[index]
+    source = f"{image_file}[{image_key or 'array'}][{index}]"
+    vol = _check_finite(_plain_geometry(np.ascontiguousarray(image), dim, "image", source))
+    if args["per_pixel"]:
+        return Pair(vol, as_labels(_plain_geometry(np.ascontiguousarray(label), dim, "labels",
+                                                   f"{label_file}[{label_key or 'array'}][{index}]")))
+    value = int(np.asarray(label).reshape(-1)[0])
+    if value < 0:
+        raise DataError("E1040", f"{label_file}[{label_key or 'array'}][{index}]: class {value} is negative",
+                        label_file)
+    return Pair(vol, value)
+
+
+def stacked_classified(path: PathLike, images: str = "images", labels: str = "labels") -> list[Case[Pair[Volume, int]]]:
+    """(image, class) cases from stacked arrays: MedMNIST's .npz layout."""
+    return _eager("stacked_classified", path=path, images=images, labels=labels)
+
+
+def stacked_labels(path: PathLike, images: str = "images", labels: str = "labels") -> list[Case[Pair[Volume, Volume]]]:
+    """(image, label map) cases from stacked arrays of images and label maps."""
+    return _eager("stacked_labels", path=path, images=images, labels=labels)
+
+
 _ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 
 
@@ -2178,7 +2386,8 @@ OPERATORS: dict[str, Callable[..., object]] = {
     "one_hot": one_hot, "onehot_to_labels": onehot_to_labels, "instances_to_labels": instances_to_labels,
     "labels_to_instances": labels_to_instances, "boxes_to_mask": boxes_to_mask, "mask_to_boxes": mask_to_boxes,
     "classified": classified, "csv_annotations": csv_annotations, "boxed": boxed, "slide_tiles": slide_tiles,
-    "write_boxes": write_boxes,
+    "write_boxes": write_boxes, "stacked_classified": stacked_classified, "stacked_labels": stacked_labels,
+    "mask_folder": mask_folder,
 }
 """The std.io operators implemented here, by the name of their stdlib signature."""
 
@@ -2212,6 +2421,11 @@ SOURCES: dict[str, Source] = {
     "classified": Source(_list_classified, _load_classified),
     "slide_tiles": Source(_list_slide_tiles, _load_slide_tile),
     "datalist": Source(_list_datalist, _load_paired),
+    "stacked_classified": Source(lambda path, images="images", labels="labels": _list_stacked(path, images, labels, False),
+                                 _load_stacked),
+    "stacked_labels": Source(lambda path, images="images", labels="labels": _list_stacked(path, images, labels, True),
+                             _load_stacked),
+    "mask_folder": Source(_list_mask_folder, _load_mask_folder),
 }
 """The source operators (those that make a `Dataset`) in two phases, by operator name;
 the eager operators of the same names are `[Case(s.id, load(s)) for s in list(...)]`."""

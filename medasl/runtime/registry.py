@@ -38,7 +38,7 @@ from medasl.runtime.fusion import FUSED_OPS
 from medasl.semantics.traits import EXPANDS, SELECTIONS, SOURCES  # noqa: F401 - the executor reads them here
 
 TAKES_PAIRS = frozenset({"crop_foreground"})
-PER_CASE = {"infer": "data", "boxed": "images"}  # operator -> the dataset argument it is applied to case by case
+PER_CASE = {"infer": "data", "boxed": "images", "paired": "input"}  # operator -> the dataset argument it is applied to case by case
 GETS_CASE_ID = {"boxed": "case", "write_boxes": "case"}  # operator -> the parameter through which it learns the id of its case
 COLLECTS = COLLECTING_REPORTS  # report operators given the shown figures and the metrics
 
@@ -46,8 +46,9 @@ OPERATORS: dict[str, frozenset[str]] = {
     "io": frozenset({
         "atrophy_phantom", "boxed", "boxes_to_mask", "classified", "csv_annotations", "datalist", "dicom_file",
         "dicom_folder", "dicom_seg", "dicom_series", "dicom_to_image", "folder", "images", "instance_folder",
-        "instances_to_labels", "jpeg", "labels_to_instances", "mask_to_boxes", "mha", "nifti", "nrrd", "numpy",
-        "one_hot", "onehot_to_labels", "pair_input", "phantom", "png", "slide_tiles", "tiff", "write_boxes",
+        "instances_to_labels", "jpeg", "labels_to_instances", "mask_folder", "mask_to_boxes", "mha", "nifti", "nrrd", "numpy",
+        "one_hot", "onehot_to_labels", "pair_input", "phantom", "png", "slide_tiles", "stacked_classified",
+        "stacked_labels", "tiff", "write_boxes",
         "write_mha", "write_nifti", "write_nrrd", "write_png"}),
     "pre": frozenset({
         "body_mask", "clip", "connected_components", "crop_foreground", "crop_or_pad", "histogram_match",
@@ -58,7 +59,7 @@ OPERATORS: dict[str, frozenset[str]] = {
         "affine", "bias_field", "box_patches", "brightness", "contrast", "elastic", "flip", "gamma",
         "gaussian_blur", "gaussian_noise", "motion", "patches", "random_crop", "random_rescale", "rotate",
         "stain_jitter"}),
-    "data": frozenset({"concat", "fold", "kfold", "shuffle", "split", "subset", "take"}),
+    "data": frozenset({"concat", "fold", "kfold", "paired", "shuffle", "split", "subset", "take"}),
     "nets": frozenset({
         "densenet2d", "densenet3d", "dual_path_classifier", "fcn2d", "nodule_detector", "resnet2d", "resnet3d",
         "segresnet", "swin_unetr", "unet2d", "unet3d", "vnet"}),

@@ -293,6 +293,7 @@ class CallChecker:
         primary = types.get(self.op.params[0].name) if self.op.params else None
         if self.op.has("intensity") and primary is not None:
             result = merge(result, primary)  # intensities change; shape and geometry do not
+        result = _kept_classes(self.op, result, consts)
         return grids.place(self, self._network(result, consts, types), types)
 
     def _network(self, result: TyLike, consts: dict[str, object], types: dict[str, TyLike]) -> TyLike:
@@ -471,6 +472,20 @@ def _is(t: object, *names: str) -> bool:
 def _enum_hint(t: TyLike) -> TyLike | None:
     """The expected type passed down to an argument: enums resolve bare names."""
     return t if isinstance(t, Ty) and (t.name not in ("Any",)) else None
+
+
+def _kept_classes(op: OpSig, result: TyLike, consts: dict[str, object]) -> TyLike:
+    """`@kept_classes(labels, merge)` (`select_labels`): a label map keeping the values
+    `labels` has len(labels) classes and background, or one class and background with
+    `merge`; the checker knows it when both are constants, so a network or loss with
+    another number of classes is an error before anything runs."""
+    spec = op.attrs.get("kept_classes")
+    if not spec or len(spec) != 2 or not isinstance(result, Ty) or result.name != "LabelMap":
+        return result
+    labels, merge = consts.get(str(spec[0])), consts.get(str(spec[1]))
+    if not isinstance(labels, tuple) or not isinstance(merge, bool):
+        return result
+    return with_attr(result, "classes", 2 if merge else len(labels) + 1)
 
 
 def _tuple_ints(value: object) -> object:

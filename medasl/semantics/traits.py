@@ -17,7 +17,8 @@ EXPANDS = {"patches": "per_case", "box_patches": "per_case"}
 """Operators turning one case into several: the parameter saying how many."""
 
 SOURCES = frozenset({"folder", "instance_folder", "images", "dicom_folder", "phantom", "atrophy_phantom",
-                     "classified", "slide_tiles", "datalist"})
+                     "classified", "slide_tiles", "datalist", "stacked_classified", "stacked_labels",
+                     "mask_folder"})
 """Operators that make a dataset from files (listed first, then read case by case)."""
 
 EXPENSIVE = frozenset({"n4_bias_correction", "register_rigid", "register_affine", "histogram_match",
