@@ -161,3 +161,19 @@ def test_a_two_file_format_commits_both_files(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["x.mhd", "x.zraw"]
     assert np.array_equal(io.mha(path=written[0]).array, _image().array)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.mhd", "x.zraw"]
+
+
+def test_a_library_that_reports_the_full_disk_gives_e2010(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SimpleITK's NRRD and MetaImage writers do report it, as a RuntimeError naming the
+    OS's reason, after leaving part of the file."""
+
+    def reports(image: sitk.Image, path: str, useCompression: bool = False) -> None:  # noqa: N803
+        Path(path).write_bytes(b"NRRD0004\n")
+        raise RuntimeError(f"ITK ERROR: NrrdImageIO: Write: Error writing {path}: No space left on device")
+
+    monkeypatch.setattr(io, "sitk", _FullDiskSitk())
+    monkeypatch.setattr(_FullDiskSitk, "WriteImage", staticmethod(reports))
+    with pytest.raises(DataError) as caught:
+        io.write_nrrd(_image(), tmp_path / "a.nrrd")
+    assert caught.value.code == "E2010"
+    assert list(tmp_path.iterdir()) == []
