@@ -147,15 +147,15 @@ def graph(file: str, output: str, pipeline_name: str | None, level: int | None, 
     _print_diagnostics(diags, sources, "text")
     if diags.has_errors:
         _finish(diags)
-    chosen = _optimized(_pick_pipelines(result, pipeline_name), level, _sets(sets))
+    chosen = _optimized(_pick_pipelines(result, pipeline_name, "draw"), level, _sets(sets))
     message = render_graph(chosen, Path(output), suffix)
     click.echo(message, err=True)
 
 
-def _pick_pipelines(result: object, name: str | None) -> list:
+def _pick_pipelines(result: object, name: str | None, verb: str) -> list:
     graphs = result.graphs  # type: ignore[attr-defined]
     if not graphs:
-        click.echo("error: the file has no pipeline to draw", err=True)
+        click.echo(f"error: the file has no pipeline to {verb}", err=True)
         sys.exit(EXIT_USER)
     if name is None:
         return graphs
@@ -274,7 +274,7 @@ def ops(name: str | None) -> None:
 
         hint = did_you_mean(name, std.all_ops())
         raise click.UsageError(f"no operator `{name}`" + (f"; {hint}" if hint else ""))
-    click.echo(f"{op.module}.{op.signature_text()}")
+    click.echo(f"{op.module}.{op.signature_text(defaults=True)}")
     attrs = " ".join(f"@{k}" + (f"({', '.join(map(str, v))})" if v else "") for k, v in op.attrs.items())
     if attrs:
         click.echo(attrs)
@@ -355,7 +355,7 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
     _print_diagnostics(diags, sources, "text")
     if diags.has_errors:
         _finish(diags)
-    chosen = _pick_pipelines(result, pipeline_name)
+    chosen = _pick_pipelines(result, pipeline_name, "run")
 
     from rich.console import Console
 

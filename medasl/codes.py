@@ -119,7 +119,9 @@ CODES: dict[str, Code] = {
     ),
     "E0112": Code(
         "cannot read an imported file",
-        "`import \"file.medas\"` names a file that does not exist (relative to the importing file).",
+        "`import \"file.medas\"` names a file that does not exist (relative to the importing file),"
+        " or one that is not a `.medas` file: only medas modules are imported, and a file of"
+        " another kind is not read (its lines are never quoted in a diagnostic).",
     ),
     "E0113": Code(
         "invalid type",
@@ -127,6 +129,15 @@ CODES: dict[str, Code] = {
         " type name, an unknown modality, or the wrong number of values in `[...]`.",
         "ct = nifti(\"ct.nii.gz\") as Image[3, CTT]",
         "ct = nifti(\"ct.nii.gz\") as Image[3, CT]",
+    ),
+    "E0114": Code(
+        "nested too deeply",
+        "Calls, tuples, fields or types are nested inside one another more than 64 levels"
+        " deep, or values, transforms and calls depend on one another through more levels"
+        " than the checker can follow. No real pipeline comes near it: give inner values"
+        " names of their own.",
+        "pipeline p {\n  x = rescale(rescale(rescale(rescale(1))))   # ... 65 levels\n}",
+        "pipeline p {\n  a = rescale(1)\n  b = rescale(a)   # one level each\n}",
     ),
     "E0115": Code(
         "wrong number of inputs to a transform",
@@ -239,9 +250,71 @@ CODES: dict[str, Code] = {
     "E0241": Code(
         "value out of range",
         "Sizes, spacings, window widths and counts must be above zero; probabilities and"
-        " proportions lie between 0 and 1.",
+        " proportions lie between 0 and 1; some values have their own range, which the"
+        " message gives (`take(n=...)` at least 0, percentiles between 0 and 100, at most"
+        " 10000 `phantom` cases).",
         "x = ct |> resample(spacing=(1, 0, 1) mm)",
         "x = ct |> resample(spacing=(1, 1, 1) mm)",
+    ),
+    "E0242": Code(
+        "number too large",
+        "A number literal (in the file or in a `--set` value) is beyond ±2^53 (about"
+        " 9.007e15), or so large that it is infinite (`1e999`). No size, count or"
+        " intensity a pipeline uses comes near it, and such a value would only make a run"
+        " allocate or loop without limit. It is refused before anything runs.",
+        "x = ct |> window(level=1e999, width=400)",
+        "x = ct |> window(level=40, width=400)",
+    ),
+    "E0243": Code(
+        "not an axis",
+        "An operator that works along one axis (`flip`) was given an axis the data does not"
+        " have. Axes are numbered from 0: 0, 1 (and 2 for 3-D data), in (x, y, z) order.",
+        "x = ct |> flip(axis=3, p=0.5)",
+        "x = ct |> flip(axis=2, p=0.5)",
+    ),
+    "E0244": Code(
+        "lower bound above the upper bound",
+        "Two values that bound a range (`clip(low=..., high=...)`, the percentiles of"
+        " `percentile_rescale`, the thresholds of `threshold_mask`) are given the wrong way"
+        " round: the lower one is above the upper one.",
+        "x = ct |> clip(low=100, high=-100)",
+        "x = ct |> clip(low=-100, high=100)",
+    ),
+    "E0245": Code(
+        "label value not in the label map",
+        "A label map with K classes holds the values 0 .. K-1, so selecting a value of K or"
+        " more (or below 0) selects nothing: every voxel of the result would be"
+        " background. Either the value is wrong, or the map has more classes than"
+        " declared: declare them (`as LabelMap[3, 118]`).",
+        "seg = nifti(\"seg.nii.gz\") as LabelMap[3, 2]\nliver = seg |> select_labels(labels=(9,))",
+        "seg = nifti(\"seg.nii.gz\") as LabelMap[3, 10]\nliver = seg |> select_labels(labels=(9,))",
+    ),
+    "E0246": Code(
+        "input too small for the network",
+        "A size divisible by the network's down-sampling factor but equal to it on every"
+        " axis leaves a single voxel at the network's deepest level: its normalization has"
+        " nothing to normalize and training fails (MONAI's U-Net: \"Expected more than 1"
+        " spatial element\"). Use larger patches or crops on at least one axis, or a network"
+        " that down-samples fewer times.",
+        "fit = train(unet3d(), cases |> crop_or_pad((16, 16, 16)), loss=dice_ce)",
+        "fit = train(unet3d(), cases |> crop_or_pad((32, 32, 32)), loss=dice_ce)",
+    ),
+    "E0247": Code(
+        "size too large",
+        "A size in voxels (of `crop_or_pad`, `resize`, `phantom`, patches...) multiplies"
+        " out to more than 2^34 voxels (64 GiB as float32). Sizes are in voxels, not in"
+        " millimetres; to cover a large region, resample to a coarser spacing first or take"
+        " patches.",
+        "x = ct |> crop_or_pad((100000, 100000, 100))",
+        "x = ct |> crop_or_pad((512, 512, 100))",
+    ),
+    "E0248": Code(
+        "impossible number in a type",
+        "A number written in a type cannot describe data: a dimensionality other than 2 or"
+        " 3, fewer than 2 classes (the background counts), no channels, a shape with an"
+        " axis of 0 voxels, a negative tuple length.",
+        "labels = nifti(\"seg.nii.gz\") as LabelMap[3, 0]",
+        "labels = nifti(\"seg.nii.gz\") as LabelMap[3, 2]",
     ),
     "E0250": Code(
         "values on different voxel grids",
@@ -437,6 +510,19 @@ CODES: dict[str, Code] = {
         " remove the duplicate mask.",
         'import std.io\npipeline p {\n  nuclei = mask_folder("stage1_train", image="*/images/*.png", masks="*/masks")\n}',
         'import std.io\npipeline p {\n  nuclei = mask_folder("stage1_train_fixed", image="*/images/*.png", masks="*/masks")\n}',
+    ),
+    "E1030": Code(
+        "data of the wrong dimensionality",
+        "An operator met data of a dimensionality it cannot take, which the checker could"
+        " not see because the data was read without a declared one (`nifti(...)` without"
+        " `as Image[2, ...]`): `write_png` given a 3-D volume. Declare the dimensionality"
+        " where the data is read, so that `medasc check` reports it (E0204), or use an"
+        " operator made for the data (`write_nifti` for volumes).",
+    ),
+    "E1031": Code(
+        "values a file format cannot hold",
+        "A writer was given values its format cannot store: a PNG holds label values 0 to"
+        " 65535 only. Write such label maps with `write_nifti`.",
     ),
     "E2001": Code(
         "operator not implemented yet",

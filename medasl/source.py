@@ -15,7 +15,8 @@ class SourceFile:
 
     @classmethod
     def read(cls, path: str | Path) -> SourceFile:
-        return cls(name=str(path), text=Path(path).read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark some editors write is not part of the text
+        return cls(name=str(path), text=Path(path).read_text(encoding="utf-8-sig"))
 
     def line(self, number: int) -> str:
         """Line `number` (1-based), without its newline; '' past the end."""

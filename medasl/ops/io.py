@@ -1593,10 +1593,15 @@ def _png_array(vol: Volume) -> np.ndarray:
     if vol.dim == 3 and a.shape[0] == 1:
         a = a[0]
     elif vol.dim != 2:
-        raise ValueError(f"write_png writes 2-D images, not a {vol.dim}-D volume of size {vol.shape}")
+        # the checker refuses 3-D data where it knows the dimensionality (E0204); a file read
+        # without a declared one shows it only here
+        raise DataError("E1030", f"`write_png` writes 2-D images, but this is a {vol.dim}-D volume of size {vol.shape}",
+                        vol.source, help="write volumes with `write_nifti`, or declare the data 2-D where it is"
+                        " read (`as Image[2, ...]`) so that `medasc check` says so")
     if vol.kind in LABEL_KINDS:
         if a.size and (a.min() < 0 or a.max() > 65535):
-            raise ValueError(f"label values {a.min()}..{a.max()} do not fit a PNG")
+            raise DataError("E1031", f"label values {a.min()}..{a.max()} do not fit a PNG (0..65535)", vol.source,
+                            help="write label maps with large or negative values with `write_nifti`")
         return a.astype(np.uint8 if not a.size or a.max() <= 255 else np.uint16)
     if a.dtype == np.uint8:
         return a

@@ -70,6 +70,37 @@ def _prepare(x: Volume, interpolator: int) -> tuple[sitk.Image, float]:
     return img, _outside_value(x)
 
 
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_allocation(x: Volume, size: Sequence[float], itemsize: int, what: str) -> None:
+    """Refuse, before allocating it, a result of `size` voxels ((x, y, z) order) that this
+    machine cannot hold (E2002 with the shape and the bytes it wanted): an allocation that
+    fails inside SimpleITK or NumPy is a traceback, or the system's out-of-memory killer."""
+    channels = int(np.prod(x.array.shape[x.dim:], dtype=np.float64)) if x.array.ndim > x.dim else 1
+    wanted = float(np.prod([float(n) for n in size], dtype=np.float64)) * channels * itemsize
+    memory = _physical_memory()
+    if math.isfinite(wanted) and (memory is None or wanted <= memory):
+        return
+    shape = " x ".join(f"{n:.0f}" if n < 1e15 else f"{n:.3g}" for n in size)
+    have = f", more than this machine's {_bytes_text(memory)} of memory" if memory is not None else ""
+    raise DataError("E2002", f"{what} would make a volume of {shape} voxels ({_bytes_text(wanted)}){have}",
+                    x.source, help="check the spacing and size (they are in mm and voxels); resample to a coarser"
+                    " spacing, or crop to the region you need first")
+
+
+def _bytes_text(n: float) -> str:
+    for unit, scale in (("TB", 1024.0**4), ("GB", 1024.0**3), ("MB", 1024.0**2)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} bytes"
+
+
 def _outside_value(x: Volume) -> float:
     """Fill value: the image minimum for images, 0 (background) for everything else."""
     if x.kind == "image" and x.array.size:
@@ -114,6 +145,9 @@ def resample(x: Volume, spacing: Sequence[float], interp: str = "auto") -> Volum
     if len(spacing) != x.dim:
         raise ValueError(f"spacing needs {x.dim} values, got {len(spacing)}")
     interpolator = _interpolator(x, interp)
+    wanted = [max(1.0, n * old / new) for n, old, new in zip(x.shape, x.spacing, spacing)]
+    itemsize = x.array.dtype.itemsize if interpolator == sitk.sitkNearestNeighbor else 4
+    _check_allocation(x, wanted, itemsize, f"resampling to {tuple(float(s) for s in spacing)} mm")
     img, outside = _prepare(x, interpolator)
     size = [max(1, math.ceil(round(n * old / new, 6))) for n, old, new in zip(x.shape, x.spacing, spacing)]
     out = sitk.Resample(img, size, sitk.Transform(), interpolator, x.origin, tuple(float(s) for s in spacing),

@@ -1190,6 +1190,9 @@ def fused_spatial(x: Volume | Pair, steps: Sequence[SpatialStep], device: str = 
             for member in ((x.input, x.target) if isinstance(x, Pair) else (x,)):
                 pre._interpolator(member, str(_params(step).get("interp", "auto")))  # ValueError as unfused
     stages, drawn = _plan(vol, steps)
+    if stages:  # only the chain's last grid is allocated (E2002 before, where it cannot be)
+        pre._check_allocation(vol, stages[-1].grid_out.size, max(vol.array.dtype.itemsize, 4),
+                              " then ".join(f"`{step.op}`" for step in steps))
     if isinstance(x, Pair):
         image, target = _run([x.input, x.target], stages, image_mode, device)
         return Pair(image, target), drawn

@@ -118,7 +118,8 @@ class CallChecker:
                 self.pc.error("E0104", f"`{op.name}` has no parameter `{a.name}`",
                               label(span, "unknown parameter"),
                               help=did_you_mean(a.name, names) or f"its parameters are {', '.join(names) or 'none'}")
-                self.pc.expr(a.value)
+                if not self._enum_value(a.value):  # `orientaton=RAS`: RAS is fine, the name is not
+                    self.pc.expr(a.value)
                 ok, misspelt = False, True
                 continue
             if a.name in exprs:
@@ -146,6 +147,11 @@ class CallChecker:
             return Val(Const(None), ERROR, self.span)
         return self._typed(values, device, expected)
 
+    def _enum_value(self, e: ast.Expr) -> bool:
+        """Whether `e` is a bare name that some enum in scope holds: the value of an
+        argument whose name is misspelt is then no mistake of its own to report."""
+        return isinstance(e, ast.Name) and any(e.id in enum.values for enum in self.pc.file_scope.enums.values())
+
     # ----- typing with lifting ------------------------------------------------------------
 
     def _typed(self, values: dict[str, Val], device: ast.Arg | None, expected: TyLike | None) -> Val:
@@ -172,6 +178,7 @@ class CallChecker:
         domain.check_patterns(self, values)
         grids.check_agreement(self, values, types)
         domain.check_ranges(self, values)
+        domain.check_limits(self, values, types)
         reduce = op.has("metric") and "map" in lift
         for mode in reversed(lift):
             if mode == "map" and not reduce:

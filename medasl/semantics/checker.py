@@ -10,6 +10,7 @@ value typed `ERROR` so that one mistake is reported once.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +60,7 @@ from medasl.semantics.signatures import (
 from medasl.semantics.suggest import did_you_mean
 from medasl.source import SourceFile, Span
 from medasl.syntax import ast
+from medasl.syntax.parser import MAX_MAGNITUDE, check_nesting, number_text
 
 UNIT_SCALE = {"mm": ("mm", 1.0), "cm": ("mm", 10.0), "um": ("mm", 0.001),
               "deg": ("deg", 1.0), "rad": ("deg", 57.29577951308232),
@@ -160,6 +162,8 @@ def check_module(
     tree: ast.Module, source: SourceFile, diags: Diagnostics, sources: dict[str, SourceFile],
     overrides: Overrides | None = None,
 ) -> CheckResult:
+    if not check_nesting(tree, diags):
+        return CheckResult([], diags, sources)
     loader = Loader(diags, sources)
     base_dir = Path(source.name).resolve().parent
     scope = loader.scope_for(tree, base_dir)
@@ -174,7 +178,16 @@ def check_module(
                             secondary(seen[item.name], "first definition"))
                 continue
             seen[item.name] = item.name_span
-            graphs.append(PipelineChecker(item, scope, loader, diags, overrides or Overrides({}, diags, sources)).run())
+            checker = PipelineChecker(item, scope, loader, diags, overrides or Overrides({}, diags, sources))
+            try:
+                graphs.append(checker.run())
+            except RecursionError:
+                # the parser bounds nesting within one expression (E0114 there, with its place);
+                # values, transforms and calls can still nest through one another without end
+                diags.error("E0114", f"pipeline `{item.name}` nests values, transforms and calls too deeply to check",
+                            label(item.name_span, "nested too deeply"),
+                            help="write the values in the order they are made (each after what it uses),"
+                            " and give inner values names of their own")
     _check_unused_imports(tree, scope, graphs, diags)
     return CheckResult(graphs, diags, sources)
 
@@ -470,6 +483,8 @@ class PipelineChecker:
     # ----- types ------------------------------------------------------------------------
 
     def _type(self, texpr: ast.TypeExpr) -> TyLike | None:
+        if not domain.check_written_type(self, texpr):
+            return None
         ctx = TypeContext(enums=self.file_scope.enums, allow_implicit_vars=False)
         try:
             t = type_from_ast(texpr, ctx)
@@ -516,10 +531,15 @@ class PipelineChecker:
         raise AssertionError(f"unknown expression {e!r}")
 
     def _number(self, e: ast.Number) -> Val:
-        if e.unit is None:
-            return Val(Const(e.value), INT if isinstance(e.value, int) else FLOAT, e.span)
-        base, scale = UNIT_SCALE[e.unit]
+        base, scale = UNIT_SCALE[e.unit] if e.unit is not None else (None, 1.0)
         value = e.value * scale if scale != 1.0 else e.value
+        if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:  # `1e999`, `--set n=99999999999999999999`
+            self.error("E0242", f"the number `{number_text(e.text)}` is too large", label(e.span, "too large to use"),
+                       help=f"numbers are limited to ±2^53 (about {MAX_MAGNITUDE:.4g}); write the value the operator"
+                       " needs, in the unit it takes")
+            return Val(Const(None), ERROR, e.span)
+        if base is None:
+            return Val(Const(e.value), INT if isinstance(e.value, int) else FLOAT, e.span)
         return Val(Const(float(value), base), UNIT_TYPES[base], e.span)
 
     def _tuple(self, e: ast.Tuple, expected: TyLike | None) -> Val:
@@ -529,6 +549,8 @@ class PipelineChecker:
             base, scale = UNIT_SCALE[e.unit]
             bad = [i for i in items if i.type not in (INT, FLOAT) or not isinstance(i.value, Const)]
             for item in bad:
+                if item.type == ERROR and isinstance(item.value, Const) and item.value.value is None:
+                    continue  # reported where it was found (a number too large)
                 if isinstance(item.value, Const) or item.type == ERROR:
                     self.error("E0207", f"a unit applies to numbers, found {format_type(item.type)}",
                                label(item.span, "not a number"))
@@ -539,6 +561,10 @@ class PipelineChecker:
             if bad:
                 return Val(Const(None), ERROR, e.span)
             values = tuple(float(_const(i)) * scale for i in items)  # type: ignore[arg-type]
+            if any(not math.isfinite(v) or abs(v) > MAX_MAGNITUDE for v in values):  # `(1e308, 1, 1) cm`
+                self.error("E0242", f"a number of this tuple is too large in {base}", label(e.span, "too large to use"),
+                           help=f"numbers are limited to ±2^53 (about {MAX_MAGNITUDE:.4g})")
+                return Val(Const(None), ERROR, e.span)
             return Val(Const(values, base), vec(UNIT_TYPES[base], len(items)), e.span)
         if any(i.type == ERROR for i in items):
             return Val(Const(None), ERROR, e.span)

@@ -8,6 +8,7 @@ sizes divisible by a network's down-sampling, and objectives against metric goal
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
@@ -62,7 +63,7 @@ def report_mismatch(pc: PipelineChecker, m: Mismatch, val: Val, slot: TyLike, wh
         who_is = "the input" if val.origin_name == "the input" else f"`{val.origin_name}`"
         origin = [secondary(val.origin, f"{who_is} is {found}")]
     first_slot = op is not None and bool(op.params) and what == f"`{op.params[0].name}`"
-    hint = str(op.attrs["hint"][0]) if op is not None and first_slot and op.attrs.get("hint") else None
+    hint = _hint(op, m) if op is not None and first_slot else None
     slot_text = f" for {what}" if op is not None and not first_slot else ""
     notes = tuple(n for n in (
         f"inside a pair, `{op.name}` applies to the label too" if member_of_pair and op else None,
@@ -144,6 +145,19 @@ def report_mismatch(pc: PipelineChecker, m: Mismatch, val: Val, slot: TyLike, wh
     full_needs = _slot_phrase(expected_full)
     pc.error("E0201", f"{who} expects {full_needs}{slot_text}, found {found}",
              label(val.span, f"expected {needs if m.attr else full_needs}"), *origin, help=hint, notes=notes)
+
+
+def _hint(op: OpSig, m: Mismatch) -> str | None:
+    """An operator's `@hint`: `@hint("text")` for any value that does not fit its first
+    slot; `@hint(MR, "text", PET, "text")` only for a value of that modality (a hint about
+    MR intensities says nothing useful about a label map or a string)."""
+    args = op.attrs.get("hint", ())
+    if len(args) == 1:
+        return str(args[0])
+    for modality, text in zip(args[::2], args[1::2]):
+        if m.attr == "modality" and m.actual_value == modality:
+            return str(text)
+    return None
 
 
 def _slot_phrase(t: TyLike) -> str:
@@ -333,6 +347,17 @@ def check_divisible(cc: CallChecker, attempt: Attempt, values: dict[str, Val]) -
                     label(where, f"{', '.join(map(str, bad))} not divisible by {factor}"),
                     secondary(model.span, f"down-samples by {factor}"),
                     help=f"use a multiple of {factor} on every axis, e.g. {_tuple_text(fixed)}")
+        return
+    if size and all(isinstance(s, int | float) and int(s) == factor for s in size):
+        # down-sampled `factor` times, the input is one voxel at the network's deepest
+        # level, where its normalization has nothing to normalize (MONAI's instance norm
+        # fails there, batch norm at a batch of one)
+        bigger = tuple(int(s) for s in size[:-1]) + (2 * factor,)
+        cc.pc.error("E0246", f"size {_tuple_text(size)} is too small for a network that down-samples by {factor}",
+                    label(where, f"{factor} on every axis: one voxel at the deepest level"),
+                    secondary(model.span, f"down-samples by {factor}"),
+                    help=f"give at least one axis {2 * factor} voxels or more, e.g. {_tuple_text(bigger)},"
+                    " or use a network with fewer down-sampling steps (`strides=`)")
 
 
 def literal_with_defaults(graph: Graph, value: object) -> object:
@@ -430,3 +455,204 @@ def module_used_by_types(module: str, graphs: list[Graph]) -> bool:
 
 __all__ = ["report_mismatch", "check_goal", "check_interpolation", "check_divisible", "check_patterns",
            "check_ranges"]
+
+
+# ----- limits known at check time (issue 10) -------------------------------------------
+
+# The most voxels a size written in a pipeline may ask for (E0247): 2**34 voxels is 64 GiB
+# as float32, beyond any volume or whole-slide level a pipeline crops or resizes to.
+# Below it, whether the machine has the memory is for the run to say (E2002).
+MAX_VOXELS = 2**34
+
+# The Hounsfield scale: air is -1000, dense bone about 3000; metal implants reach the
+# top of 16-bit storage. A window entirely outside it makes every voxel 0 or 1 (W0006).
+HU_RANGE = (-1024.0, 32767.0)
+
+
+def _number_values(raw: object) -> list[float | int]:
+    numbers = raw if isinstance(raw, tuple) else (raw,)
+    return [v for v in numbers if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def _given_or_default(cc: CallChecker, values: dict[str, Val], name: str) -> object:
+    """The literal value of parameter `name` in this call (its default when not given);
+    None when it is not known at check time."""
+    val = values.get(name)
+    if val is not None:
+        return literal_with_defaults(cc.pc.graph, val.value)
+    param = cc.op.param(name)
+    if param is None or param.default is None:
+        return None
+    literal = default_literal(param.default)
+    return literal.value if isinstance(literal, Const) else None
+
+
+def _member(t: TyLike, kinds: tuple[str, ...]) -> Ty | None:
+    """The first value of one of `kinds` in a type (itself, or inside a dataset or pair)."""
+    if not isinstance(t, Ty):
+        return None
+    if t.name in kinds:
+        return t
+    return next((found for p in t.params if (found := _member(p, kinds)) is not None), None)
+
+
+def check_limits(cc: CallChecker, values: dict[str, Val], types: dict[str, TyLike]) -> None:
+    """The rules on values that the standard library declares besides `@positive` and
+    `@fraction`: `@range(p, low, high)`, `@axis(p)`, `@ordered(low, high)`,
+    `@labels_of(x, labels)`, and the voxel count of a size that becomes a shape."""
+    op = cc.op
+    for spec in _specs(op, "range", 3):
+        name, low, high = str(spec[0]), spec[1], spec[2]
+        raw = _given_or_default(cc, values, name)
+        reported = name in op.attrs.get("positive", ())  # values <= 0 are E0241 already
+        bad = [v for v in _number_values(raw) if not (reported and v <= 0)
+               and ((isinstance(low, int | float) and v < low) or (isinstance(high, int | float) and v > high))]
+        if bad and name in values:
+            wanted = (f"between {low} and {high}" if isinstance(high, int | float) else f"at least {low}")
+            shown = ", ".join(f"{v:g}" for v in bad)
+            cc.pc.error("E0241", f"`{name}` of `{op.name}` must be {wanted}, found {shown}",
+                        label(values[name].span, f"not {wanted}"))
+    first = op.params[0].name if op.params else None
+    spatial = _member(types.get(first), ("Image", "LabelMap", "ProbMap", "OneHot", "Instances")) if first else None
+    dim = attr(spatial, "dim") if spatial is not None else UNKNOWN
+    for spec in _specs(op, "axis", 1):
+        name = str(spec[0])
+        raw = _given_or_default(cc, values, name)
+        if name not in values or not isinstance(raw, int) or isinstance(raw, bool):
+            continue
+        if raw < 0 or (isinstance(dim, int) and raw >= dim):
+            axes = f"0 to {dim - 1}" if isinstance(dim, int) else "0, 1 or 2"
+            cc.pc.error("E0243", f"`{op.name}` has no axis {raw}" + (f" on {dim}D data" if isinstance(dim, int) else ""),
+                        label(values[name].span, f"the axes are {axes}"),
+                        help="axis 0 is the first spatial axis (x), 1 the second (y), 2 the third (z)")
+    for spec in _specs(op, "ordered", 2):
+        low_name, high_name = str(spec[0]), str(spec[1])
+        low, high = _given_or_default(cc, values, low_name), _given_or_default(cc, values, high_name)
+        if (isinstance(low, int | float) and isinstance(high, int | float) and low > high
+                and high_name in values and low_name in values):
+            cc.pc.error("E0244", f"`{op.name}` needs `{low_name}` <= `{high_name}`, found {low:g} > {high:g}",
+                        label(values[high_name].span, f"below `{low_name}`"),
+                        secondary(values[low_name].span, f"`{low_name}` is {low:g}"),
+                        help=f"swap them: `{low_name}={high:g}, {high_name}={low:g}`")
+    for spec in _specs(op, "labels_of", 2):
+        map_name, labels_name = str(spec[0]), str(spec[1])
+        label_map = _member(types.get(map_name), ("LabelMap",))
+        classes = attr(label_map, "classes") if label_map is not None else UNKNOWN
+        raw = _given_or_default(cc, values, labels_name)
+        if labels_name not in values or not isinstance(classes, int):
+            continue
+        bad = [v for v in _number_values(raw) if v < 0 or v >= classes]
+        if bad:
+            shown = ", ".join(f"{v:g}" for v in bad)
+            cc.pc.error("E0245", f"label value{'s' if len(bad) > 1 else ''} {shown} cannot occur in {format_type(label_map)}",
+                        label(values[labels_name].span, f"the values are 0 to {classes - 1}"),
+                        secondary(values[map_name].span if map_name in values else cc.func_span,
+                                  f"this has {classes} classes"),
+                        help="a label map with K classes holds the values 0 .. K-1; choose among them, or"
+                        " declare the map with the number of classes the file really has")
+    for name in _shape_params(op.result):
+        raw = _given_or_default(cc, values, name)
+        numbers = _number_values(raw)
+        if name not in values or not numbers or len(numbers) != len(raw if isinstance(raw, tuple) else (raw,)):
+            continue
+        voxels = 1
+        for v in numbers:
+            voxels *= max(int(v), 1)
+        if voxels > MAX_VOXELS:
+            cc.pc.error("E0247", f"a size of {_tuple_text(tuple(numbers))} is {voxels:.3g} voxels,"
+                        f" more than the {MAX_VOXELS:.3g} a pipeline may ask for",
+                        label(values[name].span, f"{voxels * 4 / 1024**3:.3g} GiB as float32"),
+                        help="sizes are in voxels, not in mm or micrometres; to cover a large region, resample"
+                        " to a coarser spacing first or take patches")
+
+
+def _specs(op: OpSig, attribute: str, size: int) -> list[tuple[object, ...]]:
+    """An attribute's arguments in groups of `size`: `@range(n, 0, _, k, 1, 10)` is two
+    ranges (attributes are kept by name, so one attribute holds every rule of its kind)."""
+    args = op.attrs.get(attribute, ())
+    return [tuple(args[i:i + size]) for i in range(0, len(args) - size + 1, size)]
+
+
+def _shape_params(t: object) -> set[str]:
+    """The parameters a result's `shape` comes from (`S{shape=size}`, `Image[3, CT, shape=size]`)."""
+    from medasl.semantics.signatures import Override, ParamRef
+
+    if isinstance(t, Override):
+        own = {t.value.name} if t.attr == "shape" and isinstance(t.value, ParamRef) else set()
+        return own | _shape_params(t.base)
+    if not isinstance(t, Ty):
+        return set()
+    cons = CONSTRUCTORS.get(t.name)
+    own = set()
+    if cons is not None and "shape" in cons.attrs:
+        value = t.attrs[cons.attrs.index("shape")]
+        if isinstance(value, ParamRef):
+            own.add(value.name)
+    for p in t.params:
+        own |= _shape_params(p)
+    return own
+
+
+# the smallest value of a type's numeric attributes, and what a smaller one would mean
+_ATTRIBUTE_MINIMUM = {
+    "dim": (2, "medasl handles 2-D and 3-D data"),
+    "classes": (2, "classes count the background too: a label map, probabilities or a classifier have at least 2"),
+    "channels": (1, "an image has at least one channel"),
+    "k": (1, "there is at least one fold"),
+    "downsample": (1, "a network down-samples by a factor of at least 1"),
+    "length": (0, "a tuple has no negative length"),
+}
+
+
+def check_written_type(pc: PipelineChecker, texpr: ast.TypeExpr) -> bool:
+    """The numbers written in a type (`LabelMap[3, 0]`, `Image[7, CT]`, `shape=(0, 64)`)
+    are ones the data can have (E0248); False when one is not."""
+    ok = True
+    todo: list[ast.TypeExpr] = [texpr]
+    while todo:
+        t = todo.pop()
+        if isinstance(t, ast.FnType):
+            todo.extend((*t.params, t.result))
+            continue
+        todo.extend(t.params)
+        cons = CONSTRUCTORS.get(t.name)
+        if cons is None:
+            continue
+        names = list(cons.attrs) if cons.attrs else ["length"]
+        positional = 0
+        for targ in t.index:
+            if targ.kind == "named":
+                name, inner = targ.value  # type: ignore[misc]
+            else:
+                name, inner = (names[positional] if positional < len(names) else ""), targ
+                positional += 1
+            ok &= _check_attribute(pc, t.name, name, inner)
+    return ok
+
+
+def _check_attribute(pc: PipelineChecker, type_name: str, name: str, targ: ast.TypeArg) -> bool:
+    from medasl.syntax.parser import MAX_MAGNITUDE
+
+    numbers = targ.value if targ.kind == "shape" else (targ.value,) if targ.kind == "number" else ()
+    if any(not math.isfinite(v) or abs(v) > MAX_MAGNITUDE for v in numbers):  # type: ignore[union-attr, arg-type]
+        pc.error("E0242", "a number in this type is too large", label(targ.span, "too large to use"),
+                 help=f"numbers are limited to ±2^53 (about {MAX_MAGNITUDE:.4g})")
+        return False
+    if targ.kind == "shape" and name == "shape":
+        bad = [v for v in targ.value if not isinstance(v, int) or v < 1]  # type: ignore[union-attr]
+        if bad:
+            pc.error("E0248", f"a shape holds whole numbers of voxels, at least 1 per axis; found {bad[0]}",
+                     label(targ.span, "not a size"), help="write the size in voxels, e.g. `shape=(128, 128, 96)`")
+            return False
+        return True
+    if targ.kind != "number" or name not in _ATTRIBUTE_MINIMUM:
+        return True
+    value = targ.value
+    minimum, why = _ATTRIBUTE_MINIMUM[name]
+    maximum = 3 if name == "dim" else None
+    if isinstance(value, int) and minimum <= value and (maximum is None or value <= maximum):
+        return True
+    wanted = f"{minimum} or {maximum}" if maximum is not None and maximum == minimum + 1 else f"at least {minimum}"
+    pc.error("E0248", f"`{type_name}` cannot have {name} {value}", label(targ.span, f"{name} must be {wanted}"),
+             help=why)
+    return False

@@ -15,7 +15,7 @@ from medasl.semantics import snapshot
 from medasl.semantics.signatures import EnumDef, OpSig, TypeError_, signature_from_decl
 from medasl.source import SourceFile, Span
 from medasl.syntax import ast
-from medasl.syntax.parser import cache_dir, parse, write_atomically
+from medasl.syntax.parser import cache_dir, check_nesting, parse, write_atomically
 
 STDLIB_DIR = Path(__file__).resolve().parents[2] / "stdlib"
 
@@ -179,7 +179,13 @@ class Loader:
             self._merge(scope, module, None)
             return
         path = (base_dir / item.file).resolve()  # type: ignore[operator]
-        module = self._load_user(path, item.span)
+        if path.suffix != ".medas":
+            # not read at all: a diagnostic would quote the file's lines (`import "/etc/passwd"`)
+            self.diags.error("E0112", f"`{item.file}` is not a .medas file", label(item.span, "not a medas module"),
+                             help="only medas files are imported: `import \"common.medas\" as common`")
+            module = None
+        else:
+            module = self._load_user(path, item.span)
         if module is not None:
             self._merge(scope, module, item.alias)
         elif item.alias:
@@ -203,7 +209,8 @@ class Loader:
                              label(span, "this import closes the cycle"))
             return None
         try:
-            source = SourceFile(display_path(path), path.read_text(encoding="utf-8"))
+            source = SourceFile.read(path)
+            source = SourceFile(display_path(path), source.text)
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not a text file (UTF-8)"
             self.diags.error("E0112", f"cannot read the imported file `{display_path(path)}`",
@@ -213,7 +220,7 @@ class Loader:
             return None
         self.sources[source.name] = source
         tree = parse(source, self.diags)
-        if tree is None:
+        if tree is None or not check_nesting(tree, self.diags):
             self.user_modules[path] = None
             return None
         self.loading.add(path)

@@ -8,6 +8,7 @@ resolved per call by `instantiate`.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from itertools import count
@@ -105,11 +106,38 @@ class OpSig:
                 return p
         return None
 
-    def signature_text(self) -> str:
+    def signature_text(self, defaults: bool = False) -> str:
+        """`name(x: S, spacing: mm[D]) -> S`; with `defaults`, each optional parameter
+        with its default as written (`interp: Interp = auto`, `mask: ... = none`)."""
         from medasl.semantics.matching import format_sig_type
 
-        params = ", ".join(f"{p.name}: {format_sig_type(p.type)}" for p in self.params)
+        params = ", ".join(f"{p.name}: {format_sig_type(p.type)}"
+                           + (f" = {expr_text(p.default)}" if defaults and p.default is not None else "")
+                           for p in self.params)
         return f"{self.name}({params}) -> {format_sig_type(self.result)}"
+
+
+def expr_text(e: ast.Expr) -> str:
+    """A default value as medas text (defaults are literals, names and calls of literals)."""
+    if isinstance(e, ast.Number):
+        return e.text + (f" {e.unit}" if e.unit else "")
+    if isinstance(e, ast.String):
+        return '"' + e.value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(e, ast.Bool):
+        return "true" if e.value else "false"
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Tuple):
+        items = ", ".join(expr_text(i) for i in e.items)
+        return f"({items}{',' if len(e.items) == 1 else ''})" + (f" {e.unit}" if e.unit else "")
+    if isinstance(e, ast.ListExpr):
+        return "[" + ", ".join(expr_text(i) for i in e.items) + "]"
+    if isinstance(e, ast.Call):
+        args = ", ".join((f"{a.name}=" if a.name else "") + expr_text(a.value) for a in e.args)
+        return f"{expr_text(e.func)}({args})"
+    if isinstance(e, ast.Field):
+        return f"{expr_text(e.value)}.{e.name}"
+    return "..."
 
 
 @dataclass
@@ -202,6 +230,9 @@ def _attr_value(targ: ast.TypeArg, attr_name: str, ctx: TypeContext) -> AttrValu
     kind, value = targ.kind, targ.value
     if kind == "unknown":
         return UNKNOWN
+    numbers = value if kind == "shape" else (value,) if kind == "number" else ()
+    if any(not math.isfinite(v) for v in numbers):  # type: ignore[union-attr]
+        raise TypeError_(f"a number in `{attr_name}` is too large", targ.span)  # beyond int(): no traceback
     if kind == "shape":
         return tuple(value)  # type: ignore[arg-type]
     if kind == "number":

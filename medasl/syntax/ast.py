@@ -283,31 +283,41 @@ class Module:
 
 
 def dump(node: object, indent: int = 0) -> str:
-    """An indented, span-annotated dump of an AST (for `--emit ast` and snapshots)."""
-    pad = "  " * indent
-    if isinstance(node, tuple):
-        if not node:
-            return f"{pad}[]"
-        return "\n".join(dump(item, indent) for item in node)
-    if not hasattr(node, "__dataclass_fields__"):
-        return f"{pad}{node!r}"
-    span = getattr(node, "span", None)
-    where = f" @{span.line}:{span.column}" if isinstance(span, Span) else ""
-    simple: list[str] = []
-    nested: list[str] = []
-    for f in fields(node):  # type: ignore[arg-type]
-        if f.name in ("span", "name_span", "kind_span") or f.name == "file":
+    """An indented, span-annotated dump of an AST (for `--emit ast` and snapshots).
+    Walked with a stack of its own: a chain of thousands of `|>` is as deep as it is long."""
+    out: list[str] = []
+    todo: list[tuple[object, int] | str] = [(node, indent)]  # a node to dump at a depth, or a line
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            out.append(item)
             continue
-        value = getattr(node, f.name)
-        if value is None or value == ():
+        value, depth = item
+        pad = "  " * depth
+        if isinstance(value, tuple):
+            if not value:
+                out.append(f"{pad}[]")
+            todo.extend((v, depth) for v in reversed(value))
             continue
-        if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
-            simple.append(f"{f.name}={list(value)!r}")
-        elif hasattr(value, "__dataclass_fields__") or isinstance(value, tuple):
-            nested.append(f"{pad}  {f.name}:\n{dump(value, indent + 2)}")
-        else:
-            simple.append(f"{f.name}={value!r}")
-    head = f"{pad}{type(node).__name__}{where}"
-    if simple:
-        head += " " + " ".join(simple)
-    return "\n".join([head, *nested])
+        if not hasattr(value, "__dataclass_fields__"):
+            out.append(f"{pad}{value!r}")
+            continue
+        span = getattr(value, "span", None)
+        where = f" @{span.line}:{span.column}" if isinstance(span, Span) else ""
+        simple: list[str] = []
+        nested: list[tuple[object, int] | str] = []
+        for f in fields(value):  # type: ignore[arg-type]
+            if f.name in ("span", "name_span", "kind_span") or f.name == "file":
+                continue
+            child = getattr(value, f.name)
+            if child is None or child == ():
+                continue
+            if isinstance(child, tuple) and all(isinstance(v, str) for v in child):
+                simple.append(f"{f.name}={list(child)!r}")
+            elif hasattr(child, "__dataclass_fields__") or isinstance(child, tuple):
+                nested += [f"{pad}  {f.name}:", (child, depth + 2)]
+            else:
+                simple.append(f"{f.name}={child!r}")
+        out.append(f"{pad}{type(value).__name__}{where}" + (" " + " ".join(simple) if simple else ""))
+        todo.extend(reversed(nested))
+    return "\n".join(out)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -92,6 +94,18 @@ def _hashable(key: object) -> object:
 
 
 MAX_SYNTAX_ERRORS = 10
+
+# Calls, tuples, fields and types nested deeper than this are refused (E0114) before
+# anything walks them: the checker follows nesting by recursion, and no real pipeline
+# comes near it. A chain `a |> f |> g` is not nesting (it is checked in a loop).
+MAX_NESTING = 64
+
+# The largest magnitude of a number literal (E0242, refused by the checker): 2**53, above
+# which whole numbers are no longer exact as floats (and JSON, the IR and the cache keys
+# carry them as such). Beyond it a value means nothing a pipeline could use, and would
+# only make the run allocate or loop without limit (`--set n=99999999999999999999`).
+MAX_MAGNITUDE = 2**53
+BYTE_ORDER_MARK = "\ufeff"
 NO_ARITHMETIC = "medas has no arithmetic: write the number you mean, e.g. `0.5` or `-100`"
 
 # A line that begins a statement or an item: where recovery may resume.
@@ -108,7 +122,12 @@ def parse(source: SourceFile, diags: Diagnostics) -> ast.Module | None:
     statement in error is blanked out, keeping every position, and the text parsed
     again, so one run reports the syntax errors of several statements.
     """
-    lines = source.text.split("\n")
+    # a UTF-8 byte-order mark (some Windows editors write one) is not text: it parses as a
+    # space, so that every column stays where the editor shows it
+    text = source.text
+    if text.startswith(BYTE_ORDER_MARK):
+        text = " " + text[1:]
+    lines = text.split("\n")
     last_line = 0
     failed = False
     reported: set[tuple[int, int]] = set()
@@ -138,11 +157,51 @@ def parse(source: SourceFile, diags: Diagnostics) -> ast.Module | None:
             return None
         builder = _Builder(source.name)
         module = builder.transform(tree)
-        for span, message in builder.errors:
-            diags.error("E0004", message, label(span, "not a valid escape"),
-                        help="write `\\\\` for a backslash, e.g. in Windows paths, or use `/`")
+        for problem in builder.errors:
+            diags.error(problem.code, problem.message, label(problem.span, problem.label), help=problem.help)
         return None if builder.errors else module
     return None
+
+
+def check_nesting(module: ast.Module, diags: Diagnostics) -> bool:
+    """Whether `module` nests calls, tuples, fields and types at most MAX_NESTING levels
+    deep; else E0114 at the first place that goes deeper. The checker calls this before
+    it walks a module (by recursion)."""
+    too_deep = _too_deeply_nested(module)
+    if too_deep is None:
+        return True
+    diags.error("E0114", f"this is nested more than {MAX_NESTING} levels deep",
+                label(too_deep, f"level {MAX_NESTING + 1}"),
+                help="give inner values names of their own (`x = ...`), or write a transform")
+    return False
+
+
+def _too_deeply_nested(module: ast.Module) -> Span | None:
+    """The span of the first node nested more than MAX_NESTING levels deep, or None.
+    Walked with a stack of its own, so that any depth is measured without recursion."""
+    todo: list[tuple[object, int]] = [(module, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, tuple):
+            todo.extend((item, depth) for item in node)
+            continue
+        if not hasattr(node, "__dataclass_fields__"):
+            continue
+        span = getattr(node, "span", None)
+        if depth >= MAX_NESTING and isinstance(node, _NESTING) and isinstance(span, Span):
+            return span
+        # a level is a call, tuple, list, field, ascription or type inside another; the
+        # left side of a pipe is the same level: `a |> f |> g` is a chain, not nesting
+        nests = isinstance(node, _NESTING)
+        for f in fields(node):  # type: ignore[arg-type]
+            child = getattr(node, f.name)
+            if hasattr(child, "__dataclass_fields__") or isinstance(child, tuple):
+                todo.append((child, depth + 1 if nests or (isinstance(node, ast.Pipe) and f.name == "right")
+                             else depth))
+    return None
+
+
+_NESTING = (ast.Call, ast.Tuple, ast.ListExpr, ast.Field, ast.Ascription, ast.TypeApp, ast.FnType)
 
 
 def _statement_around(lines: list[str], exc: UnexpectedInput, line: int) -> tuple[int, int]:
@@ -186,10 +245,31 @@ def _with_docs(node: object, docs: tuple[str, ...]) -> object:
     return node
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """A mistake found while building the AST (an unknown escape in a string)."""
+
+    code: str
+    span: Span
+    message: str
+    label: str
+    help: str
+
+
 def _number(text: str) -> float | int:
+    """The value of a number literal. A whole number of more digits than any value below
+    MAX_MAGNITUDE has is infinite here: the checker refuses it by its magnitude (E0242),
+    and Python's int() would refuse a text of more than 4300 digits with a traceback."""
     if any(c in text for c in ".eE"):
         return float(text)
+    if len(text.lstrip("-").lstrip("0")) > len(str(MAX_MAGNITUDE)):
+        return -math.inf if text.startswith("-") else math.inf
     return int(text)
+
+
+def number_text(text: str) -> str:
+    """A number literal as a diagnostic quotes it (one of 5000 digits, shortened)."""
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} characters)"
 
 
 @v_args(meta=True)
@@ -199,7 +279,7 @@ class _Builder(Transformer_NonRecursive):
     def __init__(self, file: str) -> None:
         super().__init__()
         self.file = file
-        self.errors: list[tuple[Span, str]] = []  # problems found while building (string escapes)
+        self.errors: list[_Problem] = []  # problems found while building (string escapes)
 
     def _unquote(self, tok: Token) -> str:
         """The text of a string literal; escapes are `\\"`, `\\\\`, `\\n` and `\\t` only."""
@@ -210,8 +290,10 @@ class _Builder(Transformer_NonRecursive):
                 escaped = {"\"": "\"", "\\": "\\", "n": "\n", "t": "\t"}.get(text[i + 1])
                 if escaped is None:
                     column = tok.column + 1 + i
-                    self.errors.append((Span(self.file, tok.line, column, tok.line, column + 2),
-                                        f"unknown escape `\\{text[i + 1]}` in a string"))
+                    self.errors.append(_Problem(
+                        "E0004", Span(self.file, tok.line, column, tok.line, column + 2),
+                        f"unknown escape `\\{text[i + 1]}` in a string", "not a valid escape",
+                        "write `\\\\` for a backslash, e.g. in Windows paths, or use `/`"))
                     escaped = text[i + 1]
                 out.append(escaped)
                 i += 2
@@ -325,7 +407,8 @@ class _Builder(Transformer_NonRecursive):
 
     def number(self, meta, children):
         tok, unit = children
-        return ast.Number(_number(str(tok)), str(tok), str(unit) if unit else None, self._span(meta))
+        span = self._span(meta)
+        return ast.Number(_number(str(tok)), str(tok), str(unit) if unit else None, span)
 
     def string(self, meta, children):
         (tok,) = children
@@ -433,7 +516,8 @@ class _Builder(Transformer_NonRecursive):
         return pairs
 
     def targ_number(self, meta, children):
-        return ast.TypeArg("number", _number(str(children[0])), self._span(meta))
+        span = self._span(meta)
+        return ast.TypeArg("number", _number(str(children[0])), span)
 
     def targ_name(self, meta, children):
         return ast.TypeArg("name", str(children[0]), self._span(meta))
@@ -442,7 +526,8 @@ class _Builder(Transformer_NonRecursive):
         return ast.TypeArg("unknown", None, self._span(meta))
 
     def targ_shape(self, meta, children):
-        return ast.TypeArg("shape", tuple(_number(str(c)) for c in children), self._span(meta))
+        span = self._span(meta)
+        return ast.TypeArg("shape", tuple(_number(str(c)) for c in children), span)
 
     def targ_named(self, meta, children):
         name, value = children
