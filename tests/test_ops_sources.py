@@ -81,7 +81,8 @@ def _check_source(name: str, **params: Any) -> list[CaseSpec]:
 
 def test_every_dataset_source_is_listed() -> None:
     assert set(io.SOURCES) == {"folder", "instance_folder", "images", "dicom_folder", "phantom", "classified",
-                               "slide_tiles", "datalist", "atrophy_phantom"}
+                               "slide_tiles", "datalist", "atrophy_phantom", "stacked_classified", "stacked_labels",
+                               "mask_folder"}
     assert set(io.SOURCES) <= set(io.OPERATORS)
 
 
