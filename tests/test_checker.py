@@ -79,7 +79,7 @@ def test_conversions_apply_case_by_case_and_are_made_once() -> None:
   cases = boxed(scans, boxes)
   windowed = scans |> window(level=-600, width=1500)
   show box_overlay(cases.image, cases.label)
-  report write_nifti(windowed, "w.nii.gz")
+  report write_nifti(windowed, "w/*.nii.gz")
 """)
     conv = [n for n in g.nodes.values() if n.conversion]
     assert [(n.op, n.lift, format_type(n.type)) for n in conv] == [
