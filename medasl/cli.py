@@ -13,13 +13,16 @@ import traceback
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from medasl import __version__
 from medasl.cache_cli import cache_group
 from medasl.diagnostics import Diagnostics, render_json, render_text, summary
+
+if TYPE_CHECKING:
+    from medasl.runtime.errors import DataError
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 REPORT_URL = "https://github.com/medasl/medasl/issues"
@@ -299,6 +302,20 @@ def _require_run_extra() -> None:
         sys.exit(EXIT_USER)
 
 
+def _output_problem(exc: BaseException, out: Path) -> DataError | None:
+    """A full or unwritable `--out` met outside a writer (the run log is written there
+    first): E2010 or E2013, as a writer's own file would be."""
+    import errno
+
+    from medasl.runtime.outputs import write_failure
+
+    unwritable = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+    if not isinstance(exc, OSError) or exc.errno not in unwritable or not isinstance(exc.filename, str):
+        return None
+    target = Path(exc.filename).absolute()
+    return write_failure(target, exc) if target.is_relative_to(out.absolute()) else None
+
+
 def _sets(values: tuple[str, ...]) -> dict[str, str]:
     found = {}
     for item in values:
@@ -395,8 +412,8 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
             failed.items += [session.failure_diagnostic(f) for f in (failure, *failure.more)]
             _print_diagnostics(failed, sources, "text")
             _finish(failed)
-        except (OSError, DataError) as exc:  # a full or read-only cache met outside a step (--force's removal)
-            problem = storage_problem(exc, request.cache.root)
+        except (OSError, DataError) as exc:  # a full or read-only cache or --out met outside a step (--force, the run log)
+            problem = storage_problem(exc, request.cache.root) or _output_problem(exc, out)
             if problem is None:
                 raise
             failed = Diagnostics()

@@ -311,6 +311,16 @@ def test_a_read_only_cache_serves_a_cached_run(clean: Path, monkeypatch: pytest.
     assert sorted(p.name for p in (clean / "cache" / "results").glob("??/*")) == before
 
 
+def test_a_read_only_out_folder_is_a_diagnostic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run log is the first file written under --out, before any writer runs."""
+    (tmp_path / "p.medas").write_text(pipeline_text())
+    read_only(monkeypatch, tmp_path / "out")
+    code, text = medasc_run(tmp_path)
+    assert code == 1, text
+    assert "error[E2013]" in text and "Read-only file system" in text and "--out" in text, text
+    assert "Traceback" not in text
+
+
 # ----- medasc cache verify -----------------------------------------------------------------
 
 
