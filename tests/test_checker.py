@@ -214,7 +214,7 @@ pipeline p {
     assert not result.diagnostics.has_errors, result.diagnostics.items
     node = result.graphs[0].nodes["liver"]
     assert node.lift == ("map", "label")
-    assert format_type(node.type) == "Dataset<Pair<Image[3, CT], LabelMap[3]>>"
+    assert format_type(node.type) == "Dataset<Pair<Image[3, CT], LabelMap[3, 2]>>"  # background and label 5
 
 
 def test_the_empty_tuple_fits_a_tuple_of_any_type() -> None:
