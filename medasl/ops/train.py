@@ -18,6 +18,9 @@ Conventions every function here keeps, and why:
 - After every epoch, `checkpoints.save` is given the whole state (weights, the best
   weights so far, optimizer, schedule, history): the executor commits it to the cache,
   and a killed training resumes at its last finished epoch.
+- Ctrl-C: the executor's `stop` is asked before every batch and every validation case;
+  when it says stop, `train` raises `Interrupted` there, so a training stops within a
+  batch, and the epochs already finished are the checkpoints in the cache.
 - Problems the user can fix are `DataError`s: label values the network cannot predict
   (E2006), cases of different sizes in one batch (E2007), a loss that became NaN or
   infinite (E2005, with the last good checkpoint kept).
@@ -34,7 +37,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from medasl.runtime.errors import DataError
+from medasl.runtime.errors import DataError, Interrupted
 from medasl.runtime.values import Case, Network, OperatorRef, Pair, Trained, Volume
 
 # ===== optimizers and schedules ==========================================================
@@ -353,8 +356,9 @@ def _detect(module: torch.nn.Module, image: Volume, window: Sequence[int] | None
 
 
 def _validate(module: torch.nn.Module, cases: list[Case], metric: OperatorRef, device: torch.device,
-              divisor: int) -> float:
-    """The metric over the validation cases, predictions made on each whole case."""
+              divisor: int, stop: Callable[[], None] = lambda: None) -> float:
+    """The metric over the validation cases, predictions made on each whole case;
+    `stop` is called before each case (it raises `Interrupted` after a Ctrl-C)."""
     from medasl.ops import metrics
 
     conversion = _conversion(metric, "pred", 1)
@@ -365,6 +369,7 @@ def _validate(module: torch.nn.Module, cases: list[Case], metric: OperatorRef, d
     module.eval()
     with torch.no_grad():
         for case in cases:
+            stop()
             pair = case.value
             assert isinstance(pair, Pair)
             if _is_detector(module):
@@ -398,6 +403,22 @@ def _epoch_case(case: Case, epoch: int, augment: Callable[[str, int], object] | 
     return case.value  # type: ignore[return-value]
 
 
+def _stopper(stop: Callable[[], bool] | None, epochs: int) -> Callable[[int], None]:
+    """A check to call between batches: raises `Interrupted` once `stop()` is true (the
+    user pressed Ctrl-C). Stopping there loses at most the batch in progress; the
+    finished epochs are in the cache already, so the same command resumes after them."""
+
+    def check(epoch: int) -> None:
+        if stop is None or not stop():
+            return
+        done = epoch - 1
+        kept = ("no epoch had finished" if done == 0 else "epoch 1 is kept" if done == 1
+                else f"epochs 1-{done} are kept")
+        raise Interrupted(f"stopped in epoch {epoch} of {epochs}: {kept}; the same command resumes at epoch {epoch}")
+
+    return check
+
+
 def _judge(value: float, best: float | None, goal: str) -> tuple[bool, bool]:
     """(keep these weights, an improvement) for a validation score. A strictly better
     score is both. An equal one keeps the later weights, trained longer and validated as
@@ -416,7 +437,7 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
           patience: int | None = None, clip_grad: float | None = None, amp: bool = True, seed: int = 0,
           on: str = "auto", *, checkpoints: Checkpoints | None = None,
           progress: Callable[[dict[str, object]], None] | None = None, device: str = "cpu",
-          augment: Callable[[str, int], object] | None = None) -> Trained:
+          augment: Callable[[str, int], object] | None = None, stop: Callable[[], bool] | None = None) -> Trained:
     """Train `model` on (input, target) cases; see the module docstring for the guarantees.
 
     Example (what `train(net, cases, loss=dice_ce, epochs=2)` runs):
@@ -480,12 +501,14 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
         val_labels = _conversion(metric, "target", 2) or to_labels
         for c in val_cases:
             _target_tensor(val_labels(c.value.target), classes, c.id)  # type: ignore[attr-defined]
+    check_stop = _stopper(stop, epochs)
     for epoch in range(start + 1, epochs + 1):
         clock = time.perf_counter()
         torch.manual_seed(_seed_for(seed, "epoch", epoch))
         module.train()
         total, seen = 0.0, 0
         for indices in _batches(len(cases), batch, seed, epoch):
+            check_stop(epoch)
             ids = [cases[i].id for i in indices]
             pairs = [_epoch_case(cases[i], epoch, augment) for i in indices]
             opt.zero_grad(set_to_none=True)
@@ -520,7 +543,7 @@ def train(model: Network, data: Sequence[Case], loss: OperatorRef, optimizer: Op
                                     "lr": float(opt.param_groups[0]["lr"])}
         stopped = False
         if metric is not None and val_cases and (epoch % every == 0 or epoch == epochs):
-            value_v = _validate(module, val_cases, metric, dev, divisor)
+            value_v = _validate(module, val_cases, metric, dev, divisor, lambda e=epoch: check_stop(e))
             record[f"val_{metric.op}"] = value_v
             keep, improved = _judge(value_v, best_value, goal or "max")
             if keep:
@@ -642,5 +665,5 @@ OPERATORS: dict[str, Callable[..., object]] = {
     "poly": poly, "plateau": plateau, "train": train, "infer": infer, "load_trained": load_trained,
 }
 """The std.train operators, by the name of their stdlib signature. `train` also takes the
-runtime-only `checkpoints`, `progress`, `device` and `augment` (the training cases of an
-epoch augmented anew); `infer` takes `device`."""
+runtime-only `checkpoints`, `progress`, `device`, `augment` (the training cases of an
+epoch augmented anew) and `stop` (true once the user pressed Ctrl-C); `infer` takes `device`."""

@@ -43,3 +43,16 @@ class DataError(Exception):
 
     def __repr__(self) -> str:
         return f"DataError({self.code!r}, {self.message!r}, path={self.path!r}, help={self.help!r})"
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user pressed Ctrl-C: the run stopped at the next safe point (a training at its
+    next batch), everything finished is committed. `notes` say what was kept, in the
+    user's terms ("`fit` stopped in epoch 5 of 40: its 4 finished epochs are kept").
+
+    A `KeyboardInterrupt`, so that whatever handles Ctrl-C handles it, and `except
+    Exception` in an operator never swallows it."""
+
+    def __init__(self, *notes: str) -> None:
+        super().__init__(*notes)
+        self.notes = list(notes)

@@ -25,8 +25,12 @@ bounded by the workers' current cases.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,9 +42,10 @@ from medasl.lower.plan import OpValue, Plan, Step, to_json
 from medasl.runtime import registry
 from medasl.runtime.cache import Cache, CacheKey, Explanation, diff_parts
 from medasl.runtime.digests import DigestMemo, file_digest, folder_digest, sha256_json
-from medasl.runtime.errors import DataError
+from medasl.runtime.errors import DataError, Interrupted
 from medasl.runtime.outputs import Claims, OutputRoot, outside_failure
 from medasl.runtime.tasks import (
+    CacheCheckpoints,
     Hooks,
     MissingInput,
     Recipe,
@@ -51,6 +56,7 @@ from medasl.runtime.tasks import (
     load_ref,
     member,
     record,
+    resume_note,
     run_task,
 )
 from medasl.runtime.values import Case, CaseSpec, OperatorRef
@@ -460,10 +466,39 @@ def select(step: Step, inputs: dict[str, RunValue], cache: Cache) -> RunValue:
 # ----- running -----------------------------------------------------------------------
 
 
-def _init_worker(threads: int) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """Set up a worker process. Ctrl-C in a terminal reaches the whole process group:
+    workers ignore it and the run (`parent`) decides, stopping them itself. A worker
+    exits when the run dies, even by `kill -9`, which gives the run no chance to."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
     import SimpleITK as sitk  # noqa: N813 (the alias SimpleITK documents)
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _die_with_parent(parent: int) -> None:
+    """On Linux the kernel kills this process when the thread that spawned it ends
+    (prctl PR_SET_PDEATHSIG; the pool is shut down before the step threads that start
+    workers end). A thread that compares the parent's pid every second covers the other
+    systems, and a parent that died before the prctl call is caught at once."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="medasl-watch-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:  # reparented: the run is gone
+            os._exit(1)
 
 
 class LocalExecutor:
@@ -472,16 +507,35 @@ class LocalExecutor:
 
     def __init__(self) -> None:
         self._pool: cf.ProcessPoolExecutor | None = None
-        self._cancel = threading.Event()  # set on Ctrl-C: step threads stop between tasks
+        self._pool_lock = threading.Lock()  # two steps may ask for the pool at once
+        self._cancel = threading.Event()  # set on Ctrl-C: step threads stop between tasks, trainings between batches
 
     def _workers(self, options: RunOptions) -> cf.ProcessPoolExecutor | None:
         if options.workers <= 1:
             return None
-        if self._pool is None:
-            threads = max(1, (os.cpu_count() or 1) // options.workers)
-            self._pool = cf.ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_init_worker, initargs=(threads,))
-        return self._pool
+        with self._pool_lock:
+            if self._cancel.is_set():
+                raise KeyboardInterrupt  # Ctrl-C: no new pool once the old one is stopped
+            if self._pool is None:
+                threads = max(1, (os.cpu_count() or 1) // options.workers)
+                self._pool = cf.ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_init_worker, initargs=(threads, os.getpid()))
+            return self._pool
+
+    def _close_pool(self, stop_now: bool = False) -> None:
+        """Shut the worker pool down; with `stop_now` (Ctrl-C) without waiting for the
+        cases in progress: their workers are terminated (what they committed stays)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if stop_now:
+            workers = list(getattr(pool, "_processes", None) or {})  # pids; private, but stable since Python 3.2
+            pool.shutdown(wait=False, cancel_futures=True)
+            for pid in workers:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+        pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, plan: Plan, options: RunOptions, reporter: Reporter) -> RunResult:
         clock = time.perf_counter()
@@ -493,9 +547,7 @@ class LocalExecutor:
             try:
                 self._schedule(plan, options, reporter, preparer, forced, values, outcomes)
             finally:
-                if self._pool is not None:
-                    self._pool.shutdown(cancel_futures=True)
-                    self._pool = None
+                self._close_pool()
         return RunResult(plan, values, outcomes, time.perf_counter() - clock)
 
     def _schedule(self, plan: Plan, options: RunOptions, reporter: Reporter, preparer: Preparer, forced: set[str],
@@ -504,31 +556,44 @@ class LocalExecutor:
         running: dict[cf.Future[StepOutcome], Step] = {}
         failure: BaseException | None = None
         with cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="medasl-step") as threads:
-            while remaining or running:
-                if failure is None:
-                    for step in [s for s in remaining if all(i in outcomes for i in s.inputs.values())]:
-                        remaining.remove(step)
-                        running[threads.submit(self._step, step, options, reporter, preparer, step.id in forced,
-                                               values)] = step
-                if not running:
-                    break
-                try:
+            try:
+                while remaining or running:
+                    if failure is None:
+                        for step in [s for s in remaining if all(i in outcomes for i in s.inputs.values())]:
+                            remaining.remove(step)
+                            running[threads.submit(self._step, step, options, reporter, preparer, step.id in forced,
+                                                   values)] = step
+                    if not running:
+                        break
                     done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                except KeyboardInterrupt:
-                    self._cancel.set()
-                    if self._pool is not None:
-                        self._pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-                for future in done:
-                    step = running.pop(future)
-                    try:
-                        outcomes[step.id] = future.result()
-                    except BaseException as exc:  # noqa: BLE001 - re-raised once running steps stop
-                        failure = failure or exc
-                if failure is not None and remaining:
-                    remaining.clear()
+                    for future in done:
+                        step = running.pop(future)
+                        try:
+                            outcomes[step.id] = future.result()
+                        except BaseException as exc:  # noqa: BLE001 - re-raised once running steps stop
+                            failure = failure or exc
+                    if failure is not None and remaining:
+                        remaining.clear()
+            except KeyboardInterrupt:
+                raise self._interrupted(running) from None
+            finally:
+                self._close_pool()  # while the step threads that started the workers live (see _die_with_parent)
         if failure is not None:
             raise failure
+
+    def _interrupted(self, running: dict[cf.Future[StepOutcome], Step]) -> Interrupted:
+        """Ctrl-C: every running step stops at its next safe point (between tasks; a
+        training between batches), workers at once; wait for that (a second Ctrl-C
+        does not: `medasc run` exits at once then). What the stopped trainings kept."""
+        self._cancel.set()
+        self._close_pool(stop_now=True)
+        cf.wait(running)
+        notes = []
+        for future, step in running.items():
+            stopped = future.exception()
+            if isinstance(stopped, Interrupted):
+                notes += [f"`{step.label}` {note}" for note in stopped.notes]
+        return Interrupted(*notes)
 
     def _step(self, step: Step, options: RunOptions, reporter: Reporter, preparer: Preparer, force: bool,
               values: dict[str, RunValue]) -> StepOutcome:
@@ -543,8 +608,10 @@ class LocalExecutor:
         if force:
             for task in prepared.tasks:
                 options.cache.discard(task.key)
+                if task.op == "train":
+                    CacheCheckpoints(options.cache, task.key).clear()  # else it "resumes" at its last epoch
         failures: list[RunFailure] = []
-        hooks = Hooks(progress=lambda record: reporter.epoch(step, record))
+        hooks = Hooks(progress=lambda record: reporter.epoch(step, record), stop=self._cancel.is_set)
         for result in self._run_tasks(preparer.plan.steps, prepared.tasks, options, hooks, preparer.memo.digest):
             if isinstance(result, RunFailure):
                 failures.append(result)  # the other cases still run: all bad files are named at once
@@ -584,6 +651,8 @@ class LocalExecutor:
         futures = {pool.submit(run_task, root, task): task for task in todo}
         try:
             for future in cf.as_completed(futures):
+                if self._cancel.is_set():
+                    raise KeyboardInterrupt  # Ctrl-C: the pool was shut down, its workers stopped
                 yield _guarded(steps, futures[future], future.result)
         finally:
             for future in futures:
@@ -599,6 +668,8 @@ Parallel work across cases goes to worker processes (`--workers`)."""
 
 def _in_process(root: str, task: Task, hooks: Hooks) -> TaskResult:
     with _COMPUTING:
+        if hooks.stop is not None and hooks.stop():
+            raise KeyboardInterrupt  # Ctrl-C while this task waited for its turn
         return run_task(root, task, hooks)
 
 
@@ -683,7 +754,11 @@ def preview(plan: Plan, options: RunOptions) -> dict[str, StepPreview]:
                                        digest=memo.digest)
                 status = "forced" if step.id in forced else explanation.status
                 found.counts[status] = found.counts.get(status, 0) + 1
-                for reason in _reasons(plan, step, explanation):
+                resumes = resume_note(options.cache, task) if status in ("new", "stale") else None
+                if resumes is not None and resumes not in found.reasons:
+                    found.reasons.insert(0, resumes)  # an interrupted training: first, before why it is not cached
+                new_anyway = resumes is not None and status == "new"  # "no earlier result" would only confuse
+                for reason in [] if new_anyway else _reasons(plan, step, explanation):
                     if reason not in found.reasons:
                         found.reasons.append(reason)
     return previews

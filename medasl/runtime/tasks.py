@@ -84,6 +84,7 @@ class Hooks:
     """Callbacks into the process that started a task (only for tasks run in it)."""
 
     progress: Callable[[dict[str, object]], None] | None = None
+    stop: Callable[[], bool] | None = None  # true once the user pressed Ctrl-C: a training stops at its next batch
 
 
 class CacheCheckpoints:
@@ -97,14 +98,18 @@ class CacheCheckpoints:
     def _key(self, epoch: int) -> CacheKey:
         return CacheKey("train.checkpoint", 1, {"train": self.train_key, "epoch": epoch})
 
-    def latest(self) -> dict[str, object] | None:
+    def _candidates(self) -> tuple[int, ...]:
+        """The epochs whose checkpoint may be the latest, newest first."""
         pointer = self.cache.root / "checkpoints" / f"{self.train_key}.json"
         try:
             epoch = int(json.loads(pointer.read_text())["epoch"])
         except (OSError, ValueError, KeyError, TypeError):
-            return None
-        for candidate in (epoch, epoch - 1):  # the pointer may be one step ahead of a killed gc
-            entry = self.cache.lookup(self._key(candidate)) if candidate > 0 else None
+            return ()
+        return tuple(e for e in (epoch, epoch - 1) if e > 0)  # the pointer may be one step ahead of a killed gc
+
+    def latest(self) -> dict[str, object] | None:
+        for candidate in self._candidates():
+            entry = self.cache.lookup(self._key(candidate))
             if entry is not None:
                 try:
                     state = load_value(entry.path, mmap=False)
@@ -114,12 +119,40 @@ class CacheCheckpoints:
                     return state
         return None
 
+    def finished_epoch(self) -> int | None:
+        """The last epoch a stopped training finished and committed (None: none), found
+        without reading its state: what `--dry-run` says a run resumes from."""
+        for candidate in self._candidates():
+            if self.cache.lookup(self._key(candidate)) is not None:
+                return candidate
+        return None
+
+    def clear(self) -> None:
+        """Forget the checkpoints (`--force`: train from the start, not from the last epoch)."""
+        for candidate in self._candidates():
+            self.cache.discard(self._key(candidate))
+        (self.cache.root / "checkpoints" / f"{self.train_key}.json").unlink(missing_ok=True)
+
     def save(self, epoch: int, state: dict[str, object]) -> None:
         with self.cache.write(self._key(epoch)) as pending:
             save_value(state, pending.path)
         write_json_atomic(self.cache.root / "checkpoints" / f"{self.train_key}.json", {"epoch": epoch})
         if epoch > 1:
             self.cache.discard(self._key(epoch - 1))
+
+
+def resume_note(cache: Cache, task: Task) -> str | None:
+    """For `--dry-run`: where a training that is not cached starts, when an earlier
+    run of it was stopped (Ctrl-C, kill) after finishing some epochs."""
+    if task.op != "train":
+        return None
+    done = CacheCheckpoints(cache, task.key).finished_epoch()
+    if done is None:
+        return None
+    epochs = task.params.get("epochs")
+    total = f" of {epochs}" if isinstance(epochs, int) else ""
+    kept = "epoch 1 was" if done == 1 else f"epochs 1-{done} were"
+    return f"resumes from epoch {done + 1}{total}: {kept} finished by an interrupted run"
 
 
 @dataclass(frozen=True)
@@ -299,6 +332,7 @@ def _compute_stage(cache: Cache, task: Task, upstream: object, info: dict[str, o
     if task.op == "train":
         args.update(checkpoints=CacheCheckpoints(cache, task.key), device=task.device,
                     progress=hooks.progress if hooks is not None else None,
+                    stop=hooks.stop if hooks is not None else None,
                     augment=EpochAugmenter(cache, task.recipes) if task.recipes else None)
     elif task.op == "infer":
         args["device"] = task.device
