@@ -7,10 +7,16 @@ front end (Lark) and click. Keep torch, SimpleITK and MONAI out of these paths.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import os
+import shlex
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -334,6 +340,62 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return "cuda:0" if value == "cuda" else value
 
 
+@contextlib.contextmanager
+def _second_ctrl_c_exits() -> Iterator[None]:
+    """Ctrl-C during a run: the first raises KeyboardInterrupt as usual, and the run stops
+    at its next safe point (a training at its next batch), keeping what it finished; a
+    second one exits at once. At once means `os._exit`: letting the interpreter shut
+    down while torch's OpenMP threads still compute aborts it with a core dump. Nothing
+    is lost by it: results are committed by an atomic rename, workers die with the run."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield  # signals can only be handled here in the main thread; an ignored Ctrl-C stays ignored
+        return
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, _exit_at_once)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is first:  # after a Ctrl-C, `_exit_at_once` stays: the process is ending
+            signal.signal(signal.SIGINT, previous)
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    """The second Ctrl-C of a run."""
+    # os.write: the stderr object may be in use by the thread this signal interrupted
+    os.write(2, b"\nstopped at once (second Ctrl-C): every result finished before is kept in the cache; "
+             b"run the same command again to resume\n")
+    if sys.stderr.isatty():
+        os.write(2, b"\x1b[?25h")  # show the cursor again: the progress bars hid it
+    os._exit(130)
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 after a Ctrl-C the run has handled. When `_second_ctrl_c_exits` caught it,
+    by `os._exit`: everything is committed and closed by now, while the interpreter's
+    shutdown (a second or more with torch loaded) would put back the default handler,
+    and a second Ctrl-C there would kill the process by signal instead of exit 130."""
+    if signal.getsignal(signal.SIGINT) is _exit_at_once:
+        gc.collect()  # finalizes the stopped worker pool's queues, else their semaphores are reported as leaked
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(130)
+
+
+def _say_interrupted(notes: list[str]) -> None:
+    """After Ctrl-C: what the stopped trainings kept, and the command that resumes."""
+    for note in notes:
+        click.echo(f"interrupted: {note}", err=True)
+    command = shlex.join(["medasc", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "the same command"
+    click.echo(("" if notes else "interrupted: ") + "every result finished so far is kept in the cache; "
+               f"to resume, run the same command:\n  {command}", err=True)
+
+
 @main.command()
 @click.argument("file")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
@@ -406,7 +468,8 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
             if dry_run:
                 session.show_preview(plan, request, console)
             else:
-                session.execute(plan, request, file, console)
+                with _second_ctrl_c_exits():
+                    session.execute(plan, request, file, console)
         except RunFailure as failure:
             failed = Diagnostics()
             failed.items += [session.failure_diagnostic(f) for f in (failure, *failure.more)]
@@ -420,10 +483,9 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
             failed.error(problem.code, problem.message, help=problem.help)
             _print_diagnostics(failed, sources, "text")
             _finish(failed)
-        except KeyboardInterrupt:
-            click.echo("interrupted: every result computed so far is kept; run the same command again to resume",
-                       err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as stop:
+            _say_interrupted(getattr(stop, "notes", []))
+            _exit_interrupted()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
