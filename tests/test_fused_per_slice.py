@@ -107,8 +107,8 @@ def test_chains_keeping_slices_take_the_per_slice_path_and_agree_with_the_operat
 
 def test_a_step_alone_runs_in_the_kernel_only_on_large_volumes() -> None:
     step = [SpatialStep("resample", {"spacing": (2.0, 2.0, 3.0)})]
-    small = _ct((12, 64, 64))
-    large = Volume(np.zeros((64, 256, 256), np.int16), (0.8, 0.8, 3.0), (0, 0, 0), IDENTITY, kind="image")
+    small = _ct((12, 64, 64))  # 49 k voxels
+    large = Volume(np.zeros((20, 256, 256), np.int16), (0.8, 0.8, 3.0), (0, 0, 0), IDENTITY, kind="image")
     assert not fs.worth_fusing(step, "cpu", small) and fs.worth_fusing(step, "cpu", large)
     assert fs.worth_fusing(step, "cuda", small)
     assert not fs.worth_fusing([SpatialStep("elastic", {"p": 1.0}, (1,))], "cpu", large)

@@ -196,10 +196,14 @@ def worth_fusing(steps: Sequence[SpatialStep], device: str = "cpu", x: Volume | 
     return not any(step.op == "elastic" for step in steps)
 
 
-ALONE_VOXELS = 1 << 22
+ALONE_VOXELS = 1 << 20
 """The size from which one interpolating step runs in the kernel rather than as its operator
-on the CPU: the 512 x 512 x 160 CT resampled in plane takes ... of the operator's time,
-a 64 x 64 x 48 phantom ... (benchmarks/spatial_fusion.py)."""
+on the CPU. Kernel / operator time for one resampling (median of 5, 2 cores under load
+2.4): the 512 x 512 x 160 CT in plane to 1.5 mm 0.26 (per slice), a 256 x 256 x 80 CT in
+plane 0.38, the same CT to 1.5 mm in 3-D 0.85 (one SimpleITK resampling without the
+operator's cast of the input to float), a 64 x 64 x 48 phantom to 2 mm 0.96: a small
+gain that its planning costs can turn into a loss under heavier load, so small volumes
+keep the operator."""
 
 
 # ===== grids and steps =======================================================================
