@@ -316,6 +316,13 @@ CODES: dict[str, Code] = {
         "labels = nifti(\"seg.nii.gz\") as LabelMap[3, 0]",
         "labels = nifti(\"seg.nii.gz\") as LabelMap[3, 2]",
     ),
+    "E0249": Code(
+        "empty path",
+        "A file or folder parameter is empty (often a `--set root=` with nothing after the"
+        " `=`), or a writer's path names a folder (`.`, `/`) where it needs a file name.",
+        'report write_nifti(ct, "")',
+        'report write_nifti(ct, "ct_out.nii.gz")',
+    ),
     "E0250": Code(
         "values on different voxel grids",
         "Metrics, overlays and masks compare values voxel by voxel, which only means"
@@ -523,6 +530,12 @@ CODES: dict[str, Code] = {
         "values a file format cannot hold",
         "A writer was given values its format cannot store: a PNG holds label values 0 to"
         " 65535 only. Write such label maps with `write_nifti`.",
+    ),
+    "E1032": Code(
+        "cannot read a file or folder",
+        "A file or folder the pipeline names exists but cannot be read: no permission, or a"
+        " folder (given where a file is expected, or as a dataset's root) with parts that"
+        " cannot be listed, such as `/`. The message names the path that failed.",
     ),
     "E2001": Code(
         "operator not implemented yet",

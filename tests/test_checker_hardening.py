@@ -297,3 +297,41 @@ def test_write_png_of_a_volume_of_undeclared_dimensionality_is_e1030(tmp_path: P
     code, _, err = cli("run", str(path), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"))
     assert code == 1, err
     assert "error[E1030]" in err and "Traceback" not in err
+
+
+# ----- found by tests/test_dry_run_hypothesis.py (each was exit 70) -------------------------
+
+
+@pytest.mark.parametrize(("body", "sets", "code"), [
+    # a conversion cannot reach into a pair: the label member was given to the conversion whole
+    (CASES + "  r = instances_to_labels(x=cases)", {}, "E0201"),
+    # a writer's path that names no file crashed the output-path rule
+    (CASES + '  r = write_nrrd(x=cases, path="")', {}, "E0249"),
+    (CASES + '  param out = "x.nrrd"\n  r = write_nrrd(x=cases, path=out)', {"out": ""}, "E0249"),
+    (CASES + '  r = write_mha(x=cases.image, path=".")', {}, "E0249"),
+    # a file pattern given through a parameter (and --set) is checked like a literal
+    ('  param image = "*_ct.nii.gz"\n  r = folder("d", image=image, label="*_seg.nii.gz")', {"image": "ct"}, "E0240"),
+    # split's held-out shares must leave training cases
+    (CASES + "  r = split(cases, val=1)", {}, "E0241"),
+    (CASES + "  r = split(cases, val=0.5, test=0.5)", {}, "E0241"),
+    ('  r = slide_tiles("s.svs", size=(0, 512), tissue=2)', {}, "E0241"),
+])
+def test_crashes_found_by_the_dry_run_property(body: str, sets: dict[str, str], code: str) -> None:
+    result = check(body, overrides=sets)
+    assert code in error_codes(result), [d.message for d in result.diagnostics.errors]
+
+
+def test_an_unreadable_source_folder_is_e1032(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`png("/")`: digesting the folder met `/proc/1/cwd` (PermissionError, exit 70)."""
+    pytest.importorskip("rich")
+    from medasl.runtime import executor
+
+    def denied(*args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "locked"))
+
+    monkeypatch.setattr(executor, "folder_digest", denied)
+    path = tmp_path / "p.medas"
+    path.write_text(f'import std.io\npipeline p {{\n  r = png("{tmp_path}")\n}}\n')
+    code, _, err = cli("run", str(path), "--dry-run", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"))
+    assert code == 1, err
+    assert "error[E1032]" in err and "Permission denied" in err

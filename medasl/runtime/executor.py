@@ -229,12 +229,17 @@ class Preparer:
             if not isinstance(value, str):
                 continue
             path = Path(value)
-            if path.is_dir():
-                sources[name] = folder_digest(path, memo=self.memo)
-            elif path.is_file():
-                sources[name] = file_digest(path, self.memo)
-            else:
-                sources[name] = "missing"  # the operator reports E1001 when it runs
+            try:
+                if path.is_dir():
+                    sources[name] = folder_digest(path, memo=self.memo)
+                elif path.is_file():
+                    sources[name] = file_digest(path, self.memo)
+                else:
+                    sources[name] = "missing"  # the operator reports E1001 when it runs
+            except OSError as exc:  # `png("/")`: a folder with unreadable parts, a file without permission
+                raise DataError("E1032", f"cannot read `{value}`, named by `{name}` of `{step.op}`: "
+                                f"{exc.strerror or exc}" + (f" (`{exc.filename}`)" if exc.filename else ""), value,
+                                help="check the path and its permissions") from None
         return sources
 
     def _params(self, step: Step, case: str | None) -> dict[str, object]:

@@ -342,6 +342,7 @@ class CallChecker:
             trial[first] = member
             try:
                 attempt = self._attempt(trial, values)
+                self._no_member_conversion(attempt, first, member)
             except ArgMismatch as am:
                 am.in_pair_label = member is label_t
                 raise
@@ -363,10 +364,18 @@ class CallChecker:
         trial[first] = label_t
         try:
             attempt = self._attempt(trial, values)
+            self._no_member_conversion(attempt, first, label_t)
         except ArgMismatch as am:
             am.in_pair_label = True
             raise
         return attempt, Ty("Pair", (), (image_t, self._result(attempt, values, trial)))
+
+    def _no_member_conversion(self, attempt: Attempt, first: str, member: TyLike) -> None:
+        """A member of a pair fits only as it is: a conversion node converts a whole value,
+        and cannot reach into a pair (it would be given the pair, and crash)."""
+        if first in attempt.conversions:
+            param = self.op.params[0]
+            raise ArgMismatch(param, Mismatch(member, param.type), attempt.subst, param.type)
 
     # ----- IR arguments ---------------------------------------------------------------------
 

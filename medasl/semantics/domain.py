@@ -9,6 +9,7 @@ sizes divisible by a network's down-sampling, and objectives against metric goal
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
@@ -288,9 +289,11 @@ def check_patterns(cc: CallChecker, values: dict[str, Val]) -> None:
     case identifier that pairs them."""
     for param in cc.op.attrs.get("pattern", ()):
         val = values.get(str(param))
-        if val is None or not isinstance(val.value, Const) or not isinstance(val.value.value, str):
+        # a pattern may come from a parameter (and its `--set` value) as well as a literal
+        pattern = literal_with_defaults(cc.pc.graph, val.value) if val is not None else None
+        if not isinstance(pattern, str):
             continue
-        if "*" not in val.value.value:
+        if "*" not in pattern:
             cc.pc.error("E0240", f"the pattern `{param}` of `{cc.op.name}` has no `*`",
                         label(val.span, "matches one file name only"),
                         help="`*` stands for the case identifier, e.g. `image=\"*_ct.nii.gz\", label=\"*_seg.nii.gz\"`;"
@@ -512,6 +515,15 @@ def check_limits(cc: CallChecker, values: dict[str, Val], types: dict[str, TyLik
             shown = ", ".join(f"{v:g}" for v in bad)
             cc.pc.error("E0241", f"`{name}` of `{op.name}` must be {wanted}, found {shown}",
                         label(values[name].span, f"not {wanted}"))
+    for spec in _specs(op, "sum_below_one", 2):
+        given = [(str(name), _given_or_default(cc, values, str(name))) for name in spec]
+        numbers = [v for _, v in given if isinstance(v, int | float) and not isinstance(v, bool)]
+        shown = [name for name, _ in given if name in values]
+        if len(numbers) == len(given) and shown and sum(numbers) >= 1 and all(0 <= v <= 1 for v in numbers):
+            names = " + ".join(f"`{name}`" for name, _ in given)
+            cc.pc.error("E0241", f"{names} of `{op.name}` must be below 1, found {sum(numbers):g}",
+                        label(values[shown[0]].span, "leaves nothing for the rest"),
+                        help="these are the shares of the held-out parts; what remains (training) must not be empty")
     first = op.params[0].name if op.params else None
     spatial = _member(types.get(first), ("Image", "LabelMap", "ProbMap", "OneHot", "Instances")) if first else None
     dim = attr(spatial, "dim") if spatial is not None else UNKNOWN
@@ -550,6 +562,19 @@ def check_limits(cc: CallChecker, values: dict[str, Val], types: dict[str, TyLik
                                   f"this has {classes} classes"),
                         help="a label map with K classes holds the values 0 .. K-1; choose among them, or"
                         " declare the map with the number of classes the file really has")
+    for p in op.params:
+        if p.name not in values or not (isinstance(p.type, Ty) and p.type.name == "path"):
+            continue
+        raw = _given_or_default(cc, values, p.name)
+        if not isinstance(raw, str):
+            continue
+        if not raw.strip():
+            cc.pc.error("E0249", f"`{p.name}` of `{op.name}` is an empty path", label(values[p.name].span, "no file named"),
+                        help="give the file or folder, relative to where medasc runs (or to --out for what is written)")
+        elif op.stage == "output" and Path(raw).name in ("", ".", ".."):
+            cc.pc.error("E0249", f"`{p.name}` of `{op.name}` names a folder, not a file: `{raw}`",
+                        label(values[p.name].span, "no file name"),
+                        help=f"name the file to write, e.g. `{op.name}(..., \"{raw.rstrip('/') or '.'}/result\")`")
     for name in _shape_params(op.result):
         raw = _given_or_default(cc, values, name)
         numbers = _number_values(raw)
