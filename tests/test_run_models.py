@@ -74,12 +74,69 @@ def _trained_outputs(cache: Path) -> tuple[dict[str, str], list[dict[str, object
     return weights, history
 
 
+def metric_inputs(file: Path, cache_dir: Path, metric: str, sets: dict[str, str] | None = None) -> dict[str, list]:
+    """After `medasc run FILE --cache-dir CACHE_DIR`: the values the step `metric` (a
+    metric's binding, e.g. `score`) was computed from, by argument (`pred`, `target`),
+    one per case, read from the cache. The steps' references come from the plan that
+    `medasc run` ran (-O2), prepared again over the filled cache."""
+    from medasl.runtime.digests import DigestMemo
+    from medasl.runtime.executor import Cases, Preparer, RunOptions
+    from medasl.runtime.session import plans
+    from medasl.runtime.tasks import load_ref
+    from medasl.semantics.checker import check_source
+    from medasl.source import SourceFile
+
+    cache = Cache(cache_dir / "results")
+    for plan in plans(check_source(SourceFile.read(file), None, sets).graphs, sets or {}):
+        steps = [s for s in plan.steps.values() if s.label == metric]
+        if not steps:
+            continue
+        options = RunOptions(cache=cache, out_dir=cache_dir / "unused", workers=1)
+        preparer = Preparer(plan, options, DigestMemo(cache.root))
+        values: dict[str, object] = {}
+        for step in plan.steps.values():
+            values[step.id] = preparer.prepare(step, values).value  # type: ignore[arg-type]
+        found = {}
+        for arg, source in steps[0].inputs.items():
+            cases = values[source]
+            assert isinstance(cases, Cases), (metric, arg, cases)
+            found[arg] = [load_ref(cache, ref) for _, ref in cases.items]
+        return found
+    raise AssertionError(f"no step `{metric}` in {file}")
+
+
+def constant_predictor(metric: str, targets: list, choices: range) -> float:
+    """The best `metric` a predictor that ignores the images reaches on these cases: one
+    label everywhere (a label map full of k) or one class for every case (scores all on
+    k), the best k of `choices`. A network that learned something beats it."""
+    import numpy as np
+
+    from medasl.ops import metrics
+    from medasl.runtime.values import Volume
+
+    function = metrics.OPERATORS[metric]
+    best = -np.inf
+    for k in choices:
+        if isinstance(targets[0], Volume):
+            value = float(np.nanmean([function(pred=t.with_array(np.full_like(np.asarray(t.array), k)), target=t)
+                                      for t in targets]))
+        else:
+            scores = np.eye(len(choices), dtype=np.float32)[k]
+            value = float(function(pred=[scores] * len(targets), target=targets))
+        best = max(best, value)
+    return best
+
+
 def test_the_quickstart_trains_evaluates_and_reports(tmp_path: Path) -> None:
     code, _, err = run(*_args(ROOT / "examples" / "quickstart.medas", tmp_path / "cache", tmp_path / "out"))
     assert code == 0, err
     line = next(x for x in err.splitlines() if x.startswith("score = dice"))
     dice = float(line.split()[3])
     assert 0.5 < dice <= 1.0, line  # 40 epochs on the phantom reach about 0.8
+    cases = metric_inputs(ROOT / "examples" / "quickstart.medas", tmp_path / "cache", "score")
+    assert len(cases["target"]) == 3
+    trivial = constant_predictor("dice", cases["target"], range(2))
+    assert dice > trivial + 0.3, (dice, trivial)  # learned: the organ everywhere gives about 0.06
     html = (tmp_path / "out" / "quickstart" / "quickstart.html").read_text()
     assert "Quickstart: organ segmentation" in html and html.count("<img") == 4  # loss curve + 3 overlays
     assert (tmp_path / "out" / "quickstart" / "figures" / "loss_curve.png").stat().st_size > 1000
