@@ -48,6 +48,11 @@ def _guard(func: F) -> F:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # the reader of our output went away (`medasc ops | head`): not an error of ours;
+            # stdout goes to devnull so that Python's flush at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except Exception:  # noqa: BLE001 - the last line of defence
             click.echo("error: internal compiler error: this is a bug in medasl, not in your file.", err=True)
             click.echo(f"Please report it at {REPORT_URL} with the file and this trace:\n", err=True)
