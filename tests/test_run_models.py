@@ -105,10 +105,11 @@ def metric_inputs(file: Path, cache_dir: Path, metric: str, sets: dict[str, str]
     raise AssertionError(f"no step `{metric}` in {file}")
 
 
-def constant_predictor(metric: str, targets: list, choices: range) -> float:
-    """The best `metric` a predictor that ignores the images reaches on these cases: one
-    label everywhere (a label map full of k) or one class for every case (scores all on
-    k), the best k of `choices`. A network that learned something beats it."""
+def constant_predictor(metric: str, targets: list, choices: range, **options: object) -> float:
+    """The best `metric` (with `options`, as the pipeline gives them) a predictor that
+    ignores the images reaches on these cases: one label everywhere (a label map full
+    of k) or one class for every case (scores all on k), the best k of `choices`. A
+    network that learned something beats it."""
     import numpy as np
 
     from medasl.ops import metrics
@@ -118,8 +119,8 @@ def constant_predictor(metric: str, targets: list, choices: range) -> float:
     best = -np.inf
     for k in choices:
         if isinstance(targets[0], Volume):
-            value = float(np.nanmean([function(pred=t.with_array(np.full_like(np.asarray(t.array), k)), target=t)
-                                      for t in targets]))
+            value = float(np.nanmean([function(pred=t.with_array(np.full_like(np.asarray(t.array), k)), target=t,
+                                               **options) for t in targets]))
         else:
             scores = np.eye(len(choices), dtype=np.float32)[k]
             value = float(function(pred=[scores] * len(targets), target=targets))
