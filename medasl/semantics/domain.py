@@ -501,7 +501,8 @@ def _member(t: TyLike, kinds: tuple[str, ...]) -> Ty | None:
 
 def check_limits(cc: CallChecker, values: dict[str, Val], types: dict[str, TyLike]) -> None:
     """The rules on values that the standard library declares besides `@positive` and
-    `@fraction`: `@range(p, low, high)`, `@axis(p)`, `@ordered(low, high)`,
+    `@fraction`: `@range(p, low, high)`, `@multiple(p, k)`, `@divisor(p, k)`, `@axis(p)`,
+    `@ordered(low, high)`,
     `@labels_of(x, labels)`, and the voxel count of a size that becomes a shape."""
     op = cc.op
     for spec in _specs(op, "range", 3):
@@ -515,6 +516,18 @@ def check_limits(cc: CallChecker, values: dict[str, Val], types: dict[str, TyLik
             shown = ", ".join(f"{v:g}" for v in bad)
             cc.pc.error("E0241", f"`{name}` of `{op.name}` must be {wanted}, found {shown}",
                         label(values[name].span, f"not {wanted}"))
+    for spec in (*_specs(op, "multiple", 2), *_specs(op, "divisor", 2)):
+        name, k = str(spec[0]), spec[1]
+        raw = _given_or_default(cc, values, name)
+        multiple = spec in _specs(op, "multiple", 2)
+        bad = [v for v in _number_values(raw) if isinstance(v, int) and isinstance(k, int) and v > 0
+               and (v % k if multiple else k % v)]
+        if bad and name in values:
+            wanted = f"a multiple of {k}" if multiple else f"a divisor of {k}"
+            choices = "" if multiple else " (" + ", ".join(str(d) for d in range(1, k + 1) if k % d == 0) + ")"
+            cc.pc.error("E0241", f"`{name}` of `{op.name}` must be {wanted}{choices}, found {bad[0]:g}",
+                        label(values[name].span, f"not {wanted}"),
+                        help=f"the network's layers need it: see `medasc ops {op.name}`")
     for spec in _specs(op, "sum_below_one", 2):
         given = [(str(name), _given_or_default(cc, values, str(name))) for name in spec]
         numbers = [v for _, v in given if isinstance(v, int | float) and not isinstance(v, bool)]
