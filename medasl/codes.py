@@ -498,6 +498,19 @@ CODES: dict[str, Code] = {
         'import std.io\npipeline p {\n  seg = dicom_seg("ct_slice_001.dcm") as LabelMap[3, 3]\n}',
         'import std.io\npipeline p {\n  seg = dicom_seg("liver_seg.dcm") as LabelMap[3, 3]\n}',
     ),
+    "E1030": Code(
+        "data of the wrong dimensionality",
+        "An operator met data of a dimensionality it cannot take, which the checker could"
+        " not see because the data was read without a declared one (`nifti(...)` without"
+        " `as Image[2, ...]`): `write_png` given a 3-D volume. Declare the dimensionality"
+        " where the data is read, so that `medasc check` reports it (E0204), or use an"
+        " operator made for the data (`write_nifti` for volumes).",
+    ),
+    "E1031": Code(
+        "values a file format cannot hold",
+        "A writer was given values its format cannot store: a PNG holds label values 0 to"
+        " 65535 only. Write such label maps with `write_nifti`.",
+    ),
     "E1043": Code(
         "an array stack that does not fit",
         "A NumPy file or stack does not hold what the reader was told: an .npz has no array"
@@ -517,19 +530,6 @@ CODES: dict[str, Code] = {
         " remove the duplicate mask.",
         'import std.io\npipeline p {\n  nuclei = mask_folder("stage1_train", image="*/images/*.png", masks="*/masks")\n}',
         'import std.io\npipeline p {\n  nuclei = mask_folder("stage1_train_fixed", image="*/images/*.png", masks="*/masks")\n}',
-    ),
-    "E1030": Code(
-        "data of the wrong dimensionality",
-        "An operator met data of a dimensionality it cannot take, which the checker could"
-        " not see because the data was read without a declared one (`nifti(...)` without"
-        " `as Image[2, ...]`): `write_png` given a 3-D volume. Declare the dimensionality"
-        " where the data is read, so that `medasc check` reports it (E0204), or use an"
-        " operator made for the data (`write_nifti` for volumes).",
-    ),
-    "E1031": Code(
-        "values a file format cannot hold",
-        "A writer was given values its format cannot store: a PNG holds label values 0 to"
-        " 65535 only. Write such label maps with `write_nifti`.",
     ),
     "E1032": Code(
         "cannot read a file or folder",
@@ -604,15 +604,6 @@ CODES: dict[str, Code] = {
         " library wrote an incomplete file. Nothing half-written was left; fix the folder (or"
         " choose another `--out`) and run the same command again.",
     ),
-    "W0010": Code(
-        "a writer's path leaves the output folder",
-        "Writers and reports write inside `--out DIR/<pipeline>` (the output-path rule): an"
-        " absolute path, or one whose `..` climbs out of that folder, is refused by `medasc run`"
-        " (E2011) unless the run is given `--allow-outside-out`. Only the run decides, so the"
-        " checker warns. Write a relative path without `..`, or pass the option on purpose.",
-        'written = write_nifti(cases.image, "/data/derived/*.nii.gz")',
-        'written = write_nifti(cases.image, "derived/*.nii.gz")',
-    ),
     "E2020": Code(
         "the cache cannot be written",
         "A run stores every result in its cache (`--cache-dir DIR`, else `$MEDASL_CACHE_DIR`,"
@@ -633,6 +624,15 @@ CODES: dict[str, Code] = {
         " larger disk; then the same command resumes.",
         'import std.io, std.pre\npipeline p {\n  ct = nifti("ct.nii.gz") as Image[3, CT]\n'
         '  fine = ct |> resample(spacing=(0.2, 0.2, 0.2) mm)\n}',
+    ),
+    "W0010": Code(
+        "a writer's path leaves the output folder",
+        "Writers and reports write inside `--out DIR/<pipeline>` (the output-path rule): an"
+        " absolute path, or one whose `..` climbs out of that folder, is refused by `medasc run`"
+        " (E2011) unless the run is given `--allow-outside-out`. Only the run decides, so the"
+        " checker warns. Write a relative path without `..`, or pass the option on purpose.",
+        'written = write_nifti(cases.image, "/data/derived/*.nii.gz")',
+        'written = write_nifti(cases.image, "derived/*.nii.gz")',
     ),
     "W0001": Code(
         "unused value",
