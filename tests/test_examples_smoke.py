@@ -94,6 +94,10 @@ def test_lung_nodules_smoke_detects_in_world_mm_and_classifies_cubes(tmp_path: P
     metrics = _metrics(err)
     assert 0.0 <= metrics["cpm"] <= 1.0 and 0.0 <= metrics["val_auc"] <= 1.0, metrics
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    # training learned: better than one class for every cube, and than no detections (CPM 0)
+    _beats_a_constant_predictor("lung_nodules", tmp_path, metrics, "val_auc", "auc", range(2))
+    _beats_a_constant_predictor("lung_nodules", tmp_path, metrics, "val_accuracy", "accuracy", range(2))
+    assert metrics["cpm"] > 0.0, metrics
     detection = tmp_path / "out" / "lung_nodule_detection"
     (candidates,) = (detection / "out" / "luna16").glob("*_candidates.csv")
     assert candidates.name == f"{LUNG_SERIES}_candidates.csv"
