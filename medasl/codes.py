@@ -409,6 +409,28 @@ CODES: dict[str, Code] = {
         "param loss_fn = dice_ce search choice(dice_ce, dice)",
         "param loss_fn = dice_ce search choice(dice_ce, dice_loss)",
     ),
+    "E0530": Code(
+        "values of two different cross-validations meet",
+        "A value made per fold of one `kfold` (`folds_a.train`, a model trained on it, its"
+        " predictions) is combined with a value per fold of another `kfold`. The operator is"
+        " applied fold by fold, and fold i of one partition has nothing to do with fold i of"
+        " the other: a model would be scored on cases it was trained on, or on another"
+        " partition's validation cases. Make both values from the same `kfold`.",
+        "folds_a = kfold(cases, k=3, seed=1)\nfolds_b = kfold(cases, k=3, seed=2)\n"
+        "fits = train(net, folds_a.train, loss=dice_ce)\npred = infer(fits, folds_b.val.image) |> argmax",
+        "folds = kfold(cases, k=3, seed=1)\n"
+        "fits = train(net, folds.train, loss=dice_ce)\npred = infer(fits, folds.val.image) |> argmax",
+    ),
+    "E0531": Code(
+        "the number of folds is not known before running",
+        "Using every fold of a `kfold` (`folds.train`, `folds.val`) writes the pipeline out"
+        " once per fold before anything runs, so `k` must be a known number between 1 and 100:"
+        " a literal, or a parameter that is not searched (its `--set` value counts). A"
+        " searched `k` would change the folds themselves from trial to trial, so no trial"
+        " could be compared with another; cross-validate with one `k`.",
+        "param k = 5 search int(3, 10)\nfolds = kfold(cases, k=k)\nfits = train(net, folds.train, loss=dice_ce)",
+        "folds = kfold(cases, k=5)\nfits = train(net, folds.train, loss=dice_ce)",
+    ),
     "E0601": Code(
         "unknown resource",
         "`resources` takes gpus, cpus, workers, memory and gpu_memory.",
@@ -624,6 +646,19 @@ CODES: dict[str, Code] = {
         " larger disk; then the same command resumes.",
         'import std.io, std.pre\npipeline p {\n  ct = nifti("ct.nii.gz") as Image[3, CT]\n'
         '  fine = ct |> resample(spacing=(0.2, 0.2, 0.2) mm)\n}',
+    ),
+    "E2080": Code(
+        "these models cannot be ensembled",
+        "`ensemble` averages the class probabilities of the fold models (segmentation networks"
+        " and classifiers). A detector gives boxes, which are not averaged this way, and an"
+        " ensemble needs at least one model. Infer with each fold's detector and merge the"
+        " boxes (`nms`) instead.",
+    ),
+    "E2081": Code(
+        "a cross-validated metric without folds",
+        "`cross_validated` summarizes the metric of every fold (their mean and spread) and was"
+        " given no metric. The checker writes it with one metric per fold; when writing it by"
+        " hand, give it a tuple of the folds' metrics in fold order.",
     ),
     "W0010": Code(
         "a writer's path leaves the output folder",

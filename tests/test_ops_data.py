@@ -321,7 +321,8 @@ def test_adding_a_case_moves_at_most_one_case_per_kfold_cut() -> None:
 
 
 def test_operators_table() -> None:
-    assert set(data.OPERATORS) == {"split", "kfold", "fold", "take", "shuffle", "concat", "subset", "paired"}
+    assert set(data.OPERATORS) == {"split", "kfold", "fold", "take", "shuffle", "concat", "subset", "paired",
+                                   "cross_validated"}
 
 
 def test_subset_keeps_or_leaves_out_cases_by_id() -> None:

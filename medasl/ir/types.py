@@ -131,6 +131,10 @@ CONSTRUCTORS: dict[str, Constructor] = {
     "Dataset": Constructor(params=1, doc="a collection of cases"),
     "Split": Constructor(params=1, doc="a dataset split into train, val and test"),
     "Folds": Constructor(("k",), 1, (UNKNOWN,), params=1, doc="k cross-validation folds"),
+    # `folds` names the kfold the value is per fold of (semantics/folds.py): a token known
+    # to the checker, never written by users, not printed and not hashed
+    "PerFold": Constructor(("k", "folds"), 1, (UNKNOWN, UNKNOWN), params=1,
+                           doc="one value for every fold of a cross-validation (`folds.train`, what is made from it)"),
     # models
     "Model": Constructor(
         ("downsample",), 0, (UNKNOWN,), params=2, doc="an untrained network from input to output type"
@@ -162,7 +166,7 @@ CONSTRUCTORS: dict[str, Constructor] = {
 
 SPATIAL_KINDS = ("Image", "LabelMap", "ProbMap", "OneHot", "Instances")
 COLLECTIONS = ("Dataset", "Split", "Folds")  # whole datasets, not one case
-HIDDEN_ATTRS = ("grid",)  # known to the checker, not part of the type a user writes
+HIDDEN_ATTRS = ("grid", "folds")  # known to the checker, not part of the type a user writes
 LABEL_KINDS = ("LabelMap", "OneHot", "Instances")
 NUMERIC = ("int", "float")
 

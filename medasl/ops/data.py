@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from numbers import Integral
 
 from medasl.runtime.errors import DataError
-from medasl.runtime.values import Case, Pair, Volume
+from medasl.runtime.values import Case, Measured, Pair, Volume
 
 _MAX_LISTED = 10  # ids named in one message before "and N more"
 _EPS = 1e-9  # so that 0.7 * 10 == 7.000000000000001 still floors to 7, and 0.29 * 100 to 29
@@ -264,7 +264,40 @@ def paired(input: object, target: object) -> Pair:
     return Pair(input, target)
 
 
+def cross_validated(per_fold: Sequence[Measured]) -> Measured:
+    """A metric over the folds of a cross-validation: the mean of the folds' values (NaN
+    folds left out), the value of every fold by its index, every fold's per-case values
+    (a case id met in two folds, as when every fold model is scored on one test set, is
+    kept as `fold <i>: <id>`) and the mean over the folds of each class's mean."""
+    folds = list(per_fold)
+    if not folds:
+        raise DataError("E2081", "a cross-validated metric needs the metric of at least one fold",
+                        help="give `cross_validated` one metric per fold, in fold order")
+    values = [float(m.value) for m in folds]
+    defined = [v for v in values if not math.isnan(v)]
+    ids = [cid for m in folds for cid in m.per_case]
+    shared = len(ids) != len(set(ids))
+    per_case = {(f"fold {i}: {cid}" if shared else cid): v for i, m in enumerate(folds) for cid, v in m.per_case.items()}
+    per_class: dict[str, float] = {}
+    for name in dict.fromkeys(c for m in folds for c in m.per_class):
+        found = [float(m.per_class[name]) for m in folds if name in m.per_class and not math.isnan(m.per_class[name])]
+        per_class[name] = sum(found) / len(found) if found else math.nan
+    return Measured(folds[0].name, folds[0].goal, sum(defined) / len(defined) if defined else math.nan,
+                    per_case, per_class, {str(i): v for i, v in enumerate(values)})
+
+
+def fold_spread(metric: Measured) -> float:
+    """The sample standard deviation (n - 1) of a cross-validated metric's fold values
+    (NaN folds left out); NaN with fewer than two."""
+    defined = [float(v) for v in metric.per_fold.values() if not math.isnan(float(v))]
+    if len(defined) < 2:
+        return math.nan
+    mean = sum(defined) / len(defined)
+    return math.sqrt(sum((v - mean) ** 2 for v in defined) / (len(defined) - 1))
+
+
 OPERATORS: dict[str, Callable[..., object]] = {
+    "cross_validated": cross_validated,
     "split": split, "kfold": kfold, "fold": fold, "take": take, "shuffle": shuffle, "concat": concat,
     "subset": subset, "paired": paired,
 }

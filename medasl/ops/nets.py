@@ -475,6 +475,47 @@ OPERATORS: dict[str, Callable[..., nn.Module]] = {
 _FIXED_DOWNSAMPLE = {"vnet": 16, "segresnet": 8, "swin_unetr": 32, "fcn2d": 32, "nodule_detector": 16}
 
 
+# ----- the fold models of a cross-validation as one network (std.train's `ensemble`) ----
+
+ENSEMBLE = "fold_ensemble"
+"""The `Network.op` of an ensemble; its params are `{"members": [{"op", "params"}, ...], "tta"}`."""
+
+
+class FoldEnsemble(nn.Module):
+    """Several trained networks as one (nnU-Net's fold ensemble). `forward` gives the log
+    of the mean of the members' softmax probabilities, over the members and, with `tta`,
+    over the input mirrored along each spatial axis (the flips undone before averaging),
+    so that a softmax of its output, as `infer` takes, is exactly that mean: the
+    ensemble is used wherever one network is."""
+
+    def __init__(self, members: Sequence[nn.Module], tta: bool) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.tta = bool(tta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flips: list[tuple[int, ...]] = [()]
+        if self.tta:
+            flips += [(axis,) for axis in range(2, x.ndim)]
+        total = None
+        for member in self.members:
+            for dims in flips:
+                probs = torch.softmax(member(torch.flip(x, dims) if dims else x).float(), dim=1)
+                if dims and probs.ndim == x.ndim:  # a segmentation: flip the prediction back
+                    probs = torch.flip(probs, dims)
+                total = probs if total is None else total + probs
+        assert total is not None
+        mean = total / (len(self.members) * len(flips))
+        return torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))  # log(0) would make NaN in window blending
+
+
+def _ensemble_members(params: dict[str, object]) -> list[tuple[str, dict[str, object]]]:
+    members = params.get("members")
+    if not isinstance(members, list | tuple):
+        raise KeyError("an ensemble's params name no members")
+    return [(str(m["op"]), dict(m["params"])) for m in members]  # type: ignore[index,call-overload]
+
+
 def _arguments(op: str, params: dict[str, object]) -> dict[str, object]:
     if op not in OPERATORS:
         raise KeyError(f"no std.nets operator {op!r}")
@@ -488,6 +529,8 @@ def downsample(op: str, params: dict[str, object]) -> int:
     `@downsample` says: the product of `strides` for the U-Nets, a fixed factor for
     the others that have one, 1 for the classifiers (they pool globally). Parameters
     not given take their defaults."""
+    if op == ENSEMBLE:  # every member's input must fit
+        return math.lcm(*(downsample(m_op, m_params) for m_op, m_params in _ensemble_members(params)))
     args = _arguments(op, params)
     if op in ("unet2d", "unet3d"):
         return math.prod(int(s) for s in args["strides"])  # type: ignore[union-attr]
@@ -497,7 +540,12 @@ def downsample(op: str, params: dict[str, object]) -> int:
 def build(op: str, params: dict[str, object], seed: int) -> nn.Module:
     """The network of operator `op` with `params` (missing ones take their defaults),
     its initial weights drawn after `torch.manual_seed(seed)`, so that the same seed
-    gives the same weights. The global torch generator's state is restored afterwards."""
+    gives the same weights. The global torch generator's state is restored afterwards.
+    An ensemble (`ENSEMBLE`) is rebuilt from its members' operators and params (a stored
+    one then gets its weights loaded)."""
+    if op == ENSEMBLE:
+        return FoldEnsemble([build(m_op, m_params, seed) for m_op, m_params in _ensemble_members(params)],
+                            bool(params.get("tta", False)))
     args = _arguments(op, params)
     state = torch.random.get_rng_state()
     try:

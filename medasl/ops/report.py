@@ -84,6 +84,18 @@ def _stats(m: Measured) -> dict[str, float]:
     return summary(m.per_case.values())
 
 
+def _spread(m: Measured) -> float:
+    """The sample standard deviation over the folds of a cross-validated metric."""
+    from medasl.ops.data import fold_spread
+
+    return fold_spread(m)
+
+
+def _cross_validated(ms: list[Measured]) -> list[Measured]:
+    """The cross-validated metrics (`cross_validated`: a value per fold) among `ms`."""
+    return [m for m in ms if m.per_fold]
+
+
 def _pooled(m: Measured) -> bool:
     """A metric with one value over all cases pooled (AUC, accuracy, F1, FROC): it has no
     per-case values, so no per-case statistics either."""
@@ -161,6 +173,17 @@ def html(path: PathLike, title: str = "medasl report", *, figures: object = (), 
             rows.append([m.name, m.goal, _fmt(m.value), *statistics,
                          *(_fmt(m.per_class[c]) if c in m.per_class else "" for c in classes)])
         parts += ["<h2>Metrics</h2>\n", _table(header, rows)]
+        folded = _cross_validated(ms)
+        if folded:
+            most = max(len(m.per_fold) for m in folded)
+            rows = [[m.name, f"{_fmt(m.value)} \u00b1 {_fmt(_spread(m))}",
+                     *(_fmt(v) for v in m.per_fold.values()), *("" for _ in range(most - len(m.per_fold)))]
+                    for m in folded]
+            parts += ["<h2>Cross-validation</h2>\n",
+                      _table(["metric", "mean \u00b1 sd", *(f"fold {i}" for i in range(most))], rows),
+                      "<p class=\"meta\">The value of a cross-validated metric is the mean over its folds; sd is "
+                      "the sample standard deviation over the folds (n - 1). Its statistics above are over "
+                      "the cases of every fold.</p>\n"]
         if any(_pooled(m) for m in ms):
             parts.append("<p class=\"meta\">pooled: one value computed over all cases at once (as AUC and "
                          "accuracy are); it has no per-case values, hence no n or spread.</p>\n")
@@ -230,13 +253,22 @@ def excel(path: PathLike, metrics: object) -> list[Path]:
             for r, (c, v) in enumerate(m.per_class.items(), start=2):
                 _text_cell(sheet.cell(row=r, column=4, value=str(c)))
                 sheet.cell(row=r, column=5, value=_finite(v))
+        if m.per_fold:  # columns G-H: the value of every fold, their mean and sd
+            folds = [(f"fold {i}", v) for i, v in m.per_fold.items()] + [("mean", m.value), ("sd", _spread(m))]
+            sheet.cell(row=1, column=7, value="fold")
+            sheet.cell(row=1, column=8, value="value")
+            for r, (name, v) in enumerate(folds, start=2):
+                sheet.cell(row=r, column=7, value=name)
+                sheet.cell(row=r, column=8, value=_finite(v))
     return _write("excel", path, lambda tmp: wb.save(tmp))
 
 
 def csv(path: PathLike, metrics: object) -> list[Path]:
     """A CSV file in long format, columns `metric, case, class, value`: one row per case
     (class empty), one per class mean (case empty), and one for the metric's value
-    (case and class empty). NaN is written `nan`. Text cells that a spreadsheet would
+    (case and class empty). With a cross-validated metric among them, a fifth column
+    `fold`: the fold's index on one row per fold, `mean` on the metric's value and `sd`
+    on a row of the standard deviation over the folds. NaN is written `nan`. Text cells that a spreadsheet would
     run as a formula (`=...`, `+...`, `-...`, `@...`) start with `'` (`outputs.csv_text`);
     values are numbers and written as they are, negative ones included."""
     ms = _metrics(metrics)
@@ -244,14 +276,20 @@ def csv(path: PathLike, metrics: object) -> list[Path]:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv_module.writer(f)
-            w.writerow(["metric", "case", "class", "value"])
+            folded = bool(_cross_validated(ms))
+            extra = [""] if folded else []
+            w.writerow(["metric", "case", "class", "value", *(["fold"] if folded else [])])
             for m in ms:
                 name = outputs.csv_text(m.name)
-                w.writerow([name, "", "", repr(float(m.value))])
+                w.writerow([name, "", "", repr(float(m.value)), *(["mean"] if m.per_fold else extra)])
+                for index, v in m.per_fold.items():
+                    w.writerow([name, "", "", repr(float(v)), index])
+                if m.per_fold:
+                    w.writerow([name, "", "", repr(_spread(m)), "sd"])
                 for cid, v in m.per_case.items():
-                    w.writerow([name, outputs.csv_text(cid), "", repr(float(v))])
+                    w.writerow([name, outputs.csv_text(cid), "", repr(float(v)), *extra])
                 for c, v in m.per_class.items():
-                    w.writerow([name, "", outputs.csv_text(c), repr(float(v))])
+                    w.writerow([name, "", outputs.csv_text(c), repr(float(v)), *extra])
 
     return _write("csv", path, write)
 
@@ -259,12 +297,18 @@ def csv(path: PathLike, metrics: object) -> list[Path]:
 def json(path: PathLike, metrics: object) -> list[Path]:
     """A JSON file: a list with one object per metric, `{"metric", "goal", "value",
     "summary": {n, mean, std, median, q1, q3}, "per_case": {case: value},
-    "per_class": {class: value}}`. NaN is `null` (JSON has no NaN)."""
+    "per_class": {class: value}}`, and for a cross-validated metric `"per_fold": {index:
+    value}` and `"fold_sd"` (its value is the mean over the folds). NaN is `null` (JSON
+    has no NaN)."""
     ms = _metrics(metrics)
-    doc = [{"metric": m.name, "goal": m.goal, "value": _finite(m.value),
+    doc: list[dict[str, object]] = [{"metric": m.name, "goal": m.goal, "value": _finite(m.value),
             "summary": {k: (v if k == "n" else _finite(v)) for k, v in _stats(m).items()},
             "per_case": {str(k): _finite(v) for k, v in m.per_case.items()},
             "per_class": {str(k): _finite(v) for k, v in m.per_class.items()}} for m in ms]
+    for entry, m in zip(doc, ms):
+        if m.per_fold:
+            entry["per_fold"] = {str(k): _finite(v) for k, v in m.per_fold.items()}
+            entry["fold_sd"] = _finite(_spread(m))
     text = json_module.dumps(doc, indent=2, allow_nan=False) + "\n"
     return _write("json", path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

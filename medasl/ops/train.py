@@ -633,6 +633,26 @@ def infer(model: Trained, data: Volume, window: Sequence[int] | None = None, ove
                   kind="probs", modality=data.modality, source=data.source)
 
 
+def ensemble(models: Sequence[Trained], tta: bool = False) -> Trained:
+    """The fold models as one `Trained` value (`nets.FoldEnsemble`): `infer` on it gives
+    the mean of the members' probabilities (with `tta`, also over mirrored inputs). The
+    members' weights are copied into it, so it is stored and loaded like one network."""
+    from medasl.ops import nets
+
+    members = list(models)
+    if not members:
+        raise DataError("E2080", "an ensemble needs at least one trained model", help="give it the fold models, "
+                        "e.g. `ensemble(fits)` with `fits = train(net, folds.train, ...)`")
+    if any(_is_detector(m.network.module) for m in members):  # type: ignore[arg-type]
+        raise DataError("E2080", "an ensemble averages class probabilities; a detector's boxes cannot be averaged "
+                        "this way", help="infer with each fold's detector and merge the boxes with `nms`")
+    params = {"members": [{"op": m.network.op, "params": dict(m.network.params)} for m in members],
+              "tta": bool(tta)}
+    module = nets.FoldEnsemble([m.network.module for m in members], tta)  # type: ignore[list-item]
+    module.eval()
+    return Trained(Network(nets.ENSEMBLE, params, module))
+
+
 def load_trained(model: Network, weights: str) -> Trained:
     """Weights from a checkpoint file: a safetensors file, or a PyTorch state dict read
     with `torch.load(weights_only=True)` (never unpickling arbitrary objects)."""
@@ -663,6 +683,7 @@ def load_trained(model: Network, weights: str) -> Trained:
 OPERATORS: dict[str, Callable[..., object]] = {
     "adam": adam, "adamw": adamw, "sgd": sgd, "constant": constant, "cosine": cosine, "step_lr": step_lr,
     "poly": poly, "plateau": plateau, "train": train, "infer": infer, "load_trained": load_trained,
+    "ensemble": ensemble,
 }
 """The std.train operators, by the name of their stdlib signature. `train` also takes the
 runtime-only `checkpoints`, `progress`, `device`, `augment` (the training cases of an

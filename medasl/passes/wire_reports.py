@@ -21,13 +21,24 @@ def label(node: Node) -> str:
 
 
 def _is_metric(node: Node) -> bool:
-    return isinstance(node.type, Ty) and node.type.name == "Metric"
+    t = node.type
+    if isinstance(t, Ty) and t.name == "PerFold":  # a cross-validated metric (`cross_validated`)
+        t = t.params[0]
+    return isinstance(t, Ty) and t.name == "Metric"
+
+
+def _summarized(graph: Graph, node: Node) -> bool:
+    """A fold's metric, which the report shows as a row of its cross-validated metric."""
+    return any(graph.nodes[user].op == "cross_validated" for user in graph.users(node.id))
 
 
 def run(graph: Graph) -> None:
     for node in [n for n in graph.nodes.values() if n.op in COLLECTING_REPORTS]:
-        extra = [(f"figures.{label(graph.nodes[i])}", Ref(i)) for i in graph.shows if i in graph.nodes]
-        extra += [(f"metrics.{label(m)}", Ref(m.id)) for m in graph.nodes.values() if _is_metric(m)]
+        # a shown metric is among the metrics: it is no figure
+        extra = [(f"figures.{label(graph.nodes[i])}", Ref(i)) for i in graph.shows
+                 if i in graph.nodes and not _is_metric(graph.nodes[i])]
+        extra += [(f"metrics.{label(m)}", Ref(m.id)) for m in graph.nodes.values()
+                  if _is_metric(m) and not _summarized(graph, m)]
         have = {k for k, _ in node.args}
         graph.set_args(node, node.args + tuple(a for a in extra if a[0] not in have))
         graph.move_to_end(node.id)

@@ -59,7 +59,7 @@ OPERATORS: dict[str, frozenset[str]] = {
         "affine", "bias_field", "box_patches", "brightness", "contrast", "elastic", "flip", "gamma",
         "gaussian_blur", "gaussian_noise", "motion", "patches", "random_crop", "random_rescale", "rotate",
         "stain_jitter"}),
-    "data": frozenset({"concat", "fold", "kfold", "paired", "shuffle", "split", "subset", "take"}),
+    "data": frozenset({"concat", "cross_validated", "fold", "kfold", "paired", "shuffle", "split", "subset", "take"}),
     "nets": frozenset({
         "densenet2d", "densenet3d", "dual_path_classifier", "fcn2d", "nodule_detector", "resnet2d", "resnet3d",
         "segresnet", "swin_unetr", "unet2d", "unet3d", "vnet"}),
@@ -67,8 +67,8 @@ OPERATORS: dict[str, frozenset[str]] = {
         "box_loss", "ce_class", "cross_entropy", "dice_bce", "dice_ce", "dice_focal", "dice_loss", "focal",
         "focal_class", "generalized_dice", "lovasz", "tversky"}),
     "train": frozenset({
-        "adam", "adamw", "constant", "cosine", "infer", "load_trained", "plateau", "poly", "sgd", "step_lr",
-        "train"}),
+        "adam", "adamw", "constant", "cosine", "ensemble", "infer", "load_trained", "plateau", "poly", "sgd",
+        "step_lr", "train"}),
     "post": frozenset({
         "argmax", "binarize", "fill_holes", "largest_component", "nms", "predicted_class", "remove_small",
         "smooth", "watershed_instances"}),

@@ -163,8 +163,11 @@ def notices(plan: Plan, device: str) -> list[str]:
     return found
 
 
-def execute(plan: Plan, request: RunRequest, source: str, console: Console) -> RunResult:
-    """Run one plan with a progress display and a run log; print the timing table."""
+def execute(plan: Plan, request: RunRequest, source: str, console: Console, reporter: object | None = None,
+            executor: LocalExecutor | None = None) -> RunResult:
+    """Run one plan with a progress display and a run log; print the timing table.
+    `reporter` also receives the run's events (`medasc tune` follows the epochs), and
+    `executor` may be given to stop the run from outside (`LocalExecutor.stop`)."""
     options = options_for(plan, request)
     for line in notices(plan, options.device):
         console.print(line)
@@ -175,7 +178,8 @@ def execute(plan: Plan, request: RunRequest, source: str, console: Console) -> R
     status = "failed"
     try:
         with ConsoleReporter(console) as progress:
-            result = LocalExecutor().run(plan, options, Reporters(progress, log))
+            reporters = Reporters(progress, log, *([reporter] if reporter is not None else []))
+            result = (executor or LocalExecutor()).run(plan, options, reporters)
         status = "ok"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -210,7 +214,7 @@ def _results(plan: Plan, result: RunResult, options: RunOptions) -> list[str]:
 
     lines: list[str] = []
     cache = options.cache
-    metric_steps = sorted((s for s in plan.steps.values() if isinstance(s.value_type, Ty) and s.value_type.name == "Metric"),
+    metric_steps = sorted((s for s in plan.steps.values() if _is_metric(s.value_type)),
                           key=lambda s: s.binding is None)
     for step in metric_steps:
         value = result.values.get(step.id)
@@ -219,6 +223,12 @@ def _results(plan: Plan, result: RunResult, options: RunOptions) -> list[str]:
             if isinstance(measured, Measured):
                 count = len(measured.per_case)
                 cases = f" over {count} case{'s' * (count != 1)}" if count else ""
+                if measured.per_fold:  # cross-validated: mean +- sd over the folds, and each fold
+                    from medasl.ops.data import fold_spread
+
+                    folds = ", ".join(f"{float(v):.4f}" for v in measured.per_fold.values())
+                    cases = (f" +- {fold_spread(measured):.4f} (mean +- sd over {len(measured.per_fold)} folds: "
+                             f"{folds})")
                 lines.append(f"{step.label} = {measured.name} {measured.value:.4f}{cases} (better when "
                              f"{'higher' if measured.goal == 'max' else 'lower'})")
     figures = options.out_dir / "figures"
@@ -242,6 +252,13 @@ def _results(plan: Plan, result: RunResult, options: RunOptions) -> list[str]:
             if isinstance(written, list) and written:
                 lines.append(f"report: {written[0]}" + (f" (and {len(written) - 1} more)" if len(written) > 1 else ""))
     return lines
+
+
+def _is_metric(t: object) -> bool:
+    """A metric, or a cross-validated one (`PerFold<Metric[G]>`)."""
+    if isinstance(t, Ty) and t.name == "PerFold":
+        t = t.params[0]
+    return isinstance(t, Ty) and t.name == "Metric"
 
 
 def _write_figure(target: Path, png: bytes, step: Step, options: RunOptions) -> None:

@@ -355,16 +355,21 @@ def _trained_dec(node: dict[str, Json], r: _Reader) -> Trained:
 
 
 def _measured_enc(m: Measured, w: _Writer, where: str) -> dict[str, Json]:
-    return {"name": m.name, "goal": m.goal, "value": _float_enc(float(m.value)),
+    node = {"name": m.name, "goal": m.goal, "value": _float_enc(float(m.value)),
             "per_case": _encode(dict(m.per_case), w, f"{where}.per_case"),
             "per_class": _encode(dict(m.per_class), w, f"{where}.per_class")}
+    if m.per_fold:  # only cross-validated metrics have it: other metrics are stored as before
+        node["per_fold"] = _encode(dict(m.per_fold), w, f"{where}.per_fold")
+    return node
 
 
 def _measured_dec(node: dict[str, Json], r: _Reader) -> Measured:
     per_case, per_class = _decode(node["per_case"], r), _decode(node["per_class"], r)
-    if not isinstance(per_case, dict) or not isinstance(per_class, dict):
+    per_fold = _decode(node["per_fold"], r) if "per_fold" in node else {}
+    if not isinstance(per_case, dict) or not isinstance(per_class, dict) or not isinstance(per_fold, dict):
         raise StoreError("malformed metric")
-    return Measured(_str(node["name"]), _str(node["goal"]), _float_dec(node["value"]), per_case, per_class)
+    return Measured(_str(node["name"]), _str(node["goal"]), _float_dec(node["value"]), per_case, per_class,
+                    per_fold)
 
 
 def _operator_enc(o: OperatorRef, w: _Writer, where: str) -> dict[str, Json]:

@@ -419,6 +419,9 @@ class Measured:
     value: float
     per_case: dict[str, float] = field(default_factory=dict)
     per_class: dict[str, float] = field(default_factory=dict)
+    # a cross-validated metric (`cross_validated`): the value of every fold by its index
+    # ("0", "1", ...); `value` is their mean, `per_case` every fold's cases
+    per_fold: dict[str, float] = field(default_factory=dict)
 
 
 # ----- a pair's target when its input moves ------------------------------------------------

@@ -22,7 +22,7 @@ from medasl.ir.types import (
     format_type,
     with_attr,
 )
-from medasl.semantics import domain, grids
+from medasl.semantics import domain, folds, grids
 from medasl.semantics.matching import ERROR, Mismatch, Subst, finalize, fit, merge, resolve
 from medasl.semantics.signatures import OpSig, ParamSig, fresh_vars
 from medasl.semantics.suggest import did_you_mean
@@ -145,6 +145,9 @@ class CallChecker:
             ok = False
         if not ok or any(v.type == ERROR for v in values.values()):
             return Val(Const(None), ERROR, self.span)
+        per_fold = folds.lift_call(self, values, device, expected)  # once for every fold of a cross-validation
+        if per_fold is not None:
+            return per_fold
         return self._typed(values, device, expected)
 
     def _enum_value(self, e: ast.Expr) -> bool:
@@ -322,6 +325,8 @@ class CallChecker:
                 factor = math.prod(value)
         else:
             for t in types.values():
+                if folds.is_per_fold(t):  # `ensemble(fits)`: the fold models' factor
+                    t = t.params[0]  # type: ignore[union-attr]
                 if _is(t, "Model", "Trained"):
                     factor = attr(t, "downsample")  # type: ignore[arg-type]
         return with_attr(result, "downsample", factor) if isinstance(factor, int) else result

@@ -37,7 +37,7 @@ from medasl.ir.types import (
     format_type,
     vec,
 )
-from medasl.semantics import domain, search, traits
+from medasl.semantics import domain, folds, search, traits
 from medasl.semantics.matching import (
     ERROR,
     Mismatch,
@@ -256,6 +256,7 @@ class PipelineChecker:
     fields_memo: dict[tuple[str, str], Val] = field(default_factory=dict)
     conversions_memo: dict[tuple[str, str], str] = field(default_factory=dict)
     objective: ast.Binding | None = None
+    folds_memo: dict[tuple[str, int], str] = field(default_factory=dict)  # (kfold node, index) -> its `fold` node
     grids: dict[str, tuple[str, Span]] = field(default_factory=dict)  # token -> what made it, where
 
     def __post_init__(self) -> None:
@@ -381,6 +382,7 @@ class PipelineChecker:
                 self._rename(node, name)
                 node.binding = name
                 val = Val(Ref(node.id), val.type, val.span)
+        val = folds.name_members(self, val, name)  # `fits_fold0`, `fits_fold1`, ...
         if stmt.goal is not None:
             domain.check_goal(stmt, val, self)
             if self.objective is not None:
@@ -432,6 +434,13 @@ class PipelineChecker:
         for e in exprs:
             val = self.expr(e)
             t = val.type
+            targets = [val.value]
+            if folds.is_per_fold(t):
+                # a metric shows its folds together (one summary node); anything else, such as
+                # `show loss_curve(fits)`, is shown for every fold
+                if not folds.metric_inside(t):
+                    targets = [one.value for one in folds.members(self, val)]
+                t = t.params[0]  # type: ignore[union-attr]
             inner = t.params[0] if isinstance(t, Ty) and t.name == "Dataset" else t
             ok = (what == "show" and isinstance(inner, Ty) and inner.name in SHOWABLE) or (
                 what == "report" and isinstance(inner, Ty) and inner.name == "Report"
@@ -443,8 +452,7 @@ class PipelineChecker:
                            help="draw it first, e.g. `overlay(image, labels)` or `loss_curve(fit)`" if what == "show"
                            else "write it with a report operator, e.g. `excel(\"scores.xlsx\", score)`")
                 continue
-            if isinstance(val.value, Ref):
-                out.append(val.value.node)
+            out += [target.node for target in targets if isinstance(target, Ref)]
 
     def _resources(self, stmt: ast.Resources) -> None:
         for arg in stmt.args:
@@ -650,6 +658,18 @@ class PipelineChecker:
         base = self.expr(e.value)
         if base.type == ERROR:
             return Val(Const(None), ERROR, e.span)
+        return self._field_of(base, e)
+
+    def _field_of(self, base: Val, e: ast.Field) -> Val:
+        """Field `e.name` of the checked value `base`."""
+        if folds.is_per_fold(base.type):  # `folds.val.image`: the field of every fold's value
+            assert isinstance(base.type, Ty)
+            found = [self._field_of(one, e) for one in folds.members(self, base)]
+            if any(f.type == ERROR for f in found):
+                return Val(Const(None), ERROR, e.span)
+            return folds.collect(self, found, base.type.attrs[0], folds.partition(base.type), e.span)  # type: ignore[arg-type]
+        if isinstance(base.type, Ty) and base.type.name == "Folds" and e.name in FIELDS["Split"]:
+            return folds.parts(self, base, e.name, e.span, e.name_span)
         t = base.type
         lift: tuple[str, ...] = ()
         if isinstance(t, Ty) and t.name == "Dataset" and isinstance(t.params[0], Ty) and t.params[0].name == "Pair":
@@ -902,6 +922,7 @@ def _common_type(types: list[TyLike]) -> TyLike:
     keep what they agree on (a Dice and an HD95 are both metrics)."""
     if not types:
         return Ty("Any")  # `()`: no element to say, so it fits a tuple of anything
+    types = [t.params[0] if folds.metric_inside(t) else t for t in types]  # type: ignore[union-attr]
     names = {format_type(t) for t in types}
     if names <= {"int"}:
         return INT

@@ -394,6 +394,8 @@ def check_goal(stmt: ast.Binding, val: Val, pc: PipelineChecker) -> None:
     t = val.type
     if t == ERROR:
         return
+    if isinstance(t, Ty) and t.name == "PerFold" and isinstance(t.params[0], Ty) and t.params[0].name == "Metric":
+        t = t.params[0]  # cross-validated: the mean over the folds is optimized
     if not (isinstance(t, Ty) and t.name == "Metric"):
         pc.error("E0301", f"only a metric can be an objective; `{stmt.name}` is {format_type(t)}",
                  label(stmt.value.span, f"this is {format_type(t)}"),

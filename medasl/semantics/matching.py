@@ -82,6 +82,10 @@ def fit(actual: TyLike, expected: TyLike, subst: Subst, converter: Converter | N
     if isinstance(actual, Fn) or isinstance(actual, Var):
         raise Mismatch(actual, expected)
     assert isinstance(expected, Ty) and isinstance(actual, Ty)
+    if actual.name == "PerFold" and expected.name != "PerFold" and _is_metric(actual.params[0]):
+        # a metric over the folds of a cross-validation is one metric where one fits (a
+        # report, `show`, an objective): its value is the mean over the folds
+        actual = actual.params[0]  # type: ignore[assignment]
     if expected.name == "List" and actual.name != "List":
         # a tuple fits a list slot; one metric, figure or table is a list of one
         if actual.name == "Vec":
@@ -115,6 +119,10 @@ def fit(actual: TyLike, expected: TyLike, subst: Subst, converter: Converter | N
                 raise
             # a structural disagreement inside: report the whole types, not a fragment
             raise Mismatch(actual, expected) from None
+
+
+def _is_metric(t: TyLike) -> bool:
+    return isinstance(t, Ty) and t.name == "Metric"
 
 
 def _fit_var(actual: TyLike, var: Var, subst: Subst) -> None:
