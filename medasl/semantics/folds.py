@@ -25,11 +25,12 @@ partition has nothing to do with fold 2 of another.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
 from medasl.ir.graph import Const, Ref, Tup
-from medasl.ir.types import Ty, TyLike, dataset
+from medasl.ir.types import Ty, TyLike, dataset, format_type
 from medasl.semantics.matching import ERROR, Mismatch, fit
 from medasl.semantics.signatures import fresh_vars
 
@@ -171,11 +172,16 @@ def lift_call(call: CallChecker, values: dict[str, Val], device: object, expecte
     assert isinstance(k, int)
     folds = {name: members(call.pc, values[name]) for name in lifted}
     results = []
+    diags = call.pc.diags.items
     for index in range(k):
+        before = len(diags)
         one = {name: (folds[name][index] if name in folds else val) for name, val in values.items()}
         result = CallChecker(call.pc, call.op, call.span, call.func_span)._typed(one, device, expected)  # type: ignore[arg-type]
-        if result.type == ERROR:
-            return result  # reported once: the same mistake in every fold is one diagnostic
+        if result.type == ERROR:  # said once, not once per fold; with the reason it is said of one fold's value
+            given = ", ".join(f"argument `{name}` is {format_type(values[name].type)}" for name in lifted)
+            note = f"{given}, a value for each fold: `{call.op.name}` is applied to the value of each fold"
+            diags[before:] = [replace(d, notes=(*d.notes, note)) for d in diags[before:]]
+            return result
         results.append(result)
     return collect(call.pc, results, k, partition(first.type), call.span)
 
