@@ -492,5 +492,85 @@ def run(file: str, sets: tuple[str, ...], device: str, dry_run: bool, force: tup
             _say_interrupted(getattr(stop, "notes", []))
             _exit_interrupted()
 
+
+@main.command()
+@click.argument("file")
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(1, 100_000), help="Trials the study has in all.")
+@click.option("--algo", type=click.Choice(["tpe", "rand", "anneal"]), default="tpe", show_default=True,
+              help="hyperopt's algorithm: TPE (Bayesian), random search or annealing.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the proposals and of every trial's random steps.")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Trials run at once, each in its own worker process (on its own GPU when there are several).")
+@click.option("--batch", default=None, type=click.IntRange(1, 10_000),
+              help="Trials proposed together from the trials before them (default 4, or --parallel if larger); "
+              "the same batch gives the same study for any --parallel.")
+@click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Start no new trial after this many seconds (running ones finish).")
+@click.option("--early-stop", is_flag=True,
+              help="Stop a training whose validation metric is worse than the median of earlier trials at that epoch.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+              help="Fix a parameter for every trial (repeatable); a searched parameter given here is not searched.")
+@click.option("--out", default="results/tune", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the study: DIR/<pipeline>/study.json, the report and one folder per trial.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The cache directory, shared by all trials; default $MEDASL_CACHE_DIR or ~/.cache/medasl.")
+@click.option("--device", default="cpu", show_default=True, callback=_device, help="cpu, cuda or cuda:N.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes for per-case work inside each trial.")
+@click.option("--pipeline", "pipeline_name", default=None, help="The pipeline to tune (default: the one with an objective).")
+@click.option("-O", "level", type=click.IntRange(0, 3), default=2, show_default=True, help="Optimization level of every trial.")
+@click.option("--allow-outside-out", is_flag=True, help="Let writers and reports write outside the trial's folder.")
+@click.option("--dry-run", is_flag=True,
+              help="Show the space, the study so far, the steps shared by all trials and those each trial recomputes.")
+@_guard
+def tune(file: str, trials: int, algo: str, seed: int, parallel: int, batch: int | None, timeout: float | None,
+         early_stop: bool, sets: tuple[str, ...], out: Path, cache_dir: Path | None, device: str, workers: int,
+         pipeline_name: str | None, level: int, allow_outside_out: bool, dry_run: bool) -> None:
+    """Search the parameters of FILE (its `search` clauses) for the best objective, with
+    hyperopt; the study is saved as it goes, so running the same command again resumes it."""
+    import importlib.util
+
+    overrides = _sets(sets)
+    if not dry_run:
+        _require_run_extra()
+    if importlib.util.find_spec("hyperopt") is None:
+        click.echo("error: `medasc tune` needs hyperopt, which is not installed; install it with: "
+                   "pip install -e '.[run]'", err=True)
+        sys.exit(EXIT_USER)
+    result, diags, sources = _load(file, overrides)
+    _print_diagnostics(diags, sources, "text")
+    if diags.has_errors:
+        _finish(diags)
+    chosen = _pick_pipelines(result, pipeline_name, "tune")
+
+    from medasl.cache_cli import cache_root
+    from medasl.runtime.session import UsageProblem
+    from medasl.source import SourceFile
+    from medasl.tune import command
+    from medasl.tune.driver import TuneProblem, TuneRequest
+    from medasl.tune.trial import StudyStopped
+
+    request = TuneRequest(file, trials, algo, seed, parallel, batch, timeout, overrides, out,
+                          cache_root(cache_dir), device, workers, level, pipeline_name, early_stop, allow_outside_out)
+    problems = Diagnostics()
+    try:
+        prepared = command.prepare_only(request, chosen, SourceFile.read(file))
+        _print_diagnostics(prepared.diags, sources, "text")
+        with _second_ctrl_c_exits():
+            command.run(prepared, dry_run, lambda line: click.echo(line, err=True))
+    except UsageProblem as exc:
+        raise click.UsageError(str(exc)) from None
+    except (TuneProblem, StudyStopped) as exc:
+        problems.error(exc.code, exc.message, help=exc.help)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the study is saved and every result finished so far is kept in the cache; "
+                   f"to resume, run the same command:\n  {shlex.join(['medasc', *sys.argv[1:]])}", err=True)
+        _exit_interrupted()
+    if problems.has_errors:
+        _print_diagnostics(problems, sources, "text")
+        _finish(problems)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

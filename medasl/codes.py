@@ -684,6 +684,65 @@ CODES: dict[str, Code] = {
         "param epochs = 50 search uniform(10, 100)",
         "param epochs = 50 search int(10, 100)",
     ),
+    "E2060": Code(
+        "a trial gave no objective",
+        "A trial of `medasc tune` ran, but the objective (the metric marked `maximize` or"
+        " `minimize`) came out NaN: no case gave a number, for example a Dice over cases whose"
+        " reference and prediction are both empty, or a training that learned nothing for these"
+        " values. The trial is recorded as failed with this code and the search goes on;"
+        " hyperopt counts it as the worst result. If many trials fail so, check the metric on a"
+        " plain run (`medasc run`) and the range searched.",
+        'import std.io, std.nets, std.losses, std.train, std.metrics, std.post\npipeline p {\n'
+        '  param lr = 1e-2 search loguniform(1e-3, 10.0)\n  cases = phantom(cases=4)\n'
+        '  fit = train(unet3d(), cases, loss=dice_ce, optimizer=adam(lr=lr), epochs=1)\n'
+        '  score = dice(infer(fit, cases.image) |> argmax, cases.label) maximize\n}',
+        'import std.io, std.nets, std.losses, std.train, std.metrics, std.post\npipeline p {\n'
+        '  param lr = 1e-2 search loguniform(1e-4, 1e-1)\n  cases = phantom(cases=4)\n'
+        '  fit = train(unet3d(), cases, loss=dice_ce, optimizer=adam(lr=lr), epochs=1)\n'
+        '  score = dice(infer(fit, cases.image) |> argmax, cases.label) maximize\n}',
+    ),
+    "E2061": Code(
+        "the study in --out was made with other settings",
+        "`medasc tune` keeps its study in `<out>/<pipeline>/study.json` and running the same"
+        " command again continues it. This command differs from the one that started it: another"
+        " algorithm, seed, batch, fixed `--set` value, or another search space (a `search` clause"
+        " edited). Mixing them would make a study whose proposals no command reproduces. Give"
+        " another `--out` for a new study (the cache still gives back every result computed"
+        " before), or run the study with the settings the message lists.",
+        "param lr = 1e-3 search loguniform(1e-4, 1e-2)   # the study was started with this space\n"
+        "param lr = 1e-3 search loguniform(1e-5, 1e-1)   # and continued with this one",
+        "param lr = 1e-3 search loguniform(1e-4, 1e-2)",
+    ),
+    "E2062": Code(
+        "nothing to optimize",
+        "`medasc tune` searches for the parameter values that give the best objective, and the"
+        " pipeline has none: mark one metric binding with `maximize` (Dice, AUC, accuracy) or"
+        " `minimize` (HD95, surface distance).",
+        "score = dice(pred, folds.val.label)",
+        "score = dice(pred, folds.val.label) maximize",
+    ),
+    "E2063": Code(
+        "nothing to search",
+        "`medasc tune` searches the parameters declared with a `search` clause, and the pipeline"
+        " has none (or every one is fixed by `--set`, which takes it out of the search).",
+        "param lr = 1e-3",
+        "param lr = 1e-3 search loguniform(1e-4, 1e-2)",
+    ),
+    "E2064": Code(
+        "the study file cannot be read",
+        "`<out>/<pipeline>/study.json` is not a study `medasc tune` wrote: it was edited by hand,"
+        " replaced, or comes from another version of medasl. It is never half-written by a killed"
+        " study (it is replaced whole by a rename). Move it away, or give another `--out`, to"
+        " start a new study; the cache keeps every result, so the trials that finished before"
+        " are not computed again.",
+    ),
+    "W0030": Code(
+        "the file changed since the study started",
+        "`medasc tune` continues the study in `--out`, whose search space and settings are those"
+        " of this command, but the `.medas` file is not the one the finished trials ran: a step"
+        " was edited. The study goes on, and its earlier trials keep the results of the earlier"
+        " version. When the change matters, give another `--out` to start a new study.",
+    ),
     "W0015": Code(
         "a damaged cached result is computed again",
         "Every file of a cached result has its sha256 recorded when the result is stored, and"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from medasl.ir.graph import Graph, OpRef, Ref, Tup, Value
+from medasl.ir.graph import Graph, OpRef, Ref, Tup, Value, format_value, refs
 from medasl.ir.types import SPATIAL_KINDS, Ty, TyLike, attr, first_image, format_type, is_dataset
 from medasl.passes.wire_reports import COLLECTING_REPORTS  # noqa: F401 - the registry reads it here
 from medasl.source import Span
@@ -183,7 +183,7 @@ def to_json(value: object) -> object:
 def lower(graph: Graph, level: int = 0) -> Plan:
     """The plan of one optimized pipeline (see `medasl.passes.optimize`)."""
     plan = Plan(graph.name, shows=list(graph.shows), reports=list(graph.reports), level=level,
-                params={k: constant(v) for k, v in graph.params.items()},
+                params={k: parameter_value(v) for k, v in graph.params.items()},
                 searches={k: dict(v) for k, v in graph.searches.items()},
                 resources={k: constant(v) for k, v in graph.resources.items()})
     for node in graph.nodes.values():
@@ -208,6 +208,13 @@ def lower(graph: Graph, level: int = 0) -> Plan:
             store=node.store, fused=node.fused, value_type=node.type,
         )
     return plan
+
+
+def parameter_value(value: Value) -> object:
+    """A parameter's value for the run log: a constant, or for a parameter whose value is
+    computed (`param net = unet2d(...)`, a network searched by `medasc tune`) the
+    step it names, as the IR prints it (`%unet2d`); the steps read that step itself."""
+    return format_value(value) if refs(value) else constant(value)
 
 
 def constant(value: Value) -> object:

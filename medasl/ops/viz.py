@@ -21,14 +21,14 @@ Conventions every operator here keeps, and why:
   indices with the image's origin, spacing and direction (`world_to_index`), which is
   SimpleITK's TransformPhysicalPointToContinuousIndex.
 
-Not implemented yet (declared in stdlib/viz.medas, absent from `OPERATORS`):
-parallel_coordinates and param_importance (they plot tuning studies, and there is no
-hyperparameter search yet).
+The study figures (optimization_history, parallel_coordinates, param_importance) read
+the study.json that `medasc tune` writes.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -1038,10 +1038,208 @@ def metric_boxplot(metric: Measured) -> Figure:
     return _render(fig, title)
 
 
+# ===== tuning studies =====================================================================
+#
+# A study is the JSON `medasc tune` writes (medasl/tune/study.py): its `space` (name,
+# kind, bounds, options of each searched parameter), its `goal` and `objective`, and
+# its `trials` (number, status, values, objective). The report of `medasc tune` draws
+# the same three figures from the study in memory.
+
+IMPORTANCE_TREES = 200
+"""Trees of the random forest behind `param_importance`."""
+
+MIN_IMPORTANCE_TRIALS = 3
+"""Fewer successful trials than this say nothing about which parameter matters."""
+
+
+def read_study(study: str) -> dict[str, object]:
+    """A study.json, or the reason it cannot be read as one (E1001, E1002)."""
+    from pathlib import Path
+
+    from medasl.runtime.errors import DataError
+
+    path = Path(study)
+    if not path.is_file():
+        raise DataError("E1001", f"no study at `{study}`: `medasc tune` writes it as <out>/<pipeline>/study.json",
+                        path, help="run `medasc tune FILE` first, or give the path of its study.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("trials"), list) or not isinstance(data.get("space"), list):
+            raise ValueError("it has no `space` and `trials`")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError("E1002", f"`{study}` is not a study written by `medasc tune`: {exc}", path) from None
+    return data
+
+
+def _ok_trials(data: dict[str, object]) -> list[dict[str, object]]:
+    return [t for t in data["trials"] if t.get("status") == "ok" and t.get("objective") is not None  # type: ignore[union-attr]
+            and math.isfinite(float(t["objective"]))]
+
+
+def _position(dimension: dict[str, object], value: object) -> float:
+    """Where a value lies in its dimension, from 0 to 1 (a log scale for loguniform, the
+    option's place for a choice)."""
+    if dimension["kind"] == "choice":
+        options = [str(o) for o in dimension["options"]]  # type: ignore[union-attr]
+        labels = [str(o) for o in dimension.get("labels", options)]  # type: ignore[union-attr]
+        text = str(value)
+        index = options.index(text) if text in options else labels.index(text) if text in labels else 0
+        return index / max(len(options) - 1, 1)
+    low, high = (float(b) for b in dimension["bounds"][:2])  # type: ignore[index]
+    v = float(value)  # type: ignore[arg-type]
+    if dimension["kind"] == "loguniform":
+        low, high, v = math.log(low), math.log(high), math.log(max(v, 1e-300))
+    return (v - low) / (high - low) if high > low else 0.5
+
+
+def optimization_history_figure(data: dict[str, object]) -> Figure:
+    """The objective of every trial in order, and the best so far; failed and stopped
+    trials are counted in the legend."""
+    trials = data["trials"]  # type: ignore[assignment]
+    ok = _ok_trials(data)
+    goal, name = str(data.get("goal", "max")), str(data.get("objective", "objective"))
+    fig = _figure(*CURVE_SIZE)
+    ax = fig.add_subplot()
+    if not ok:
+        _message(ax, "no successful trial yet")
+    else:
+        numbers = np.array([int(t["number"]) for t in ok])  # type: ignore[call-overload]
+        values = np.array([float(t["objective"]) for t in ok])  # type: ignore[arg-type]
+        best = np.maximum.accumulate(values) if goal == "max" else np.minimum.accumulate(values)
+        ax.scatter(numbers, values, s=18, color="C0", label="trial", zorder=3)
+        ax.step(numbers, best, where="post", color="C3", label="best so far")
+        others = len(trials) - len(ok)  # type: ignore[arg-type]
+        if others:
+            ax.plot([], [], " ", label=f"{others} trial{'s' * (others != 1)} failed, stopped or running")
+        ax.legend(fontsize=8)
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"{name} ({goal})")
+        ax.grid(True, alpha=0.3)
+    title = f"optimization history of {name}"
+    ax.set_title(title, fontsize=10)
+    return _render(fig, title)
+
+
+def parallel_coordinates_figure(data: dict[str, object]) -> Figure:
+    """One line per successful trial through its value of every searched parameter, to
+    its objective; the colour is the objective (yellow is better)."""
+    space = data["space"]  # type: ignore[assignment]
+    ok = _ok_trials(data)
+    goal, name = str(data.get("goal", "max")), str(data.get("objective", "objective"))
+    axes_count = len(space) + 1  # type: ignore[arg-type]
+    fig = _figure(max(CURVE_SIZE[0], 1.6 * axes_count), CURVE_SIZE[1])
+    ax = fig.add_subplot()
+    title = f"parallel coordinates ({len(ok)} trials)"
+    if not ok:
+        _message(ax, "no successful trial yet")
+        ax.set_title(title, fontsize=10)
+        return _render(fig, title)
+    values = np.array([float(t["objective"]) for t in ok])  # type: ignore[arg-type]
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.full(values.shape, 0.5)
+    colour = scaled if goal == "max" else 1.0 - scaled
+    cmap = matplotlib.colormaps["viridis"]
+    xs = np.arange(axes_count)
+    for trial, c, y_objective in zip(ok, colour, scaled):
+        ys = [_position(d, trial["values"].get(d["name"])) for d in space]  # type: ignore[union-attr, index]
+        ax.plot(xs, [*ys, y_objective], color=cmap(float(c)), alpha=0.8, linewidth=1.2)
+    for x, d in enumerate(space):  # type: ignore[arg-type]
+        ax.axvline(x, color="0.3", linewidth=0.8)
+        if d["kind"] == "choice":
+            options = [str(o) for o in d["options"]]
+            for i, option in enumerate(options):
+                short = option if len(option) <= 18 else option[:16] + "…"
+                ax.text(x + 0.03, i / max(len(options) - 1, 1), short, fontsize=7, va="center")
+        else:
+            bounds = [float(b) for b in d["bounds"][:2]]
+            ax.text(x + 0.03, 0.0, f"{bounds[0]:.3g}", fontsize=7, va="bottom")
+            ax.text(x + 0.03, 1.0, f"{bounds[1]:.3g}", fontsize=7, va="top")
+    ax.axvline(axes_count - 1, color="0.3", linewidth=0.8)
+    ax.text(axes_count - 1 + 0.03, 0.0, f"{low:.4g}", fontsize=7, va="bottom")
+    ax.text(axes_count - 1 + 0.03, 1.0, f"{high:.4g}", fontsize=7, va="top")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([*(str(d["name"]) for d in space), name])  # type: ignore[union-attr]
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, axes_count - 0.4)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title, fontsize=10)
+    return _render(fig, title)
+
+
+def importances(data: dict[str, object]) -> dict[str, float] | None:
+    """Random-forest importance of each searched parameter for the objective: scikit-learn's
+    `RandomForestRegressor` (`IMPORTANCE_TREES` trees, seed 0) fitted on the successful
+    trials, each parameter a column (a loguniform one on a log scale, a choice one-hot
+    with its columns' importances summed), importance = the mean decrease in impurity
+    (`feature_importances_`), summing to 1. None with fewer than `MIN_IMPORTANCE_TRIALS`
+    trials; all zero when every trial gave the same objective."""
+    space = data["space"]  # type: ignore[assignment]
+    ok = _ok_trials(data)
+    if len(ok) < MIN_IMPORTANCE_TRIALS:
+        return None
+    columns: list[list[float]] = []
+    owners: list[str] = []
+    for d in space:  # type: ignore[union-attr]
+        if d["kind"] == "choice":
+            for option in range(len(d["options"])):
+                columns.append([float(round(_position(d, t["values"].get(d["name"])) * max(len(d["options"]) - 1, 1))
+                                      == option) for t in ok])
+                owners.append(str(d["name"]))
+        else:
+            log = d["kind"] == "loguniform"
+            columns.append([math.log(float(t["values"][d["name"]])) if log else float(t["values"][d["name"]])
+                            for t in ok])
+            owners.append(str(d["name"]))
+    y = np.array([float(t["objective"]) for t in ok])  # type: ignore[arg-type]
+    names = [str(d["name"]) for d in space]  # type: ignore[union-attr]
+    if float(y.max() - y.min()) == 0.0:
+        return dict.fromkeys(names, 0.0)
+    from sklearn.ensemble import RandomForestRegressor
+
+    forest = RandomForestRegressor(n_estimators=IMPORTANCE_TREES, random_state=0)
+    forest.fit(np.array(columns, dtype=np.float64).T, y)
+    found = dict.fromkeys(names, 0.0)
+    for owner, value in zip(owners, forest.feature_importances_):
+        found[owner] += float(value)
+    return found
+
+
+def param_importance_figure(data: dict[str, object]) -> Figure:
+    """A bar per searched parameter: its random-forest importance (`importances`)."""
+    found = importances(data)
+    fig = _figure(CURVE_SIZE[0], max(2.0, 0.9 + 0.35 * len(data["space"])))  # type: ignore[arg-type]
+    ax = fig.add_subplot()
+    title = "parameter importance (random forest)"
+    if found is None:
+        _message(ax, f"needs at least {MIN_IMPORTANCE_TRIALS} successful trials")
+    else:
+        order = sorted(found, key=lambda k: found[k])
+        ax.barh(order, [found[k] for k in order], color="C0")
+        ax.set_xlabel(f"importance for {data.get('objective', 'the objective')} (mean decrease in impurity)")
+        ax.set_xlim(0, max(1.0, max(found.values())))
+        ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return _render(fig, title)
+
+
+def optimization_history(study: str) -> Figure:
+    return optimization_history_figure(read_study(study))
+
+
+def parallel_coordinates(study: str) -> Figure:
+    return parallel_coordinates_figure(read_study(study))
+
+
+def param_importance(study: str) -> Figure:
+    return param_importance_figure(read_study(study))
+
+
 OPERATORS: dict[str, Callable[..., object]] = {
     "loss_curve": loss_curve, "metric_curve": metric_curve, "overlay": overlay, "box_overlay": box_overlay,
     "mesh": mesh, "saliency": saliency, "grad_cam": grad_cam, "occlusion": occlusion, "tsne": tsne,
     "roc_curve": roc_curve, "confusion_matrix": confusion_matrix, "froc_curve": froc_curve,
     "metrics_table": metrics_table, "metric_boxplot": metric_boxplot,
+    "optimization_history": optimization_history, "parallel_coordinates": parallel_coordinates,
+    "param_importance": param_importance,
 }
 """The std.viz operators implemented here, by the name of their stdlib signature."""

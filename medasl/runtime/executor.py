@@ -527,6 +527,11 @@ class LocalExecutor:
                                                     initializer=_init_worker, initargs=(threads, os.getpid()))
             return self._pool
 
+    def stop(self) -> None:
+        """Stop the run at its next safe point, as Ctrl-C does (a training at its next
+        batch, keeping its finished epochs): `medasc tune` stops a hopeless trial early."""
+        self._cancel.set()
+
     def _close_pool(self, stop_now: bool = False) -> None:
         """Shut the worker pool down; with `stop_now` (Ctrl-C) without waiting for the
         cases in progress: their workers are terminated (what they committed stays)."""

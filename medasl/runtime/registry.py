@@ -77,7 +77,8 @@ OPERATORS: dict[str, frozenset[str]] = {
         "specificity", "surface_dice"}),
     "viz": frozenset({
         "box_overlay", "confusion_matrix", "froc_curve", "grad_cam", "loss_curve", "mesh", "metric_boxplot",
-        "metric_curve", "metrics_table", "occlusion", "overlay", "roc_curve", "saliency", "tsne"}),
+        "metric_curve", "metrics_table", "occlusion", "optimization_history", "overlay", "parallel_coordinates",
+        "param_importance", "roc_curve", "saliency", "tsne"}),
     "report": frozenset({"csv", "excel", "html", "json"}),
 }
 """area -> the operators `medasl.ops.<area>.OPERATORS` implements (the keys of that table)."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import label, secondary
-from medasl.ir.graph import Const, OpRef
-from medasl.ir.types import FLOAT, INT, Fn, Ty, TyLike, format_type
+from medasl.ir.graph import Const, OpRef, Ref, format_value
+from medasl.ir.types import FLOAT, INT, UNKNOWN, Fn, Ty, TyLike, format_type, with_attr
 from medasl.semantics.matching import ERROR, Mismatch, fit
 from medasl.semantics.suggest import did_you_mean
 from medasl.syntax import ast
@@ -119,7 +119,7 @@ def _choice(stmt: ast.Param, default: Val, ptype: TyLike, pc: PipelineChecker) -
             ok = False
             continue
         try:
-            fit(val.type, ptype, {})
+            fit(val.type, _open_attributes(ptype, val.type), {})
         except Mismatch:
             if isinstance(val.type, Fn) and isinstance(ptype, Fn) and isinstance(val.value, OpRef):
                 kind, wanted = _result_kind(val.type), _result_kind(ptype)
@@ -137,15 +137,25 @@ def _choice(stmt: ast.Param, default: Val, ptype: TyLike, pc: PipelineChecker) -
                      secondary(stmt.default.span, f"the default is {format_type(ptype)}"))
             ok = False
             continue
-        options.append(_option(val))
+        options.append(_option(val, pc))
     if not ok:
         return None
-    if _option(default) not in options:
+    if _option(default, pc) not in options:
         pc.error("E0502", f"the default of `{stmt.name}` is not one of its choices",
                  label(stmt.default.span, "not among the choices"), secondary(space.span, "the choices"),
                  help="add the default to the choices")
         return None
     return {"kind": "choice", "args": options}
+
+
+def _open_attributes(ptype: TyLike, option: TyLike) -> TyLike:
+    """The parameter's type with the attributes that an option of the same kind may
+    change: a U-Net and an FCN down-sample by different factors. Each trial checks the
+    pipeline again with the option it draws (`medasc tune`), so the rules that read such
+    an attribute (a crop divisible by the network) are applied to the option itself."""
+    if isinstance(ptype, Ty) and isinstance(option, Ty) and ptype.name == option.name == "Model":
+        return with_attr(ptype, "downsample", UNKNOWN)
+    return ptype
 
 
 def _result_kind(t: Fn) -> str:
@@ -158,9 +168,15 @@ def _ops_returning(pc: PipelineChecker, t: Fn) -> list[str]:
     return [op.name for op in pc.loader.std.all_ops().values() if op.has(kind)]
 
 
-def _option(val: Val) -> object:
+def _option(val: Val, pc: PipelineChecker) -> object:
     if isinstance(val.value, OpRef):
         return "@" + val.value.op
     if isinstance(val.value, Const):
         return val.value.value
+    if isinstance(val.value, Ref) and val.value.node in pc.graph.nodes:
+        # a network written as an option (`choice(unet2d(...), fcn2d(...))`): the call as
+        # written, so that the default is recognised among the options and the space names
+        # each option by what it builds, not by an internal node name
+        node = pc.graph.nodes[val.value.node]
+        return f"{node.op}({', '.join(f'{k}={format_value(v)}' for k, v in node.args)})"
     return str(val.value)
