@@ -194,6 +194,12 @@ def test_every_fold_trains_and_the_ensemble_averages_the_fold_models(tmp_path: P
         assert not np.allclose(got, np.moveaxis(torch.softmax(models[0](x), 1)[0].detach().numpy(), 0, -1),
                                atol=1e-4)  # not simply one fold's model
 
+    # `--force fits` names every fold's training
+    code, out, err = run(*args, "--dry-run", "--force", "fits")
+    assert code == 0, err
+    shown = out + err
+    assert all(any(f"fits_fold{i}" in row and "forced" in row for row in shown.splitlines()) for i in range(3)), shown
+
     # each fold is cached on its own: training fold 1 again recomputes fold 1's branch and
     # what reads every fold (the summary, the ensemble and its prediction), nothing of folds 0 and 2
     code, _, err = run(*args, "--force", "fits_fold1")

@@ -8,6 +8,7 @@ a bad `--set` or `--force` (exit 2), and a timing table and the run log otherwis
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,12 +127,17 @@ def failure_diagnostic(failure: RunFailure) -> Diagnostic:
     return Diagnostic(failure.code, Severity.ERROR, failure.message, labels, failure.help, tuple(notes))
 
 
+def forced_steps(plan: Plan, name: str) -> list[str]:
+    """The steps `--force name` names: the step so called, or every fold's step of a value
+    bound per fold of a cross-validation (`--force fits`: `fits_fold0`, `fits_fold1`, ...)."""
+    step = plan.find(name)
+    if step is not None:
+        return [step.id]
+    return [s.id for s in plan.steps.values() if re.fullmatch(re.escape(name) + r"_fold\d+", s.id)]
+
+
 def options_for(plan: Plan, request: RunRequest) -> RunOptions:
-    force = []
-    for name in request.force:
-        step = plan.find(name)
-        if step is not None:
-            force.append(step.id)
+    force = [sid for name in request.force for sid in forced_steps(plan, name)]
     return RunOptions(cache=request.cache, out_dir=(request.out / plan.pipeline).resolve(), seed=request.seed,
                       device=request.device, workers=request.workers or default_workers(),
                       force=frozenset(force), allow_outside_out=request.allow_outside_out)
@@ -144,7 +150,7 @@ def output_refusals(plan: Plan, request: RunRequest) -> Diagnostics:
 
 def check_force(all_plans: list[Plan], names: tuple[str, ...]) -> None:
     for name in names:
-        if not any(p.find(name) for p in all_plans):
+        if not any(forced_steps(p, name) for p in all_plans):
             steps = sorted({s.label for p in all_plans for s in p.steps.values()})
             raise UsageProblem(f"--force {name}: no step of that name (steps: {', '.join(steps)})")
 
