@@ -33,6 +33,10 @@ def per_trial_steps(graph: Graph, searched: set[str], plan: object) -> dict[str,
         for source in node.inputs():
             found |= reads.get(source, set())
         reads[node.id] = found
+    for node in graph.nodes.values():
+        if node.id in searched:  # the default's own steps (`unet3d(...)` of `param net`) are the trial's value
+            for source in node.inputs():
+                reads[source] = reads[source] | {node.id}
     depends: dict[str, set[str]] = {}
     for step in plan.steps.values():  # type: ignore[attr-defined]
         found = set()

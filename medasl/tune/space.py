@@ -41,7 +41,8 @@ class Dimension:
     def describe(self) -> str:
         if self.kind == "choice":
             return f"choice({', '.join(self.options)})"
-        return f"{self.kind}({', '.join(_number(b) for b in self.bounds)})"
+        bounds = [int(b) for b in self.bounds] if self.kind == "int" else self.bounds
+        return f"{self.kind}({', '.join(_number(b) for b in bounds)})"
 
     def hyperopt(self) -> object:
         from hyperopt import hp
