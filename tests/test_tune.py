@@ -213,3 +213,40 @@ def test_a_pipeline_without_objective_or_search_is_refused(tmp_path: Path) -> No
     sets = ["--set", "lr=0.01", "--set", "window=32", "--set", "epochs=1", "--set", "net=segresnet(filters=8)"]
     code, err = tune(str(file), "--dry-run", "--out", str(tmp_path / "out"), *sets)
     assert code == 1 and "error[E2063]" in err
+
+
+def test_parallel_trials_give_the_same_study(study: tuple[Path, Path, dict[str, object], str],
+                                             tmp_path: Path) -> None:
+    """Two worker processes, an empty cache: the same trials, values and objectives as
+    one trial at a time (proposals come in rounds of 4 whatever --parallel is)."""
+    file, _, sequential, _ = study
+    code, err = tune(str(file), *ARGS, "--parallel", "2", "--cache-dir", str(tmp_path / "cache"),
+                     "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    parallel = study_of(tmp_path / "out")
+    assert parallel["batch"] == sequential["batch"] == 4
+    keep = ("number", "status", "sets", "objective", "code")
+    assert [{k: t[k] for k in keep} for t in parallel["trials"]] == [{k: t[k] for k in keep}
+                                                                     for t in sequential["trials"]]
+    assert "trial 2 -> failed, error[E0230]" in err  # results name their trial: they come in any order
+
+
+def test_early_stopping_by_the_median_rule(tmp_path: Path) -> None:
+    """Off by default; with --early-stop a training whose best validation Dice is below
+    the median of at least 3 earlier trials at that epoch stops, and says so."""
+    file = tmp_path / "tiny.medas"
+    file.write_text(STUDY)
+    args = ["--trials", "8", "--algo", "rand", "--batch", "1", "--cache-dir", str(tmp_path / "cache")]
+    code, err = tune(str(file), *args, "--early-stop", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    trials = study_of(tmp_path / "out")["trials"]
+    stopped = [t for t in trials if t["status"] == "stopped early"]
+    assert stopped and all(t["number"] > 4 for t in stopped)  # 3 earlier trials with a history at least
+    for t in stopped:
+        assert "is worse than the median of" in t["message"] and t["objective"] is None
+        last = t["history"]["fit"][-1]
+        assert last["epoch"] < int(t["sets"]["epochs"]), "never stopped at its last epoch"
+    assert "stopped early: `fit` stopped early in epoch" in err
+    code, err = tune(str(file), *args, "--out", str(tmp_path / "plain"))
+    assert code == 0, err
+    assert all(t["status"] in ("ok", "failed") for t in study_of(tmp_path / "plain")["trials"])

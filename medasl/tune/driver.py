@@ -238,14 +238,16 @@ def _finished(prepared: Prepared, record: TrialRecord, outcome: TrialOutcome, sa
     save(prepared.study, prepared.path)
     study = prepared.study
     took = f"{outcome.seconds:.1f} s, {outcome.computed} computed, {outcome.cached} cached"
+    # trials in worker processes end in any order: their lines name them
+    arrow = f"  trial {record.number} -> " if prepared.request.parallel > 1 else "  -> "
     if record.status == OK:
         best = study.best()
         mark = "  (best so far)" if best is not None and best.number == record.number else ""
-        say(f"  -> {study.objective} = {record.objective:.6g} ({took}){mark}")
+        say(f"{arrow}{study.objective} = {record.objective:.6g} ({took}){mark}")
     elif record.status == STOPPED:
-        say(f"  -> stopped early: {record.message} ({took})")
+        say(f"{arrow}stopped early: {record.message} ({took})")
     else:
-        say(f"  -> failed, error[{record.code}]: {record.message} ({took})")
+        say(f"{arrow}failed, error[{record.code}]: {record.message} ({took})")
 
 
 def _run_parallel(prepared: Prepared, todo: list[TrialRecord], peers: list[dict[str, list[dict[str, object]]]],

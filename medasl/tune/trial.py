@@ -93,8 +93,8 @@ class MedianRule:
         if not self.enabled or self.stopped is not None:
             return
         key = next((k for k in record if k.startswith("val_")), None)
-        if key is None:
-            return
+        if key is None or record.get("epoch") == record.get("epochs"):
+            return  # nothing to compare, or nothing left to save: the training has just finished
         from medasl.ops.metrics import GOALS
 
         goal = GOALS.get(key[4:], "max")
