@@ -252,7 +252,8 @@ def test_nan_and_infinite_values_are_e1008(tmp_path: Path) -> None:
 
 def test_numpy_reader(tmp_path: Path) -> None:
     npz = DATA / "pneumoniamnist_subset" / "pneumoniamnist_val.npz"
-    vol = io.numpy(path=npz)
+    assert error_of(io.numpy, path=npz).code == "E1043"  # two arrays (images, labels): which one?
+    vol = io.numpy(path=npz, key="images")
     assert vol.array.shape == (524, 28, 28) and vol.dim == 3 and vol.spacing == (1.0, 1.0, 1.0)
     rgb = np.zeros((8, 9, 3), dtype=np.uint8)
     np.save(tmp_path / "rgb.npy", rgb)
