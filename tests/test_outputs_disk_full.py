@@ -90,7 +90,7 @@ def test_an_enospc_raised_while_writing_is_e2010(tmp_path: Path, monkeypatch: py
     def no_space(path: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(outputs, "_fsync", no_space)
+    monkeypatch.setattr(outputs, "fsync_file", no_space)
     for write in (lambda: io.write_nifti(_image(), tmp_path / "a.nii.gz"),
                   lambda: report.html(tmp_path / "r.html", metrics=[Measured("auc", "max", 0.9)])):
         with pytest.raises(DataError) as caught:

@@ -600,7 +600,8 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
+    """Remove a file, a link or a whole folder; already gone is fine."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -683,7 +684,8 @@ def storage_problem(exc: BaseException, cache_root: Path) -> DataError | None:
     return None
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to the disk (where a full disk shows up that a write hid)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -1178,8 +1180,8 @@ class Cache:
             _write_named(f, _with_check(text.encode("utf-8")), manifest_path)
         _backdate(manifest_path)
         if self.durable:
-            _fsync(manifest_path)
-            _fsync(pending.path)
+            fsync_file(manifest_path)
+            fsync_file(pending.path)
         return manifest
 
     def _scan_outputs(self, folder: Path, known: Mapping[str, str] | None = None) -> list[OutputFile]:
@@ -1204,7 +1206,7 @@ class Cache:
         output = OutputFile(rel, st.st_size, digest or sha256_file(path))
         _backdate(path)
         if self.durable:
-            _fsync(path)
+            fsync_file(path)
         return output
 
     def _commit(self, tmp: Path, digest: str, manifest: dict[str, object]) -> Entry:
@@ -1223,7 +1225,7 @@ class Cache:
                     raise
             else:
                 if self.durable:
-                    _fsync(final.parent)
+                    fsync_file(final.parent)
                 entry = _entry_from(digest, final, manifest)
                 assert entry is not None
                 _MANIFESTS.remember(entry)  # looked up again soon, by the next step
@@ -1258,7 +1260,7 @@ class Cache:
         except FileNotFoundError:
             return 0
         size = _tree_size(aside)
-        _remove_tree(aside)
+        remove_tree(aside)
         return size
 
     # --- locks ---
@@ -1448,7 +1450,7 @@ class Cache:
                 if pid is None or pid_alive(pid):
                     continue
                 report.freed_bytes += _tree_size(path)
-                _remove_tree(path)
+                remove_tree(path)
                 report.removed_temp.append(path.name)
 
     def _gc_entries(self, keep: set[str], older_than_s: float | None, report: GcReport) -> None:

@@ -29,7 +29,6 @@ import errno
 import os
 import re
 import secrets
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from medasl.diagnostics import Diagnostics, Label
-from medasl.runtime.cache import pid_alive
+from medasl.runtime.cache import fsync_file, pid_alive, remove_tree
 from medasl.runtime.digests import sha256_file
 from medasl.runtime.errors import DataError
 
@@ -230,25 +229,9 @@ def sweep_leftovers(folder: Path) -> None:
             count += 1
             found = _LEFTOVER.fullmatch(item.name) if item.name.startswith(".tmp-") else None
             if found and not pid_alive(int(found.group(1))):
-                _remove(Path(item.path))
+                remove_tree(Path(item.path))
     with _swept_lock:
         _swept[key] = (0, count)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def commit(target: Path, write: Callable[[Path], None]) -> list[Path]:
@@ -274,7 +257,7 @@ def commit(target: Path, write: Callable[[Path], None]) -> list[Path]:
             raise IncompleteOutput(target, "the writer made no file")
         written = sorted(private.iterdir(), key=lambda p: (p.name == target.name, p.name))
         for path in written:
-            _fsync(path)
+            fsync_file(path)
         for path in written:
             os.replace(path, folder / path.name)
     except OSError as exc:
@@ -282,7 +265,7 @@ def commit(target: Path, write: Callable[[Path], None]) -> list[Path]:
     except IncompleteOutput as exc:
         raise _incomplete_failure(target, exc.detail, private) from None
     finally:
-        _remove(private)
+        remove_tree(private)
     return [target, *(folder / p.name for p in written if p.name != target.name)]
 
 
