@@ -386,6 +386,11 @@ def _exit_interrupted() -> None:
     and a second Ctrl-C there would kill the process by signal instead of exit 130."""
     if signal.getsignal(signal.SIGINT) is _exit_at_once:
         gc.collect()  # finalizes the stopped worker pool's queues, else their semaphores are reported as leaked
+        # and runs what multiprocessing does at a normal exit (os._exit skips it): the pool's
+        # semaphores still referenced somewhere are unlinked, so the resource tracker finds none
+        import multiprocessing.util
+
+        multiprocessing.util._exit_function()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)

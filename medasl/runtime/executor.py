@@ -474,6 +474,21 @@ def select(step: Step, inputs: dict[str, RunValue], cache: Cache) -> RunValue:
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    """After Ctrl-C stops the workers, multiprocessing's resource tracker (a process of
+    its own, started with the pool) may warn that a semaphore of the pool "leaked" while
+    reporting in the same breath that it no longer exists: the pool unlinked it, and the
+    stopped worker's message saying so came too late. The tracker removes any that
+    remain in any case; its warnings are for multiprocessing's developers, not for a
+    user who pressed Ctrl-C, so it starts with them off (it takes the `-W` options of
+    sys.warnoptions). tests/test_interrupt.py checks that no semaphore is left behind."""
+    if _TRACKER_FILTER not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_FILTER)
+
+
 def _init_worker(threads: int, parent: int) -> None:
     """Set up a worker process. Ctrl-C in a terminal reaches the whole process group:
     workers ignore it and the run (`parent`) decides, stopping them itself. A worker
@@ -522,6 +537,7 @@ class LocalExecutor:
             if self._cancel.is_set():
                 raise KeyboardInterrupt  # Ctrl-C: no new pool once the old one is stopped
             if self._pool is None:
+                _quiet_resource_tracker()
                 threads = max(1, (os.cpu_count() or 1) // options.workers)
                 self._pool = cf.ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"),
                                                     initializer=_init_worker, initargs=(threads, os.getpid()))
