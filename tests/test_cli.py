@@ -33,6 +33,15 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def run_text(tmp_path: Path, text: str, *args: str, name: str = "p.medas") -> tuple[int, str]:
+    """`medasc run` of `text` written to tmp_path/name, with its cache and --out in
+    tmp_path: the exit code and what it printed to stderr."""
+    path = tmp_path / name
+    path.write_text(text)
+    code, _, err = run("run", str(path), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), *args)
+    return code, err
+
+
 def test_check_ok(good: str) -> None:
     code, _, err = run("check", good)
     assert code == 0, err

@@ -20,7 +20,7 @@ from medasl.ops import io, report  # noqa: E402
 from medasl.runtime import outputs  # noqa: E402
 from medasl.runtime.errors import DataError  # noqa: E402
 from medasl.runtime.values import Measured, Volume  # noqa: E402
-from tests.test_cli import run as cli  # noqa: E402
+from tests.test_cli import run_text  # noqa: E402
 
 PIPELINE = """import std.io
 pipeline p {
@@ -31,11 +31,7 @@ pipeline p {
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
-    source = tmp_path / "p.medas"
-    source.write_text(PIPELINE)
-    code, _, err = cli("run", str(source), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
-                       "--workers", "1", *args)
-    return code, err
+    return run_text(tmp_path, PIPELINE, "--workers", "1", *args)
 
 
 def _written(tmp_path: Path) -> list[Path]:

@@ -16,7 +16,7 @@ pytest.importorskip("rich", reason="running needs the run extra (pip install -e 
 from medasl.ops import io  # noqa: E402
 from medasl.runtime import outputs  # noqa: E402
 from medasl.runtime.cache import Cache  # noqa: E402
-from tests.test_cli import run as cli  # noqa: E402
+from tests.test_cli import run_text  # noqa: E402
 
 PHANTOM = """import std.io, std.report
 pipeline p {{
@@ -34,11 +34,7 @@ pipeline p {
 
 
 def _run(tmp_path: Path, text: str, *args: str) -> tuple[int, str]:
-    source = tmp_path / "p.medas"
-    source.write_text(text)
-    code, _, err = cli("run", str(source), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
-                       "--workers", "1", *args)
-    return code, err
+    return run_text(tmp_path, text, "--workers", "1", *args)
 
 
 def _files(folder: Path) -> list[str]:

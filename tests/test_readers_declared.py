@@ -14,14 +14,7 @@ sitk = pytest.importorskip("SimpleITK", reason="running needs the run extra (pip
 pytest.importorskip("rich", reason="running needs the run extra (pip install -e '.[run]')")
 
 from tests.conftest import write_nifti_file  # noqa: E402
-from tests.test_cli import run as cli  # noqa: E402
-
-
-def _run(tmp_path: Path, text: str) -> tuple[int, str]:
-    path = tmp_path / "p.medas"
-    path.write_text(text)
-    code, _, err = cli("run", str(path), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"))
-    return code, err
+from tests.test_cli import run_text  # noqa: E402
 
 
 def _mask(values: tuple[int, ...] = (0, 255)) -> np.ndarray:
@@ -34,7 +27,7 @@ def test_a_mask_holding_255_declared_two_classes_is_e1040(tmp_path: Path, monkey
     """Before: read without a diagnostic, and one_hot then made 256 channels."""
     monkeypatch.chdir(tmp_path)
     write_nifti_file(tmp_path / "mask.nii.gz", _mask())
-    code, err = _run(tmp_path, """import std.io
+    code, err = run_text(tmp_path, """import std.io
 pipeline p {
   mask = nifti("mask.nii.gz") as LabelMap[3, 2]
   w = write_nifti(one_hot(mask), "onehot.nii.gz")
@@ -50,7 +43,7 @@ def test_the_fix_the_diagnostic_gives_runs(tmp_path: Path, monkeypatch: pytest.M
     """Declaring 256 values and keeping 255 as class 1 gives a two-channel one-hot map."""
     monkeypatch.chdir(tmp_path)
     write_nifti_file(tmp_path / "mask.nii.gz", _mask())
-    code, err = _run(tmp_path, """import std.io, std.pre
+    code, err = run_text(tmp_path, """import std.io, std.pre
 pipeline p {
   mask = nifti("mask.nii.gz") as LabelMap[3, 256] |> select_labels(labels=(255,))
   w = write_nifti(one_hot(mask), "onehot.nii.gz")
@@ -69,7 +62,7 @@ def test_a_folder_label_outside_the_classes_names_its_case(tmp_path: Path, monke
     for case, values in (("a", (0, 1)), ("b", (0, 2))):
         write_nifti_file(tmp_path / "data" / f"{case}_ct.nii.gz", ct)
         write_nifti_file(tmp_path / "data" / f"{case}_seg.nii.gz", _mask(values))
-    code, err = _run(tmp_path, """import std.io
+    code, err = run_text(tmp_path, """import std.io
 pipeline p {
   cases = folder("data", image="*_ct.nii.gz", label="*_seg.nii.gz") as Dataset<Pair<Image[3, CT], LabelMap[3, 2]>>
   w = write_nifti(cases.label, "*_seg.nii.gz")
@@ -84,7 +77,7 @@ def test_a_2d_nifti_declared_3d_is_e1041_not_a_crash(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     img = sitk.GetImageFromArray(np.zeros((8, 8), dtype=np.int16))
     sitk.WriteImage(img, str(tmp_path / "flat.nii.gz"))
-    code, err = _run(tmp_path, """import std.io, std.pre
+    code, err = run_text(tmp_path, """import std.io, std.pre
 pipeline p {
   ct = nifti("flat.nii.gz") as Image[3, CT]
   w = write_nifti(ct |> resample(spacing=(2.0, 2.0, 2.0) mm), "r.nii.gz")
@@ -99,7 +92,7 @@ def test_a_3d_file_one_slice_thick_declared_2d_is_that_slice(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     slab = np.arange(48, dtype=np.int16).reshape(1, 6, 8)
     write_nifti_file(tmp_path / "slab.nii.gz", slab, spacing=(0.5, 0.7, 3.0), origin=(10.0, 20.0, 30.0))
-    code, err = _run(tmp_path, """import std.io, std.pre
+    code, err = run_text(tmp_path, """import std.io, std.pre
 pipeline p {
   xr = nifti("slab.nii.gz") as Image[2, XR]
   w = write_nifti(xr |> resize((4, 3)), "small.nii.gz")
@@ -113,7 +106,7 @@ pipeline p {
 
 def test_a_png_declared_3d_is_refused_before_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, err = _run(tmp_path, """import std.io
+    code, err = run_text(tmp_path, """import std.io
 pipeline p {
   x = png("x.png") as Image[3, XR]
 }

@@ -19,7 +19,7 @@ from medasl.ops import aug, io, pre  # noqa: E402
 from medasl.runtime.cache import Cache  # noqa: E402
 from medasl.runtime.tasks import case_number  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
-from tests.test_cli import run as cli  # noqa: E402
+from tests.test_cli import run_text  # noqa: E402
 
 PHANTOM = """import std.io, std.data, std.pre, std.aug
 pipeline prep {
@@ -39,13 +39,6 @@ pipeline bad {
   written = write_nifti(prepped.image, "out/*.nii.gz")
 }
 """
-
-
-def _run(tmp_path: Path, text: str, *args: str, name: str = "p.medas") -> tuple[int, str]:
-    path = tmp_path / name
-    path.write_text(text)
-    code, _, err = cli("run", str(path), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), *args)
-    return code, err
 
 
 def _computed(tmp_path: Path, pipeline: str) -> list[dict[str, object]]:
@@ -69,7 +62,7 @@ def test_results_equal_the_operators_called_directly(tmp_path: Path, monkeypatch
     sampling (float32 rounding of the composed transform; a label may flip where a
     nearest-neighbour tie rounds the other way)."""
     monkeypatch.chdir(tmp_path)
-    code, err = _run(tmp_path, PHANTOM, f"-O{level}")
+    code, err = run_text(tmp_path, PHANTOM, f"-O{level}")
     assert code == 0, err
     from medasl.ops import data
     from medasl.runtime.executor import node_seed
@@ -93,19 +86,19 @@ def test_results_equal_the_operators_called_directly(tmp_path: Path, monkeypatch
 
 
 def test_a_second_run_computes_nothing(tmp_path: Path) -> None:
-    assert _run(tmp_path, PHANTOM)[0] == 0
+    assert run_text(tmp_path, PHANTOM)[0] == 0
     assert _computed(tmp_path, "prep")
-    code, err = _run(tmp_path, PHANTOM)
+    code, err = run_text(tmp_path, PHANTOM)
     assert code == 0, err
     assert _computed(tmp_path, "prep") == []
     assert "cached" in err
 
 
 def test_a_deleted_output_file_is_written_again(tmp_path: Path) -> None:
-    assert _run(tmp_path, PHANTOM)[0] == 0
+    assert run_text(tmp_path, PHANTOM)[0] == 0
     victim = next((tmp_path / "out" / "prep" / "train").glob("*_ct.nii.gz"))
     victim.unlink()
-    assert _run(tmp_path, PHANTOM)[0] == 0
+    assert run_text(tmp_path, PHANTOM)[0] == 0
     assert victim.exists()
     assert [e["step"] for e in _computed(tmp_path, "prep")] == ["written"]
 
@@ -114,8 +107,8 @@ def test_workers_give_the_same_results(tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    assert _run(one, PHANTOM, "--workers", "1")[0] == 0
-    code, err = _run(two, PHANTOM, "--workers", "2")
+    assert run_text(one, PHANTOM, "--workers", "1")[0] == 0
+    code, err = run_text(two, PHANTOM, "--workers", "2")
     assert code == 0, err
     # Writers' keys hold their (different) output folders; every other result is the same.
     digests = [{e.digest for e in Cache(d / "cache" / "results").entries() if not e.op.startswith("write_")}
@@ -127,7 +120,7 @@ def test_workers_give_the_same_results(tmp_path: Path) -> None:
 
 
 def test_dry_run_computes_nothing(tmp_path: Path) -> None:
-    code, err = _run(tmp_path, PHANTOM, "--dry-run")
+    code, err = run_text(tmp_path, PHANTOM, "--dry-run")
     assert code == 0, err
     assert "new" in err and "dry run" in err
     assert Cache(tmp_path / "cache" / "results").entries() == []
@@ -139,13 +132,13 @@ def test_single_image_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     case = io.phantom(cases=1, size=(16, 16, 8))[0]
     io.write_nifti(case.value.input, tmp_path / "ct.nii.gz")
     text = (ROOT / "tests" / "test_cli.py").read_text().split('GOOD = """', 1)[1].split('"""', 1)[0]
-    code, err = _run(tmp_path, text)
+    code, err = run_text(tmp_path, text)
     assert code == 0, err
     written = sitk.GetArrayFromImage(_volume(tmp_path / "out" / "p" / "out.nii.gz"))
     expected = pre.rescale(pre.window(io.nifti(tmp_path / "ct.nii.gz"), 40, 400), 0, 1).array
     np.testing.assert_allclose(written, expected, atol=1e-6)
     io.write_nifti(io.phantom(cases=2, size=(16, 16, 8))[1].value.input, tmp_path / "ct.nii.gz")
-    assert _run(tmp_path, text)[0] == 0
+    assert run_text(tmp_path, text)[0] == 0
     assert {e["step"] for e in _computed(tmp_path, "p")} == {"ct", "window", "x", "write_nifti"}
 
 
@@ -162,7 +155,7 @@ def _folder_data(tmp_path: Path, cases: int = 3) -> None:
 
 def test_missing_folder_names_it_and_the_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, err = _run(tmp_path, FOLDER)
+    code, err = run_text(tmp_path, FOLDER)
     assert code == 1
     assert "error[E1001]" in err and "data" in err
     assert "p.medas:3:" in err and "Traceback" not in err
@@ -173,7 +166,7 @@ def test_truncated_file_fails_its_case_and_keeps_the_others(tmp_path: Path, monk
     _folder_data(tmp_path)
     broken = tmp_path / "data" / "case001_ct.nii.gz"
     broken.write_bytes(broken.read_bytes()[:2000])
-    code, err = _run(tmp_path, FOLDER, "--workers", "1")
+    code, err = run_text(tmp_path, FOLDER, "--workers", "1")
     assert code == 1
     assert "error[E1002]" in err and "case001_ct.nii.gz" in err and "on case case001" in err
     assert "p.medas:3:" in err and "Traceback" not in err
@@ -182,7 +175,7 @@ def test_truncated_file_fails_its_case_and_keeps_the_others(tmp_path: Path, monk
     assert "bad/prepped#case000" in kept  # reading is fused into `prepped`: one result per case
     # Fixing the file resumes: the good cases are not read again.
     _folder_data(tmp_path)
-    assert _run(tmp_path, FOLDER)[0] == 0
+    assert run_text(tmp_path, FOLDER)[0] == 0
     read_again = {e["case"] for e in _computed(tmp_path, "bad") if e["step"] == "prepped"}
     assert read_again == {"case001"}
 
@@ -192,7 +185,7 @@ def test_every_bad_case_of_a_step_is_reported(tmp_path: Path, monkeypatch: pytes
     _folder_data(tmp_path, cases=4)
     for case in ("case000", "case002"):
         (tmp_path / "data" / f"{case}_ct.nii.gz").write_bytes(b"not an image")
-    code, err = _run(tmp_path, FOLDER)
+    code, err = run_text(tmp_path, FOLDER)
     assert code == 1
     assert err.count("error[E1002]") == 2 and "on case case000" in err and "on case case002" in err
 
@@ -203,7 +196,7 @@ def test_label_on_another_grid_is_e1007(tmp_path: Path, monkeypatch: pytest.Monk
     label = io.nifti(tmp_path / "data" / "case000_seg.nii.gz")
     label.spacing = (3.0, 3.0, 3.0)
     io.write_nifti(label, tmp_path / "data" / "case000_seg.nii.gz")
-    code, err = _run(tmp_path, FOLDER)
+    code, err = run_text(tmp_path, FOLDER)
     assert code == 1 and "error[E1007]" in err and "case000" in err
 
 
@@ -214,7 +207,7 @@ def test_nan_values_are_e1008(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     array = image.array.astype(np.float32)
     array[2, 3, 4] = np.nan
     io.write_nifti(image.with_array(array), tmp_path / "data" / "case001_ct.nii.gz")
-    code, err = _run(tmp_path, FOLDER)
+    code, err = run_text(tmp_path, FOLDER)
     assert code == 1 and "error[E1008]" in err and "case001_ct.nii.gz" in err
 
 
@@ -228,7 +221,7 @@ def test_unimplemented_operators_refuse_to_run(tmp_path: Path, monkeypatch: pyte
     text = PHANTOM.replace("  written = write", "  score = dice(prepped.label, prepped.label)\n"
                            "  show parallel_coordinates(\"study.json\")\n  written = write")
     text = text.replace("import std.io,", "import std.viz, std.metrics, std.io,")
-    code, err = _run(tmp_path, text)
+    code, err = run_text(tmp_path, text)
     assert code == 1
     assert "error[E2001]" in err and "`parallel_coordinates`" in err
     assert Cache(tmp_path / "cache" / "results").entries() == []
@@ -242,19 +235,19 @@ def test_missing_gpu_is_e2003(tmp_path: Path) -> None:
             pytest.skip("this machine has a GPU")
     except ImportError:
         pass
-    code, err = _run(tmp_path, PHANTOM, "--device", "cuda:0")
+    code, err = run_text(tmp_path, PHANTOM, "--device", "cuda:0")
     assert code == 1 and "error[E2003]" in err
 
 
 @pytest.mark.parametrize("args", [("--device", "gpu"), ("--set", "nothing=1"), ("--set", "noequals"),
                                   ("--force", "no_such_step"), ("--pipeline", "other")])
 def test_command_line_misuse_exits_2(tmp_path: Path, args: tuple[str, ...]) -> None:
-    code, err = _run(tmp_path, PHANTOM, *args)
+    code, err = run_text(tmp_path, PHANTOM, *args)
     assert code == 2, err
 
 
 def test_a_file_with_errors_runs_nothing(tmp_path: Path) -> None:
-    code, err = _run(tmp_path, PHANTOM.replace("window(level=40", "window(levl=40"))
+    code, err = run_text(tmp_path, PHANTOM.replace("window(level=40", "window(levl=40"))
     assert code == 1 and "error[" in err
     assert not (tmp_path / "cache" / "results").exists() or Cache(tmp_path / "cache" / "results").entries() == []
 
@@ -366,9 +359,9 @@ def test_a_stratified_split_reads_classes_from_the_cache(tmp_path: Path, monkeyp
         rows.append((f"x{i:02d}", "pneumonia" if i % 4 == 0 else "normal"))
     with open("labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([("id", "finding"), *rows])
-    code, err = _run(tmp_path, CLASSIFIED, "--dry-run")
+    code, err = run_text(tmp_path, CLASSIFIED, "--dry-run")
     assert code == 0 and "unknown" in err  # the classes are not read before the run
-    code, err = _run(tmp_path, CLASSIFIED)
+    code, err = run_text(tmp_path, CLASSIFIED)
     assert code == 0, err
     expected = data.split(io.classified("imgs", "*.png", "labels.csv", "finding"), val=0.25, seed=3, stratify=True)
     written = sorted(p.name[: -len(".png")] for p in (tmp_path / "out" / "cls" / "train").glob("*.png"))
