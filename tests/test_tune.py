@@ -250,3 +250,19 @@ def test_early_stopping_by_the_median_rule(tmp_path: Path) -> None:
     code, err = tune(str(file), *args, "--out", str(tmp_path / "plain"))
     assert code == 0, err
     assert all(t["status"] in ("ok", "failed") for t in study_of(tmp_path / "plain")["trials"])
+
+
+def test_a_timeout_starts_no_new_trial_and_the_same_command_goes_on(tmp_path: Path) -> None:
+    """`--timeout T`: no trial starts once T seconds have passed (here at once); the study
+    is saved and running it again without the timeout runs the trials it did not start."""
+    file = tmp_path / "tiny.medas"
+    file.write_text(STUDY)
+    args = ("--trials", "1", "--algo", "rand", "--seed", "0", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out"))
+    code, err = tune(str(file), *args, "--timeout", "1e-9")
+    assert code == 0, err
+    assert "timeout" in err and "no new trial is started" in err, err
+    assert not [t for t in study_of(tmp_path / "out")["trials"] if t["status"] == "ok"]
+    code, err = tune(str(file), *args)
+    assert code == 0, err
+    assert [t["status"] for t in study_of(tmp_path / "out")["trials"]] == ["ok"]
